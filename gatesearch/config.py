@@ -1,0 +1,355 @@
+"""Run configuration: frozen dataclasses, one default per field, validated on construction.
+
+Three spellings of the same config, converted here and nowhere else:
+- nested dicts (YAML files),
+- flat dotted keys (``method.adn.alpha``: MLflow params, Tune search spaces, ``--set``),
+- the ``Config`` dataclass tree the code uses.
+
+Every user-supplied value goes through ``from_nested``/``from_flat``, which reject an unknown
+key or a bad value with a ``ConfigError`` whose message names the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from gatesearch.errors import UserError
+
+
+class ConfigError(UserError):
+    """A user-caused configuration problem; its message is one line naming the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet20"
+    gating: Literal["stage", "block", "none"] = "stage"
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    switchable_bn: bool | None = None  # None: on for gating="stage"
+    gate_head: Literal["none", "logit", "aig"] = "none"  # learned gates (probgates) need one
+
+    def __post_init__(self) -> None:
+        from gatesearch.models import MODELS
+
+        _check(self.name in MODELS, "model.name", f"unknown model {self.name!r}; known: {', '.join(MODELS.names())}")
+        _check(not (self.switchable_bn and self.gating != "stage"), "model.switchable_bn", "needs model.gating=stage")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder | synthetic
+    root: str | None = None  # npz directory (train.npz/test.npz) or ImageFolder root
+    source: Literal["npz", "torchvision"] = "npz"  # cifar only: npz dir, or torchvision
+    download: bool = False  # torchvision only: fetch the data set when missing
+    val_fraction: float = 0.1  # carved from train, for evaluation during training and selection
+    train_subset: int | None = None  # use only this many training images (fast tests, budgets)
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    num_workers: int = 0
+    augment: bool = True
+    image_size: int = 224  # imagefolder only
+    synthetic_size: int = 512  # synthetic only: images per split
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.train_subset is None or self.train_subset >= 1, "data.train_subset", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    max_steps_per_epoch: int | None = None  # cap an epoch (budgets, tests)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # on CUDA only
+    channels_last: bool = True  # on CUDA only
+    eval_every: int = 1  # epochs
+    eval_all_patterns_max_units: int = 4  # evaluate every pattern when n_units <= this
+    bn_reestimate_batches: int = 0  # >0: re-estimate BN per pattern before evaluating it
+    out_dir: str = "outputs"
+    log_every: int = 20  # steps between progress updates
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1")
+        _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
+        _check(self.bn_reestimate_batches >= 0, "train.bn_reestimate_batches", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class StochasticDepthConfig:
+    p_last: float = 0.5  # keep probability of the last unit (Huang et al.: linear decay from 1)
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.p_last <= 1.0, "method.stochastic_depth.p_last", f"must be in (0, 1], got {self.p_last}")
+
+
+@dataclass(frozen=True)
+class ADNConfig:
+    alpha: float = 0.5  # weight of CE(super); 1 - alpha on the distillation terms
+    feature_kl: bool = True  # include the per-stage feature KL terms (False: output KL only)
+    two_backward: bool = False  # super backward, then base backward (memory-lean, DDP-safe)
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.alpha <= 1.0, "method.adn.alpha", f"must be in [0, 1], got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class GatedDepthConfig:
+    p_min: float = 0.5  # keep probability of the last unit (or at the end of training)
+    p_max: float = 1.0  # keep probability of the first unit (or at the start of training)
+    p_schedule: Literal["constant", "units", "time", "units_time"] = "units"
+    k: int = 4  # every k-th step is a two-pass self-distillation step
+    alpha: float = 0.5  # weight of CE(base) in the distillation step
+    calibrate: bool = True  # full-depth evaluation scales the gated path by p_s
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.p_min <= 1.0, "method.gated_depth.p_min", f"must be in (0, 1], got {self.p_min}")
+        _check(0.0 < self.p_max <= 1.0, "method.gated_depth.p_max", f"must be in (0, 1], got {self.p_max}")
+        _check(self.p_min <= self.p_max, "method.gated_depth.p_min", f"p_min={self.p_min} > p_max={self.p_max}")
+        _check(self.k >= 1, "method.gated_depth.k", f"must be >= 1, got {self.k}")
+        _check(0.0 <= self.alpha <= 1.0, "method.gated_depth.alpha", f"must be in [0, 1], got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class ProbGatesConfig:
+    loss: Literal["per_gate", "per_batch", "const_quad"] = "per_batch"
+    target: float = 0.7  # target activation rate (fraction of units kept)
+    target_schedule: Literal["constant", "annealed", "variable"] = "constant"
+    targets: tuple[float, ...] = ()  # annealed: target per epoch, last one held (e.g. 1.0, 0.9, 0.8)
+    target_ema: float = 0.9  # variable: EMA momentum of the observed activation
+    weight: float = 2.0  # lambda on the target-rate loss
+    tau_start: float = 5.0  # Gumbel temperature, annealed geometrically to tau_end
+    tau_end: float = 0.5
+    gate_lr_mult: float = 1.0
+    gate_weight_decay: float = 0.0
+    inference: Literal["threshold", "always_on", "stochastic", "ensemble"] = "threshold"
+    threshold: float = 0.5  # keep a unit when keep_prob >= threshold
+    runs: int = 10  # stochastic / ensemble: forward passes
+
+    def __post_init__(self) -> None:
+        key = "method.probgates."
+        _check(0.0 < self.target <= 1.0, key + "target", f"must be in (0, 1], got {self.target}")
+        _check(all(0.0 < t <= 1.0 for t in self.targets), key + "targets", "each must be in (0, 1]")
+        _check(self.target_schedule != "annealed" or len(self.targets) > 0, key + "targets", "annealed needs a list")
+        _check(0.0 <= self.target_ema < 1.0, key + "target_ema", "must be in [0, 1)")
+        _check(self.weight >= 0, key + "weight", "must be >= 0")
+        _check(0 < self.tau_end <= self.tau_start, key + "tau_end", "need 0 < tau_end <= tau_start")
+        _check(self.gate_lr_mult > 0, key + "gate_lr_mult", "must be > 0")
+        _check(0.0 <= self.threshold <= 1.0, key + "threshold", "must be in [0, 1]")
+        _check(self.runs >= 1, key + "runs", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "adn"  # plain | stochastic_depth | adn | gated_depth | probgates
+    stochastic_depth: StochasticDepthConfig = field(default_factory=StochasticDepthConfig)
+    adn: ADNConfig = field(default_factory=ADNConfig)
+    gated_depth: GatedDepthConfig = field(default_factory=GatedDepthConfig)
+    probgates: ProbGatesConfig = field(default_factory=ProbGatesConfig)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI: a SQLite file here, or http://server
+    experiment: str = "gatesearch"
+    run_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        from gatesearch.methods import METHODS
+
+        _check(self.method.name in METHODS, "method.name", f"unknown method {self.method.name!r}; known: {', '.join(METHODS.names())}")
+        if self.method.name == "probgates":
+            _check(self.model.gate_head != "none", "model.gate_head", "probgates needs a learned gate: logit or aig")
+        if self.model.gate_head == "aig":
+            _check(self.model.gating == "block" or self.model.switchable_bn is False, "model.switchable_bn",
+                   "aig gates decide inside the stage; use model.gating=block or model.switchable_bn=false")
+
+
+# ---------------------------------------------------------------- conversions
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert one leaf value against its annotation; ConfigError names the key."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        _check(value in get_args(tp), key, f"must be one of {list(get_args(tp))}, got {value!r}")
+        return value
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(v, get_args(tp)[0], key) for v in items)
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"must be true/false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, nested: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(nested, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {nested!r}")
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in nested.items():
+        dotted = prefix + str(key)
+        if key not in hints:
+            raise ConfigError(f"{dotted}: unknown config key")
+        tp = hints[key]
+        kwargs[key] = _build(tp, value, dotted + ".") if dataclasses.is_dataclass(tp) else _coerce(value, tp, dotted)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix.rstrip('.')}: {e}") from None
+
+
+def from_nested(nested: dict[str, Any] | None) -> Config:
+    return _build(Config, nested or {}, "")
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{dotted}: {p} is a value, not a section")
+        node[leaf] = value
+    return nested
+
+
+def from_flat(flat: dict[str, Any]) -> Config:
+    return from_nested(nest(flat))
+
+
+def to_nested(cfg: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = to_nested(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def to_flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            flat.update(to_flat(v, f"{prefix}{f.name}."))
+        else:
+            flat[f"{prefix}{f.name}"] = list(v) if isinstance(v, tuple) else v
+    return flat
+
+
+def flat_keys() -> set[str]:
+    """Every valid dotted key (for validating search spaces key by key)."""
+    return set(_keys(Config, ""))
+
+
+def _keys(cls: type, prefix: str) -> list[str]:
+    keys = []
+    for name, tp in _hints(cls).items():
+        keys += _keys(tp, f"{prefix}{name}.") if dataclasses.is_dataclass(tp) else [prefix + name]
+    return keys
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"method.adn.alpha=0.3"`` -> ``("method.adn.alpha", 0.3)`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    flat = to_flat(cfg)
+    flat.update(overrides)
+    return from_flat(flat)
+
+
+def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or start from defaults) and apply ``key=value`` overrides."""
+    nested: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            nested = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    cfg = from_nested(nested)
+    return with_overrides(cfg, dict(parse_override(o) for o in overrides)) if overrides else cfg

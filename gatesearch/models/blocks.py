@@ -1,0 +1,79 @@
+"""Residual blocks (torchvision layout) whose BatchNorms take a set switch.
+
+Every block's ``forward(x, which)`` passes ``which`` to its norms, so a mandatory block can
+use the BN set that matches its stage's gated unit (see ``norm.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from gatesearch.models.norm import UNIT_ON
+
+NormFactory = Callable[[int], nn.Module]
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+class Downsample(nn.Module):
+    """1x1 conv + norm shortcut (ResNet option B)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: NormFactory) -> None:
+        super().__init__()
+        self.conv = conv1x1(cin, cout, stride)
+        self.bn = norm(cout)
+
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
+        return self.bn(self.conv(x), which)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = conv3x3(cin, planes, stride)
+        self.bn1 = norm(planes)
+        self.conv2 = conv3x3(planes, cout)
+        self.bn2 = norm(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = Downsample(cin, cout, stride, norm) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x, which)
+        out = self.relu(self.bn1(self.conv1(x), which))
+        out = self.bn2(self.conv2(out), which)
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = conv1x1(cin, planes)
+        self.bn1 = norm(planes)
+        self.conv2 = conv3x3(planes, planes, stride)  # stride on the 3x3, as torchvision (ResNet v1.5)
+        self.bn2 = norm(planes)
+        self.conv3 = conv1x1(planes, cout)
+        self.bn3 = norm(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = Downsample(cin, cout, stride, norm) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x, which)
+        out = self.relu(self.bn1(self.conv1(x), which))
+        out = self.relu(self.bn2(self.conv2(out), which))
+        out = self.bn3(self.conv3(out), which)
+        return self.relu(out + identity)

@@ -1,0 +1,216 @@
+"""ResNets whose residual stages split into a mandatory base and skippable gated units.
+
+``gating="stage"`` (Adaptive Depth Networks): the first ``min(n-1, ceil(n/2))`` blocks of a
+stage are mandatory, the remaining blocks form the stage's one gated unit. ``gating="block"``
+(probabilistic-gates layout): every block that keeps its input shape is its own unit.
+``gating="none"``: a plain ResNet with the same modules (the no-gating reference).
+
+The active sub-network is the ``gates`` argument of ``forward`` — never module state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Union
+
+import torch
+from torch import nn
+
+from gatesearch.models.blocks import BasicBlock, Bottleneck
+from gatesearch.models.gates import build_gate
+from gatesearch.models.norm import UNIT_OFF, UNIT_ON, PlainNorm, SwitchableBatchNorm2d
+from gatesearch.patterns import SkipPattern
+from gatesearch.registry import Registry
+
+#: ``(unit_index, unit_input [B, C, H, W]) -> keep [B]``: data-dependent gates decide per unit.
+GateFn = Callable[[int, torch.Tensor], torch.Tensor]
+Gates = Union[SkipPattern, torch.Tensor, GateFn, None]
+
+GATINGS = ("stage", "block", "none")
+STEMS = ("cifar", "imagenet")
+
+
+def mandatory_blocks(n: int) -> int:
+    """ADN split: ``min(n - 1, ceil(n / 2))`` mandatory blocks in a stage of ``n``."""
+    return min(n - 1, math.ceil(n / 2))
+
+
+def _mix(keep: torch.Tensor, on: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+    k = keep.view(-1, 1, 1, 1).to(on.dtype)
+    return k * on + (1 - k) * off  # exact for k in {0, 1}: 1*on + 0*off == on
+
+
+class Stage(nn.Module):
+    """``base`` blocks (always run) followed by ``units`` (each a list of blocks, skippable)."""
+
+    def __init__(self, base: list[nn.Module], units: list[list[nn.Module]], unit_offset: int, switchable: bool):
+        super().__init__()
+        self.base = nn.ModuleList(base)
+        self.units = nn.ModuleList(nn.ModuleList(u) for u in units)
+        self.unit_offset = unit_offset
+        # Switchable BN: the base's BN set follows this stage's (only) unit.
+        self.switch_unit = unit_offset if switchable else None
+
+    def _which(self, gates: Gates) -> int | torch.Tensor:
+        if self.switch_unit is None or gates is None:
+            return UNIT_ON
+        if isinstance(gates, SkipPattern):
+            return UNIT_OFF if gates.skipped[self.switch_unit] else UNIT_ON
+        if isinstance(gates, torch.Tensor):
+            return gates[:, self.switch_unit]
+        raise ValueError("switchable BN needs the gate decision before the stage runs: pass a SkipPattern or a "
+                         "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")
+
+    def forward(self, h: torch.Tensor, gates: Gates) -> torch.Tensor:
+        which = self._which(gates)
+        for block in self.base:
+            h = block(h, which)
+        for j, unit in enumerate(self.units):
+            u = self.unit_offset + j
+            if isinstance(gates, SkipPattern) and gates.skipped[u]:
+                continue  # skipped units are never computed
+            out = h
+            for block in unit:
+                out = block(out)
+            if gates is None or isinstance(gates, SkipPattern):
+                h = out
+            else:
+                keep = gates[:, u] if isinstance(gates, torch.Tensor) else gates(u, h)
+                h = _mix(keep, out, h)
+        return h
+
+
+class GatedResNet(nn.Module):
+    """A ResNet of ``Stage``s. ``n_units`` gated units, numbered stage by stage."""
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: list[int],
+        widths: list[int],
+        num_classes: int,
+        gating: str = "stage",
+        stem: str = "cifar",
+        switchable_bn: bool | None = None,
+        gate_head: str | None = None,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if gating not in GATINGS:
+            raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if switchable_bn is None:
+            switchable_bn = gating == "stage"
+        if switchable_bn and gating != "stage":
+            raise ValueError("switchable_bn needs gating='stage' (one BN set per state of the stage's unit)")
+        self.gating, self.stem_kind, self.switchable_bn = gating, stem, switchable_bn
+        stem_width = widths[0]
+        if stem == "cifar":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, stem_width, 3, padding=1, bias=False), nn.BatchNorm2d(stem_width), nn.ReLU(inplace=True)
+            )
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, stem_width, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(stem_width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
+        stages, unit_channels = [], []
+        cin = stem_width
+        for s, (n, planes) in enumerate(zip(layers, widths)):
+            stride = 1 if s == 0 else 2
+            cout = planes * block.expansion
+            n_base = {"stage": mandatory_blocks(n), "block": 0, "none": n}[gating]
+            if gating == "block" and (stride != 1 or cin != cout):
+                n_base = 1  # the shape-changing first block cannot be skipped
+            base_norm = SwitchableBatchNorm2d if switchable_bn else PlainNorm
+            base = [block(cin if i == 0 else cout, planes, stride if i == 0 else 1, base_norm) for i in range(n_base)]
+            rest = [block(cin if i == 0 else cout, planes, stride if i == 0 else 1, PlainNorm) for i in range(n_base, n)]
+            units = [rest] if gating == "stage" and rest else [[b] for b in rest] if gating == "block" else []
+            stages.append(Stage(base, units, len(unit_channels), switchable_bn))
+            unit_channels += [cout] * len(units)
+            cin = cout
+        self.stages = nn.ModuleList(stages)
+        self.n_units = len(unit_channels)
+        self.unit_channels = tuple(unit_channels)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        self.gate_heads = nn.ModuleList(build_gate(gate_head, c) for c in unit_channels) if gate_head else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for stage in self.stages:  # zero-init the last BN of each residual branch (Goyal et al. 2017)
+            for block in list(stage.base) + [b for u in stage.units for b in u]:
+                last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+                bns = last.bns if isinstance(last, SwitchableBatchNorm2d) else [last.bn]
+                for bn in bns:
+                    nn.init.zeros_(bn.weight)
+
+    def forward(
+        self, x: torch.Tensor, gates: Gates = None, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """``x [B, C, H, W]`` -> logits ``[B, num_classes]``.
+
+        ``gates``: ``None`` (all units on), a ``SkipPattern`` (skipped units are not computed),
+        a ``[B, n_units]`` tensor of keep factors, or a ``GateFn`` called with each unit's input.
+        With ``return_features`` also returns each stage's output ``[B, C_s, H_s, W_s]``.
+        """
+        self._check_gates(gates)
+        h = self.stem(x)
+        features = []
+        for stage in self.stages:
+            h = stage(h, gates)
+            features.append(h)
+        logits = self.fc(torch.flatten(self.pool(h), 1))
+        return (logits, features) if return_features else logits
+
+    def _check_gates(self, gates: Gates) -> None:
+        if isinstance(gates, SkipPattern) and len(gates) != self.n_units:
+            raise ValueError(f"skip pattern {gates} has {len(gates)} units; this model has {self.n_units}")
+        if isinstance(gates, torch.Tensor) and (gates.dim() != 2 or gates.shape[1] != self.n_units):
+            raise ValueError(f"gates tensor must be [B, {self.n_units}], got {list(gates.shape)}")
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [] if self.gate_heads is None else list(self.gate_heads.parameters())
+
+
+MODELS: Registry[Callable[..., GatedResNet]] = Registry("model")
+
+_CIFAR_WIDTHS = [16, 32, 64]
+_IMAGENET_WIDTHS = [64, 128, 256, 512]
+
+
+def _cifar(depth: int) -> Callable[..., GatedResNet]:
+    n = (depth - 2) // 6
+
+    def build(num_classes: int = 10, **kw) -> GatedResNet:
+        return GatedResNet(BasicBlock, [n] * 3, _CIFAR_WIDTHS, num_classes, **kw)
+
+    build.__doc__ = f"CIFAR ResNet-{depth} (He et al. 2016, Sec. 4.2): 3 stages of {n} BasicBlocks."
+    return build
+
+
+def _imagenet(block: type[BasicBlock] | type[Bottleneck], layers: list[int], depth: int) -> Callable[..., GatedResNet]:
+    def build(num_classes: int = 1000, **kw) -> GatedResNet:
+        return GatedResNet(block, layers, _IMAGENET_WIDTHS, num_classes, **kw)
+
+    build.__doc__ = f"ResNet-{depth}: 4 stages {layers} of {block.__name__}."
+    return build
+
+
+for _depth in (20, 56, 110):
+    MODELS.add(f"resnet{_depth}", _cifar(_depth))
+MODELS.add("resnet18", _imagenet(BasicBlock, [2, 2, 2, 2], 18))
+MODELS.add("resnet34", _imagenet(BasicBlock, [3, 4, 6, 3], 34))
+MODELS.add("resnet50", _imagenet(Bottleneck, [3, 4, 6, 3], 50))
+MODELS.add("resnet101", _imagenet(Bottleneck, [3, 4, 23, 3], 101))
+
+
+def create_model(name: str, num_classes: int, gating: str = "stage", stem: str = "cifar", **kw) -> GatedResNet:
+    """Build a registered model. ``kw``: ``switchable_bn``, ``gate_head`` (``logit``/``aig``), ``in_channels``."""
+    return MODELS.get(name)(num_classes=num_classes, gating=gating, stem=stem, **kw)

@@ -1,0 +1,82 @@
+"""Gate modules: each turns something into ``[B, 2]`` logits (index 1 = keep), and
+``gumbel_gate`` turns logits into straight-through keep factors.
+
+Straight-through Gumbel-softmax (Jang et al. 2017; Veit & Belongie 2018 for AIG): the forward
+value is a hard 0/1 sample, the gradient is that of the relaxed softmax at temperature ``tau``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def gumbel_gate(
+    logits: torch.Tensor, tau: float, hard: bool = True, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample keep factors from ``[B, 2]`` logits.
+
+    Returns ``(keep [B], keep_prob [B])``: ``keep`` is 0/1 in the forward pass when ``hard`` (with
+    the relaxed gradient) and ``keep_prob`` is softmax(logits)[:, 1] without noise, the quantity
+    target-rate losses act on.
+    """
+    if tau <= 0:
+        raise ValueError(f"Gumbel temperature must be > 0, got {tau}")
+    u = torch.rand(logits.shape, device=logits.device, dtype=logits.dtype, generator=generator)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-10)).clamp_min(1e-10))
+    soft = F.softmax((logits + gumbel) / tau, dim=-1)[:, 1]
+    keep = ((soft > 0.5).to(soft.dtype) - soft).detach() + soft if hard else soft
+    return keep, F.softmax(logits, dim=-1)[:, 1]
+
+
+class BernoulliGate(nn.Module):
+    """Fixed keep probability ``p`` (no parameters): logits ``[log(1-p), log(p)]``."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 < p < 1.0:
+            raise ValueError(f"Bernoulli gate probability must be in (0, 1), got {p}")
+        self.register_buffer("logit", torch.tensor([math.log(1 - p), math.log(p)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit.expand(x.shape[0], 2)
+
+
+class LogitGate(nn.Module):
+    """Data-independent learned gate: one keep logit per unit, shared by every sample."""
+
+    def __init__(self, init_keep: float = 0.9) -> None:
+        super().__init__()
+        self.logit = nn.Parameter(torch.tensor(math.log(init_keep / (1 - init_keep))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        one = self.logit.expand(x.shape[0])
+        return torch.stack([torch.zeros_like(one), one], dim=1)
+
+
+class AIGGate(nn.Module):
+    """Data-dependent gate (AIG, Veit & Belongie 2018): global pool -> 1x1 conv -> BN -> ReLU
+    -> 1x1 conv to 2 logits, on the unit's input ``[B, C, H, W]``."""
+
+    def __init__(self, channels: int, hidden: int = 16, init_keep: float = 0.9) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.bn = nn.BatchNorm2d(hidden)
+        self.fc2 = nn.Conv2d(hidden, 2, 1)
+        with torch.no_grad():  # start near "keep", as AIG does, so early training sees the full net
+            self.fc2.bias.copy_(torch.tensor([0.0, math.log(init_keep / (1 - init_keep))]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.adaptive_avg_pool2d(x, 1)
+        return self.fc2(F.relu(self.bn(self.fc1(h)))).flatten(1)
+
+
+def build_gate(kind: str, channels: int) -> nn.Module:
+    if kind == "logit":
+        return LogitGate()
+    if kind == "aig":
+        return AIGGate(channels)
+    raise ValueError(f"unknown gate head {kind!r}; use 'logit' or 'aig'")

@@ -1,0 +1,1 @@
+"""Post-training selection: score every skip pattern, model device latency, build Pareto menus."""
