@@ -20,7 +20,7 @@ class Registry(Generic[T]):
         """Decorator: ``@MODELS.register()`` or ``@MODELS.register("alias")``."""
 
         def deco(obj: T) -> T:
-            self.add(name or getattr(obj, "__name__"), obj)
+            self.add(name or obj.__name__, obj)
             return obj
 
         return deco

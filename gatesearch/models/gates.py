@@ -26,7 +26,7 @@ def gumbel_gate(
     if tau <= 0:
         raise ValueError(f"Gumbel temperature must be > 0, got {tau}")
     u = torch.rand(logits.shape, device=logits.device, dtype=logits.dtype, generator=generator)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-10)).clamp_min(1e-10))
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-10))).clamp_min(1e-10))  # Gumbel(0, 1)
     soft = F.softmax((logits + gumbel) / tau, dim=-1)[:, 1]
     keep = ((soft > 0.5).to(soft.dtype) - soft).detach() + soft if hard else soft
     return keep, F.softmax(logits, dim=-1)[:, 1]

@@ -1,0 +1,241 @@
+"""Data sets and loaders: ``build_data(cfg, seed) -> DataBundle``.
+
+In-memory data sets (``digits``, ``cifar10``/``cifar100`` from an npz directory or torchvision,
+``synthetic``) are held as one uint8 tensor ``[N, C, H, W]``; a batch is cut, augmented
+(random crop with 4-pixel zero padding + horizontal flip, as He et al. 2016, Sec. 4.2) and
+normalised as whole tensors inside ``__getitems__``, so CPU loading costs a few tensor ops per
+batch instead of one PIL round-trip per image. ``imagefolder`` (ImageNet layout) uses
+torchvision transforms. The validation split is carved from train with ``data.split_seed``
+(the same images for every trial); ``seed`` drives shuffling and augmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gatesearch.config import DataConfig
+from gatesearch.errors import UserError
+from gatesearch.registry import Registry
+
+
+@dataclass
+class DataBundle:
+    train: DataLoader
+    val: DataLoader | None  # None when data.val_fraction == 0
+    test: DataLoader
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W)
+
+
+@dataclass
+class Arrays:
+    """Raw uint8 images ``[N, C, H, W]`` and int64 labels ``[N]`` of one split."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class ArrayDataset(Dataset):
+    """uint8 images held in memory; ``__getitems__`` returns a ready float batch.
+
+    ``DataLoader`` calls ``__getitems__(indices)`` with a whole batch of indices when the data
+    set defines it, so augmentation runs once per batch on tensors (workers still work).
+    """
+
+    def __init__(self, data: Arrays, mean: torch.Tensor, std: torch.Tensor, augment: bool, pad: int = 4) -> None:
+        self.data, self.augment, self.pad = data, augment, pad
+        self.mean = mean.view(1, -1, 1, 1)  # [1, C, 1, 1], in 0..1 units
+        self.std = std.view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.data.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        x = self.data.images[idx]  # [B, C, H, W] uint8
+        if self.augment:
+            x = random_crop_flip(x, self.pad)
+        x = (x.float() / 255.0 - self.mean) / self.std
+        return x, self.data.labels[idx]
+
+
+def random_crop_flip(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per-image random crop after zero padding by ``pad`` and random horizontal flip.
+
+    ``x [B, C, H, W]`` (any dtype) -> same shape; uses the global torch RNG (seeded by fit).
+    """
+    b, c, h, w = x.shape
+    if pad > 0:
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # [B, C, H+2p, W+2p]
+        oy = torch.randint(0, 2 * pad + 1, (b,))
+        ox = torch.randint(0, 2 * pad + 1, (b,))
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [B, 1, H, 1]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # [B, 1, 1, W]
+        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(b) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def _collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # __getitems__ already made the batch
+
+
+def _split(n: int, val_fraction: float, subset: int | None, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of a seeded permutation: val first, then at most ``subset`` train."""
+    perm = np.random.default_rng(split_seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    val, train = perm[:n_val], perm[n_val:]
+    return (train[:subset] if subset else train), val
+
+
+def _take(a: Arrays, idx: np.ndarray) -> Arrays:
+    t = torch.as_tensor(idx, dtype=torch.long)
+    return Arrays(a.images[t], a.labels[t])
+
+
+def _loader(ds: Dataset, batch: int, shuffle: bool, cfg: DataConfig, seed: int, collate: Callable | None) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ds, batch_size=batch, shuffle=shuffle, drop_last=shuffle, num_workers=cfg.num_workers,
+        generator=gen, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.num_workers > 0,
+    )
+
+
+def bundle_from_arrays(cfg: DataConfig, seed: int, train: Arrays, test: Arrays, num_classes: int, pad: int) -> DataBundle:
+    """Split ``train`` into train/val, normalise by train-split channel statistics, build loaders."""
+    tr_idx, val_idx = _split(len(train.labels), cfg.val_fraction, cfg.train_subset, cfg.split_seed)
+    tr = _take(train, tr_idx)
+    pixels = tr.images.float().div_(255.0).transpose(0, 1).flatten(1)  # [C, N*H*W]
+    mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-3)
+    make = lambda a, aug: ArrayDataset(a, mean, std, augment=aug and cfg.augment, pad=pad)  # noqa: E731
+    val = _take(train, val_idx) if len(val_idx) else None
+    return DataBundle(
+        train=_loader(make(tr, True), cfg.batch_size, True, cfg, seed, _collate_batch),
+        val=None if val is None else _loader(make(val, False), cfg.eval_batch_size, False, cfg, seed, _collate_batch),
+        test=_loader(make(test, False), cfg.eval_batch_size, False, cfg, seed, _collate_batch),
+        num_classes=num_classes,
+        input_shape=tuple(train.images.shape[1:]),
+    )
+
+
+DATASETS: Registry[Callable[[DataConfig, int], DataBundle]] = Registry("dataset")
+
+
+def build_data(cfg: DataConfig, seed: int) -> DataBundle:
+    """The train/val/test loaders of ``cfg.name``; ``seed`` drives shuffling and augmentation."""
+    if cfg.name not in DATASETS:
+        raise UserError(f"data.name: unknown dataset {cfg.name!r}; known: {', '.join(DATASETS.names())}")
+    return DATASETS.get(cfg.name)(cfg, seed)
+
+
+@DATASETS.register("digits")
+def _digits(cfg: DataConfig, seed: int) -> DataBundle:
+    """scikit-learn's bundled 8x8 digits (1797 images, 1 channel, no download); a fixed 20 % test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.as_tensor(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]  # [N, 1, 8, 8]
+    arrays = Arrays(images, torch.as_tensor(d.target, dtype=torch.long))
+    perm = np.random.default_rng(12345).permutation(len(d.target))
+    n_test = len(perm) // 5
+    return bundle_from_arrays(cfg, seed, _take(arrays, perm[n_test:]), _take(arrays, perm[:n_test]), 10, pad=1)
+
+
+def _npz_split(path: Path) -> Arrays:
+    if not path.is_file():
+        raise UserError(f"data.root: {path} does not exist (need train.npz and test.npz)")
+    try:
+        with np.load(path) as z:
+            images, labels = z["images"], z["labels"]
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{path}: not a readable npz with 'images' and 'labels' ({e})") from None
+    return Arrays(torch.as_tensor(images).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(labels, dtype=torch.long))
+
+
+def _torchvision_split(cfg: DataConfig, train: bool, classes: int) -> Arrays:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
+    try:
+        ds = cls(cfg.root, train=train, download=cfg.download)
+    except RuntimeError as e:  # "Dataset not found or corrupted. You can use download=True ..."
+        raise UserError(f"data.root: {cfg.root}: {e} (set data.download=true to fetch it)") from None
+    return Arrays(torch.as_tensor(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets, dtype=torch.long))
+
+
+def _cifar(classes: int) -> Callable[[DataConfig, int], DataBundle]:
+    def build(cfg: DataConfig, seed: int) -> DataBundle:
+        if cfg.root is None:
+            raise UserError(f"data.root: {cfg.name} needs a directory (train.npz/test.npz, or torchvision's)")
+        root = Path(cfg.root).expanduser()
+        if cfg.source == "torchvision":
+            train, test = _torchvision_split(cfg, True, classes), _torchvision_split(cfg, False, classes)
+        else:
+            if not root.is_dir():
+                raise UserError(f"data.root: directory {root} does not exist")
+            train, test = _npz_split(root / "train.npz"), _npz_split(root / "test.npz")
+        return bundle_from_arrays(cfg, seed, train, test, classes, pad=4)
+
+    return build
+
+
+DATASETS.add("cifar10", _cifar(10))
+DATASETS.add("cifar100", _cifar(100))
+
+
+@DATASETS.register("synthetic")
+def _synthetic(cfg: DataConfig, seed: int) -> DataBundle:
+    """Random 3x32x32 images whose class shifts one channel's mean: learnable, instant, offline."""
+    gen = torch.Generator().manual_seed(777)
+
+    def split(n: int) -> Arrays:
+        labels = torch.randint(0, 10, (n,), generator=gen)
+        images = torch.randint(0, 160, (n, 3, 32, 32), generator=gen, dtype=torch.int32)
+        images += (labels * 9).view(-1, 1, 1, 1) * torch.tensor([1, 0, 0]).view(1, 3, 1, 1)
+        return Arrays(images.clamp(0, 255).to(torch.uint8), labels)
+
+    return bundle_from_arrays(cfg, seed, split(cfg.synthetic_size), split(cfg.synthetic_size), 10, pad=4)
+
+
+@DATASETS.register("imagefolder")
+def _imagefolder(cfg: DataConfig, seed: int) -> DataBundle:
+    """ImageNet layout: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (the test split)."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg.root or "")
+    for sub in ("train", "val"):
+        if cfg.root is None or not (root / sub).is_dir():
+            raise UserError(f"data.root: directory {root / sub} does not exist (ImageNet layout: train/ and val/)")
+    norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    size = cfg.image_size
+    aug = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    plain = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
+    train_aug = ImageFolder(str(root / "train"), aug if cfg.augment else plain)
+    train_plain = ImageFolder(str(root / "train"), plain)
+    tr_idx, val_idx = _split(len(train_aug), cfg.val_fraction, cfg.train_subset, cfg.split_seed)
+    sub = torch.utils.data.Subset
+    val = _loader(sub(train_plain, val_idx.tolist()), cfg.eval_batch_size, False, cfg, seed, None) if len(val_idx) else None
+    return DataBundle(
+        train=_loader(sub(train_aug, tr_idx.tolist()), cfg.batch_size, True, cfg, seed, None),
+        val=val,
+        test=_loader(ImageFolder(str(root / "val"), plain), cfg.eval_batch_size, False, cfg, seed, None),
+        num_classes=len(train_aug.classes),
+        input_shape=(3, size, size),
+    )
+
+
+def eval_loader(bundle: DataBundle) -> Iterable:
+    """The loader evaluation during training uses: validation, or test when there is no val split."""
+    return bundle.val if bundle.val is not None else bundle.test

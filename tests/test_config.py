@@ -1,0 +1,37 @@
+import pytest
+
+from gatesearch.config import Config, ConfigError, flat_keys, from_flat, from_nested, load, to_flat, to_nested
+
+
+def test_defaults_round_trip_through_flat_and_nested():
+    cfg = Config()
+    assert from_flat(to_flat(cfg)) == cfg
+    assert from_nested(to_nested(cfg)) == cfg
+    assert "method.adn.alpha" in flat_keys() and "model.name" in flat_keys()
+
+
+@pytest.mark.parametrize(
+    "flat, key",
+    [
+        ({"model.nam": "resnet20"}, "model.nam"),
+        ({"model.name": "resnet7"}, "model.name"),
+        ({"method.adn.alpha": 1.5}, "method.adn.alpha"),
+        ({"method.gated_depth.p_min": 0.9, "method.gated_depth.p_max": 0.5}, "method.gated_depth.p_min"),
+        ({"method.gated_depth.k": 0}, "method.gated_depth.k"),
+        ({"train.epochs": "many"}, "train.epochs"),
+        ({"model.gating": "layer"}, "model.gating"),
+    ],
+)
+def test_bad_values_name_the_key(flat, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        from_flat(flat)
+
+
+def test_load_yaml_with_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  name: resnet56\nmethod:\n  name: adn\n  adn:\n    alpha: 0.3\n")
+    cfg = load(f, ["method.adn.alpha=0.7", "train.epochs=3", "method.probgates.targets=[1.0, 0.8]"])
+    assert cfg.model.name == "resnet56" and cfg.method.adn.alpha == 0.7 and cfg.train.epochs == 3
+    assert cfg.method.probgates.targets == (1.0, 0.8)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.yaml")

@@ -1,0 +1,149 @@
+import pytest
+import torch
+
+from gatesearch.models import MODELS, create_model, mandatory_blocks
+from gatesearch.models.gates import AIGGate, BernoulliGate, LogitGate, gumbel_gate
+from gatesearch.models.norm import SwitchableBatchNorm2d
+from gatesearch.patterns import SkipPattern, all_patterns
+
+SMALL_INPUT = {"cifar": (2, 3, 32, 32), "imagenet": (2, 3, 64, 64)}
+
+
+@pytest.mark.parametrize("n, expected", [(2, 1), (3, 2), (4, 2), (6, 3), (9, 5), (18, 9), (23, 12)])
+def test_adn_split(n, expected):
+    assert mandatory_blocks(n) == expected
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("gating", ["stage", "block", "none"])
+def test_every_model_builds_and_runs(name, gating):
+    stem = "cifar" if name in ("resnet20", "resnet56", "resnet110") else "imagenet"
+    model = create_model(name, 7, gating=gating, stem=stem).eval()
+    x = torch.randn(SMALL_INPUT[stem])
+    n_stages = len(model.stages)
+    if gating == "stage":
+        assert model.n_units == n_stages
+    if gating == "none":
+        assert model.n_units == 0
+    with torch.no_grad():
+        out = model(x, SkipPattern.base_net(model.n_units))
+    assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("name, size, stem", [("resnet20", 32, "cifar"), ("resnet50", 64, "imagenet")])
+def test_pattern_path_equals_tensor_path(name, size, stem):
+    torch.manual_seed(0)
+    model = create_model(name, 10, stem=stem)
+    _randomize_bn(model)
+    model.eval()
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        for p in all_patterns(model.n_units):
+            a = model(x, p)
+            b = model(x, p.keep_tensor(3))
+            assert torch.allclose(a, b, atol=1e-5), str(p)
+
+
+def test_block_gating_units_are_shape_preserving_blocks():
+    m20 = create_model("resnet20", 10, gating="block")
+    assert m20.n_units == 3 + 2 + 2  # stage 1 keeps its shape from the first block on
+    m50 = create_model("resnet50", 10, gating="block", stem="imagenet")
+    assert m50.n_units == 2 + 3 + 5 + 2  # every stage's first bottleneck changes shape
+
+
+def test_skipped_units_run_no_code():
+    model = create_model("resnet56", 10).eval()
+    called: list[tuple[int, int]] = []
+    for s, stage in enumerate(model.stages):
+        for unit in stage.units:
+            for b, block in enumerate(unit):
+                block.register_forward_pre_hook(lambda mod, inp, key=(s, b): called.append(key))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32), SkipPattern.parse("TFT"))
+    assert called and {s for s, _ in called} == {1}  # only stage 1's unit ran
+    assert len(called) == len(model.stages[1].units[0]) == 4
+
+
+def test_switchable_bn_uses_one_set_per_flag():
+    model = create_model("resnet20", 10).train()
+    bn = model.stages[0].base[0].bn1
+    assert isinstance(bn, SwitchableBatchNorm2d)
+    before = [b.running_mean.clone() for b in bn.bns]
+    model(torch.randn(4, 3, 32, 32), SkipPattern.parse("TFF"))  # stage 0's unit skipped -> OFF set
+    assert torch.equal(bn.bns[0].running_mean, before[0])
+    assert not torch.equal(bn.bns[1].running_mean, before[1])
+
+
+def test_switchable_bn_optional_and_rejected_for_block_gating():
+    plain = create_model("resnet20", 10, switchable_bn=False)
+    assert not any(isinstance(m, SwitchableBatchNorm2d) for m in plain.modules())
+    with pytest.raises(ValueError, match="switchable_bn needs gating='stage'"):
+        create_model("resnet20", 10, gating="block", switchable_bn=True)
+
+
+def test_wrong_pattern_length_is_clear():
+    model = create_model("resnet20", 10)
+    with pytest.raises(ValueError, match="has 4 units; this model has 3"):
+        model(torch.randn(1, 3, 32, 32), SkipPattern.parse("FFFF"))
+    with pytest.raises(ValueError, match=r"\[B, 3\]"):
+        model(torch.randn(1, 3, 32, 32), torch.ones(1, 4))
+
+
+def test_features_per_stage():
+    model = create_model("resnet20", 10).eval()
+    logits, feats = model(torch.randn(2, 3, 32, 32), None, return_features=True)
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+
+def test_gate_fn_is_called_with_unit_input():
+    model = create_model("resnet20", 10, gating="block", gate_head="aig").eval()
+    seen = []
+
+    def fn(u: int, h: torch.Tensor) -> torch.Tensor:
+        seen.append((u, h.shape[1]))
+        keep, _ = gumbel_gate(model.gate_heads[u](h), tau=1.0)
+        return keep
+
+    model(torch.randn(2, 3, 32, 32), fn)
+    assert [u for u, _ in seen] == list(range(model.n_units))
+    assert [c for _, c in seen] == list(model.unit_channels)
+
+
+def test_gumbel_gate_hard_values_soft_gradient_and_temperature():
+    torch.manual_seed(0)
+    logits = torch.zeros(1000, 2, requires_grad=True)
+    keep, prob = gumbel_gate(logits, tau=1.0)
+    assert set(keep.detach().unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(prob, torch.full_like(prob, 0.5))
+    keep.sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    # the temperature is used: a low tau makes the relaxed sample nearly hard, a high tau nearly 0.5
+    torch.manual_seed(1)
+    soft_cold, _ = gumbel_gate(torch.zeros(2000, 2), tau=0.05, hard=False)
+    torch.manual_seed(1)
+    soft_hot, _ = gumbel_gate(torch.zeros(2000, 2), tau=50.0, hard=False)
+    assert (soft_cold - 0.5).abs().mean() > 0.4 > 0.01 > (soft_hot - 0.5).abs().mean()
+    with pytest.raises(ValueError):
+        gumbel_gate(logits, tau=0.0)
+
+
+def test_gate_modules_shapes_and_rates():
+    torch.manual_seed(0)
+    x = torch.randn(4000, 8, 4, 4)
+    keep, prob = gumbel_gate(BernoulliGate(0.3)(x), tau=1.0)
+    assert abs(keep.mean().item() - 0.3) < 0.03 and torch.allclose(prob, torch.full_like(prob, 0.3))
+    assert LogitGate(init_keep=0.9)(x).shape == (4000, 2)
+    assert AIGGate(8)(x[:16]).shape == (16, 2)
+    with pytest.raises(ValueError):
+        BernoulliGate(1.0)
+
+
+def _randomize_bn(model: torch.nn.Module) -> None:
+    """Give every BN non-trivial statistics and affine weights, so BN-set mix-ups would show."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
