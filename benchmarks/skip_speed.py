@@ -34,8 +34,9 @@ def time_variants(variants: dict[str, tuple[torch.nn.Module, object]], x: torch.
     with torch.inference_mode():
         for model, gates in variants.values():  # warm-up
             model(x, gates)
-        for _ in range(rounds):
-            for key, (model, gates) in variants.items():
+        for r in range(rounds):
+            order = list(variants.items())
+            for key, (model, gates) in order if r % 2 == 0 else order[::-1]:  # alternate order: no position bias
                 t0 = time.perf_counter()
                 for _ in range(inner):
                     model(x, gates)
@@ -81,8 +82,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}  threads={torch.get_num_threads()}  device=cpu  rounds={args.rounds}")
     for name, stem, batch, size in CASES[1:] if args.quick else CASES:
-        inner = 1 if name == "resnet50" else 5
-        print("\n".join(run_case(name, stem, batch, size, args.rounds, inner)), flush=True)
+        inner, rounds = (1, args.rounds) if name == "resnet50" else (3, 3 * args.rounds)  # small model: more samples
+        print("\n".join(run_case(name, stem, batch, size, rounds, inner)), flush=True)
 
 
 if __name__ == "__main__":
