@@ -47,9 +47,200 @@ def _add_patterns(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_patterns)
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from gatesearch.search.runner import SearchOptions, describe, run_search
+
+    summary = run_search(SearchOptions(space=args.space, address=args.address, tracking_uri=args.tracking_uri,
+                                       resume=args.resume, overrides=tuple(args.set), storage=args.storage,
+                                       num_cpus=args.num_cpus))
+    print(describe(summary))
+    return 130 if summary["interrupted"] else 0 if summary["n_complete"] > 0 else 1
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search a training recipe with Ray Tune + Optuna (MLflow-tracked)")
+    p.add_argument("--space", required=True, help="search space file, e.g. search_spaces/quickstart.yaml")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--tracking-uri", default=None,
+                   help=f"MLflow tracking URI (default: the space's tracking.uri, {DEFAULT_TRACKING_URI})")
+    p.add_argument("--resume", action="store_true", help="continue the study found in --storage")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config key for every trial (repeatable), e.g. --set data.root=/data/cifar10")
+    p.add_argument("--storage", default=None, help="Ray Tune storage directory (default: ./ray_results)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (ignored with --address)")
+    p.set_defaults(func=_cmd_search)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gatesearch.config import load, with_overrides
+    from gatesearch.train import ConsoleReporter, TrainingDiverged, fit
+
+    cfg = load(args.config, args.set or [])
+    if args.tracking_uri:
+        cfg = with_overrides(cfg, {"tracking.uri": args.tracking_uri})
+    reporters: list = [ConsoleReporter(cfg.train.log_every)]
+    if not args.no_mlflow:
+        from gatesearch.tracking import MLflowReporter
+
+        reporters.append(MLflowReporter(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name))
+    try:
+        result = fit(cfg, reporters, resume_from=args.resume)
+    except TrainingDiverged as e:
+        print(f"gatesearch train: {e}", file=sys.stderr)
+        return 1
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("top1_super", "top1_base", "frontier"))}
+    print(f"done: {shown}  checkpoint: {result.checkpoint_path}")
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one model with one method (config YAML + --set overrides)")
+    p.add_argument("--config", help="YAML config (defaults for every key it leaves out)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key, e.g. method.adn.alpha=0.3")
+    p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default from config: {DEFAULT_TRACKING_URI})")
+    p.add_argument("--resume", metavar="PATH", help="continue from this checkpoint (last.pt)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=_cmd_train)
+
+
+# ---------------------------------------------------------------- selection area: select | devices | profile | export
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from gatesearch.selection.pareto import format_menu, pick
+    from gatesearch.selection.select import SelectOptions, run_select
+
+    if args.reestimate_bn < 0 or args.batch < 1:
+        raise UserError("--reestimate-bn must be >= 0 and --batch >= 1")
+    menus, files = run_select(SelectOptions(
+        devices=tuple(args.device), out=args.out, checkpoint=args.checkpoint, run=args.run,
+        tracking_uri=args.tracking_uri, budget_ms=args.budget_ms, lut=args.lut, data_root=args.data_root,
+        reestimate_bn=args.reestimate_bn, batch=args.batch, torch_device=args.torch_device, threads=args.threads,
+    ))
+    for menu in menus:
+        print(format_menu(menu, limit=args.limit, budget_ms=args.budget_ms))
+        print()
+    if args.budget_ms is not None and all(pick(m, args.budget_ms) is None for m in menus):
+        print(f"gatesearch select: nothing fits {args.budget_ms} ms on any device", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in files.values()) + (f"; logged to MLflow run {args.run}" if args.run else ""))
+    return 0
+
+
+def _add_select(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("select", help="score every sub-network of a checkpoint and write per-device Pareto menus")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint file (last.pt)")
+    src.add_argument("--run", help="MLflow run id: use its checkpoint artifact and log the menus to it")
+    p.add_argument("--device", action="append", required=True, help="device profile (repeatable), e.g. jetson, h100, host")
+    p.add_argument("--budget-ms", type=float, default=None, help="print the most accurate entry within this latency")
+    p.add_argument("--lut", default=None, help="latency lookup table from `gatesearch profile` (CSV)")
+    p.add_argument("--out", default="outputs/select", help="output directory (menus, figures)")
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (with --run)")
+    p.add_argument("--data-root", default=None, help="override the checkpoint's data.root")
+    p.add_argument("--reestimate-bn", type=int, default=0, metavar="N",
+                   help="re-estimate BN statistics per pattern from N training batches (default: as trained)")
+    p.add_argument("--batch", type=int, default=1, help="batch size the latencies are for")
+    p.add_argument("--torch-device", default="cpu", help="where to score: cpu | cuda | auto")
+    p.add_argument("--limit", type=int, default=40, help="rows printed per menu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for scoring and host timing (1: stable timings on a shared machine)")
+    p.set_defaults(func=_cmd_select)
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from gatesearch.selection.latency import device_profiles, get_device
+
+    print(f"{'device':<24} {'aliases':<8} {'FP16 TF/s':>10} {'FP32 TF/s':>10} {'GB/s':>8} {'launch us':>9} "
+          f"{'eff':>5} {'prec':>5}  source")
+    for prof in device_profiles():
+        if prof.measure and not args.measure_host:
+            print(f"{prof.name:<24} {'':<8} {'(measured at first use; --measure-host to run it now)':<53}  {prof.source}")
+            continue
+        if prof.measure:
+            prof = get_device(prof.name)
+        print(f"{prof.name:<24} {','.join(prof.aliases):<8} {prof.peak_tflops_fp16:10.3f} {prof.peak_tflops_fp32:10.3f} "
+              f"{prof.mem_bandwidth_gbs:8.1f} {prof.launch_overhead_us:9.1f} {prof.efficiency:5.2f} "
+              f"{prof.precision:>5}  {prof.source}")
+    return 0
+
+
+def _add_devices(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("devices", help="list the device profiles the latency model knows")
+    p.add_argument("--measure-host", action="store_true", help="run the host micro-benchmark to fill in its row")
+    p.set_defaults(func=_cmd_devices)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from gatesearch.checkpoint import load_checkpoint
+    from gatesearch.selection.latency import profile_rows, write_lut
+
+    if args.batch < 1 or args.runs < 1 or args.warmup < 0:
+        raise UserError("--batch and --runs must be >= 1, --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.torch_device if args.torch_device != "auto" else
+                       ("cuda" if torch.cuda.is_available() else "cpu"))
+    ck = load_checkpoint(args.checkpoint, map_location=dev)
+    name = args.device_name or (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "host")
+    rows = profile_rows(ck.model, tuple(ck.input_shape), args.batch, args.runs, args.warmup, name)
+    path = write_lut(args.out, rows)
+    for r in rows:
+        print(f"{r.pattern:<14} batch {r.batch}  median {r.median_ms:9.4f} ms  p90 {r.p90_ms:9.4f} ms")
+    print(f"wrote {path} ({len(rows)} rows, device {name!r})")
+    return 0
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="measure every pattern's latency on this machine into a LUT (CSV)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="LUT CSV: pattern,batch,median_ms,p90_ms,runs,device")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--device-name", default=None, help="device column, e.g. jetson-orin-nano (default: host / GPU name)")
+    p.add_argument("--torch-device", default="auto", help="cpu | cuda | auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.set_defaults(func=_cmd_profile)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from gatesearch.checkpoint import load_checkpoint
+    from gatesearch.cost import count_params
+    from gatesearch.export import export
+    from gatesearch.patterns import SkipPattern
+
+    ck = load_checkpoint(args.checkpoint)
+    try:
+        pattern = SkipPattern.parse(args.pattern, ck.model.n_units)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    path = export(ck.model, pattern, args.format, args.out, tuple(ck.input_shape), args.batch)
+    params = count_params(ck.model, pattern, (1, *ck.input_shape))
+    print(f"wrote {path} ({args.format}, pattern {pattern}, {params / 1e6:.3f} M params)")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export one sub-network, skipped units removed, as ONNX or TorchScript")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--pattern", required=True, help="T/F per unit, T = skipped (e.g. TFFT)")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch", type=int, default=1, help="example batch for tracing (ONNX batch axis is dynamic)")
+    p.set_defaults(func=_cmd_export)
+
+
 # Each area registers its subcommands here: (module, function taking the subparsers object).
 _SUBCOMMANDS: list[tuple[str, str]] = [
     ("gatesearch.cli", "_add_patterns"),
+    ("gatesearch.cli", "_add_train"),
+    ("gatesearch.cli", "_add_search"),
+    ("gatesearch.cli", "_add_select"),
+    ("gatesearch.cli", "_add_devices"),
+    ("gatesearch.cli", "_add_profile"),
+    ("gatesearch.cli", "_add_export"),
 ]
 
 

@@ -12,6 +12,7 @@ key or a bad value with a ``ConfigError`` whose message names the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class DataConfig:
     source: Literal["npz", "torchvision"] = "npz"  # cifar only: npz dir, or torchvision
     download: bool = False  # torchvision only: fetch the data set when missing
     val_fraction: float = 0.1  # carved from train, for evaluation during training and selection
+    split_seed: int = 0  # seeds the val split / train subset (same images for every trial and seed)
     train_subset: int | None = None  # use only this many training images (fast tests, budgets)
     batch_size: int = 128
     eval_batch_size: int = 512
@@ -106,6 +108,15 @@ class TrainConfig:
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
         _check(self.bn_reestimate_batches >= 0, "train.bn_reestimate_batches", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class PlainConfig:
+    train_pattern: str = ""  # "" trains the super-net; a pattern (e.g. "TTT") trains that fixed sub-network
+
+    def __post_init__(self) -> None:
+        _check(set(self.train_pattern.upper()) <= {"T", "F"}, "method.plain.train_pattern",
+               f"use only T (skipped) and F (kept), got {self.train_pattern!r}")
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,7 @@ class ProbGatesConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     name: str = "adn"  # plain | stochastic_depth | adn | gated_depth | probgates
+    plain: PlainConfig = field(default_factory=PlainConfig)
     stochastic_depth: StochasticDepthConfig = field(default_factory=StochasticDepthConfig)
     adn: ADNConfig = field(default_factory=ADNConfig)
     gated_depth: GatedDepthConfig = field(default_factory=GatedDepthConfig)
@@ -329,9 +341,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: expected key=value")
     key, raw = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         return key.strip(), raw
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e30 (no dot) as a string
+    return key.strip(), value
 
 
 def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:

@@ -48,8 +48,9 @@ class ArrayDataset(Dataset):
     set defines it, so augmentation runs once per batch on tensors (workers still work).
     """
 
-    def __init__(self, data: Arrays, mean: torch.Tensor, std: torch.Tensor, augment: bool, pad: int = 4) -> None:
-        self.data, self.augment, self.pad = data, augment, pad
+    def __init__(self, data: Arrays, mean: torch.Tensor, std: torch.Tensor, augment: bool, pad: int = 4,
+                 flip: bool = True) -> None:
+        self.data, self.augment, self.pad, self.flip = data, augment, pad, flip
         self.mean = mean.view(1, -1, 1, 1)  # [1, C, 1, 1], in 0..1 units
         self.std = std.view(1, -1, 1, 1)
 
@@ -64,13 +65,13 @@ class ArrayDataset(Dataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         x = self.data.images[idx]  # [B, C, H, W] uint8
         if self.augment:
-            x = random_crop_flip(x, self.pad)
+            x = random_crop_flip(x, self.pad, self.flip)
         x = (x.float() / 255.0 - self.mean) / self.std
         return x, self.data.labels[idx]
 
 
-def random_crop_flip(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Per-image random crop after zero padding by ``pad`` and random horizontal flip.
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool = True) -> torch.Tensor:
+    """Per-image random crop after zero padding by ``pad`` and (``flip``) random horizontal flip.
 
     ``x [B, C, H, W]`` (any dtype) -> same shape; uses the global torch RNG (seeded by fit).
     """
@@ -82,8 +83,10 @@ def random_crop_flip(x: torch.Tensor, pad: int) -> torch.Tensor:
         rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [B, 1, H, 1]
         cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # [B, 1, 1, W]
         x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    flip = torch.rand(b) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    if not flip:
+        return x
+    flips = torch.rand(b) < 0.5
+    return torch.where(flips[:, None, None, None], x.flip(3), x)
 
 
 def _collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,13 +115,16 @@ def _loader(ds: Dataset, batch: int, shuffle: bool, cfg: DataConfig, seed: int, 
     )
 
 
-def bundle_from_arrays(cfg: DataConfig, seed: int, train: Arrays, test: Arrays, num_classes: int, pad: int) -> DataBundle:
+def bundle_from_arrays(
+    cfg: DataConfig, seed: int, train: Arrays, test: Arrays, num_classes: int, pad: int, flip: bool = True
+) -> DataBundle:
     """Split ``train`` into train/val, normalise by train-split channel statistics, build loaders."""
     tr_idx, val_idx = _split(len(train.labels), cfg.val_fraction, cfg.train_subset, cfg.split_seed)
     tr = _take(train, tr_idx)
-    pixels = tr.images.float().div_(255.0).transpose(0, 1).flatten(1)  # [C, N*H*W]
+    sample = tr.images[:10000]  # tr is a random permutation: its head is a fair sample; bounds memory
+    pixels = sample.float().div_(255.0).transpose(0, 1).flatten(1)  # [C, N*H*W]
     mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-3)
-    make = lambda a, aug: ArrayDataset(a, mean, std, augment=aug and cfg.augment, pad=pad)  # noqa: E731
+    make = lambda a, aug: ArrayDataset(a, mean, std, augment=aug and cfg.augment, pad=pad, flip=flip)  # noqa: E731
     val = _take(train, val_idx) if len(val_idx) else None
     return DataBundle(
         train=_loader(make(tr, True), cfg.batch_size, True, cfg, seed, _collate_batch),
@@ -149,7 +155,8 @@ def _digits(cfg: DataConfig, seed: int) -> DataBundle:
     arrays = Arrays(images, torch.as_tensor(d.target, dtype=torch.long))
     perm = np.random.default_rng(12345).permutation(len(d.target))
     n_test = len(perm) // 5
-    return bundle_from_arrays(cfg, seed, _take(arrays, perm[n_test:]), _take(arrays, perm[:n_test]), 10, pad=1)
+    test = _take(arrays, perm[:n_test])  # flips would turn digits into other shapes: crop only
+    return bundle_from_arrays(cfg, seed, _take(arrays, perm[n_test:]), test, 10, pad=1, flip=False)
 
 
 def _npz_split(path: Path) -> Arrays:

@@ -1,0 +1,101 @@
+"""Checkpoints: model weights + flat config (+ optimizer state, epoch, metrics, history).
+
+Only tensors, numbers, strings, lists and dicts are stored, so ``torch.load(weights_only=True)``
+reads them (no pickled code runs on load). Writes go to a temporary file that replaces the
+target atomically: a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gatesearch.config import Config, ConfigError, from_flat, to_flat
+from gatesearch.errors import UserError
+from gatesearch.models import GatedResNet, create_model
+
+FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    model: GatedResNet  # in eval mode, on map_location
+    config: Config
+    epoch: int  # last completed epoch, 0-based
+    metrics: dict[str, float]
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    optimizer: dict | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    method_state: dict[str, float] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, cfg: Config, *, epoch: int, metrics: dict[str, float],
+    optimizer: torch.optim.Optimizer | None = None, input_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None, history: list[dict[str, float]] | None = None,
+    method_state: dict[str, float] | None = None,
+) -> Path:
+    """Write a checkpoint atomically; ``input_shape``/``num_classes`` default to what the model implies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "config": to_flat(cfg),
+        "epoch": int(epoch),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "input_shape": list(input_shape or _guess_input_shape(model)),
+        "num_classes": int(num_classes or model.fc.out_features),
+        "history": history or [],
+        "method_state": method_state or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _guess_input_shape(model: nn.Module) -> tuple[int, int, int]:
+    conv = model.stem[0]
+    return (conv.in_channels, 32, 32) if model.stem_kind == "cifar" else (conv.in_channels, 224, 224)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint``; a missing or corrupt file is a ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
+        cfg = from_flat(state["config"])
+    except ConfigError as e:
+        raise UserError(f"checkpoint {path}: stored config is invalid ({e})") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types on a truncated / foreign file
+        raise UserError(f"checkpoint {path} is corrupt or not a gatesearch checkpoint ({type(e).__name__})") from None
+    model = build_model(cfg, state["num_classes"], tuple(state["input_shape"]))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path}: weights do not match {cfg.model.name} ({str(e).splitlines()[0]})") from None
+    model.to(map_location).eval()
+    return Checkpoint(
+        model=model, config=cfg, epoch=state["epoch"], metrics=state["metrics"],
+        input_shape=tuple(state["input_shape"]), num_classes=state["num_classes"], optimizer=state["optimizer"],
+        history=state.get("history", []), method_state=state.get("method_state", {}),
+    )
+
+
+def build_model(cfg: Config, num_classes: int, input_shape: tuple[int, ...]) -> GatedResNet:
+    """The model a config describes, for ``num_classes`` outputs and ``input_shape`` (C, H, W) inputs."""
+    m = cfg.model
+    return create_model(
+        m.name, num_classes, gating=m.gating, stem=m.stem, switchable_bn=m.switchable_bn,
+        gate_head=None if m.gate_head == "none" else m.gate_head, in_channels=input_shape[0],
+    )

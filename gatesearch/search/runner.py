@@ -1,0 +1,318 @@
+"""``gatesearch search``: a Ray Tune ``Tuner`` over a validated search space.
+
+OptunaSearch draws configs define-by-run (TPE; NSGA-II for multi-objective studies), ASHA stops
+weak trials early (single objective only), ``max_concurrent_trials`` and per-trial resources come
+from the space file, every epoch is checkpointed, and ``FailureConfig`` retries trials whose worker
+died. One MLflow parent run per study (its id kept in ``<storage>/<study>/mlflow_parent.json``, so
+``--resume`` reuses it), one child run per trial (see ``trainable.py``).
+
+After the study, ``<storage>/<study>/summary.json`` lists every trial and ``best.json`` names the
+best trial's checkpoint and MLflow run (single objective), or the Pareto set over trials that ran
+their full epoch budget (multi-objective); ASHA-stopped and errored trials never enter it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gatesearch.errors import UserError
+from gatesearch.search.space import SearchSpace, load_space
+from gatesearch.search.trainable import CHECKPOINT_FILE, FAULT_ENV, TrialContext, run_trial, trial_dirname, trial_name
+
+PARENT_FILE = "mlflow_parent.json"
+DEFAULT_STORAGE = "ray_results"
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    space: str
+    address: str | None = None  # None: a local Ray; "auto" or ray://host:10001 or host:6379: a cluster
+    tracking_uri: str | None = None  # None: the space's tracking.uri, else sqlite:///mlflow.db
+    resume: bool = False
+    overrides: tuple[str, ...] = ()
+    storage: str | None = None  # default ./ray_results
+    num_cpus: int | None = None  # local Ray only; default: enough for max_concurrent_trials
+    verbose: int = 1
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Trials run in other working directories: a relative SQLite path is made absolute here."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if "://" not in uri:  # a bare directory: MLflow's file store
+        return str(Path(uri).resolve())
+    return uri
+
+
+def _absolute_paths(space: SearchSpace) -> dict[str, Any]:
+    fixed = dict(space.fixed)
+    root = fixed.get("data.root")
+    if isinstance(root, str) and "://" not in root:
+        fixed["data.root"] = str(Path(root).expanduser().resolve())
+    return fixed
+
+
+def _init_ray(opts: SearchOptions, space: SearchSpace) -> bool:
+    """Connect to ``opts.address`` or start a local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if opts.address:
+        ray.init(address=opts.address, logging_level="WARNING")
+    else:
+        need = math.ceil(space.study.max_concurrent_trials * space.study.cpu)
+        ray.init(num_cpus=opts.num_cpus or max(need, os.cpu_count() or 1), include_dashboard=False,
+                 logging_level="WARNING")
+    return True
+
+
+def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Path) -> tuple[str, str]:
+    """The study's MLflow (experiment id, parent run id): reused on resume, else created."""
+    from gatesearch import tracking
+    from gatesearch.config import from_flat
+
+    marker = study_dir / PARENT_FILE
+    if opts.resume and marker.is_file():
+        saved = json.loads(marker.read_text())
+        if saved.get("tracking_uri") == uri:
+            tracking.reopen_run(uri, saved["parent_run_id"])
+            return saved["experiment_id"], saved["parent_run_id"]
+    experiment = from_flat(space.fixed).tracking.experiment
+    exp_id = tracking.study_experiment_id(uri, experiment)
+    s = space.study
+    params = {"study.name": s.name, "study.objective": ",".join(f"{o.metric}:{o.mode}" for o in s.objectives),
+              "study.trials": s.trials, "study.epochs": s.epochs, "study.time_budget_s": s.time_budget_s,
+              "study.max_concurrent_trials": s.max_concurrent_trials, "study.cpu": s.cpu, "study.gpu": s.gpu,
+              "study.devices": ",".join(s.devices), "study.searched": ",".join(p.key for p in space.params),
+              "study.overrides": " ".join(space.overrides)}
+    run_id = tracking.start_study_run(uri, exp_id, s.name, space.source, Path(space.path).name or "space.yaml",
+                                      params)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": run_id}))
+    return exp_id, run_id
+
+
+def _status_callback(ctx: TrialContext) -> Any:
+    """A Tune callback (driver side) that closes each trial's MLflow run with its final state.
+
+    A trial stopped by ASHA (or at ``max_t``) never returns from ``tune.report``, so its run is
+    closed here: FINISHED when it ran the full budget, KILLED (tag full_budget=False) otherwise.
+    """
+    from ray.tune import Callback
+
+    from gatesearch import tracking
+
+    uri, epochs = ctx.tracking_uri, ctx.epochs
+
+    def run_of(trial: Any) -> str | None:
+        return trial.last_result.get("mlflow_run_id") or tracking.find_trial_run(
+            uri, ctx.experiment_id, ctx.parent_run_id, trial.trial_id)
+
+    class MlflowTrialStatus(Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            run_id = run_of(trial)
+            if run_id:
+                done = int(trial.last_result.get("epochs_done", 0))
+                tracking.set_run_tags(uri, run_id, {"gatesearch.epochs_done": done,
+                                                    "gatesearch.full_budget": done >= epochs})
+                tracking.end_run(uri, run_id, "FINISHED" if done >= epochs else "KILLED")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            run_id = run_of(trial)
+            if run_id:
+                err = trial.get_error()
+                line = str(err).strip().splitlines()[-1][:500] if err else "trial errored"
+                tracking.end_run(uri, run_id, "FAILED", error=None if _has_error(uri, run_id) else line)
+
+    return MlflowTrialStatus()
+
+
+def _has_error(uri: str, run_id: str) -> bool:
+    from gatesearch import tracking
+
+    return tracking.ERROR_TAG in tracking.study_client(uri).get_run(run_id).data.tags
+
+
+def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, storage: Path) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = space.study
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": s.cpu, "gpu": s.gpu})
+    run_config = tune.RunConfig(
+        name=s.name,
+        storage_path=str(storage),
+        failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=[_status_callback(ctx)],
+        verbose=opts.verbose,
+    )
+    fixed = _absolute_paths(space) | {"tracking.uri": ctx.tracking_uri}
+    if opts.resume and tune.Tuner.can_restore(str(storage / s.name)):
+        return tune.Tuner.restore(str(storage / s.name), trainable=trainable, param_space=fixed,
+                                  resume_unfinished=True, resume_errored=False, restart_errored=False)
+    if s.multi_objective:
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(seed=s.seed)
+        metric, mode, scheduler = s.metrics, s.modes, None
+    else:
+        sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True,
+                                             n_startup_trials=max(2, min(10, s.trials // 3)))
+        metric, mode = s.metrics[0], s.modes[0]
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.epochs, grace_period=s.asha_grace_period,
+                                  reduction_factor=s.asha_reduction_factor)
+    searcher = OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler)
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        metric=None if s.multi_objective else metric,
+        mode=None if s.multi_objective else mode,
+        num_samples=s.trials,
+        max_concurrent_trials=s.max_concurrent_trials,
+        time_budget_s=s.time_budget_s,
+        reuse_actors=True,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_dirname,
+    )
+    return tune.Tuner(trainable, param_space=fixed, tune_config=tune_config, run_config=run_config)
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def summarize(space: SearchSpace, results: Any, study_dir: Path) -> dict[str, Any]:
+    """Every trial's state and objective values; the best trial or the Pareto set of full-budget trials."""
+    s = space.study
+    trials = []
+    for r in results:
+        m = r.metrics or {}
+        ckpt_dir = r.checkpoint.path if r.checkpoint is not None else None
+        done = int(m.get("epochs_done", 0))
+        trials.append({
+            "trial_id": m.get("trial_id") or Path(r.path).name.rsplit("_", 1)[-1],
+            "mlflow_run_id": m.get("mlflow_run_id"),
+            "state": "ERROR" if r.error is not None else ("COMPLETE" if done >= s.epochs else "STOPPED"),
+            "epochs_done": done,
+            "objectives": {k: m.get(k) for k in s.metrics},
+            "train_time_s": m.get("train_time_s"),
+            "checkpoint": str(Path(ckpt_dir) / CHECKPOINT_FILE) if ckpt_dir else None,
+            "error": str(r.error).strip().splitlines()[-1][:500] if r.error is not None else None,
+            "config": {k: v for k, v in (r.config or {}).items() if "." in k and k in {p.key for p in space.params}},
+        })
+    # only trials that ran their full budget compete: an ASHA-stopped trial's early score is not comparable
+    complete = [t for t in trials if t["state"] == "COMPLETE"
+                and all(isinstance(t["objectives"][k], (int, float)) for k in s.metrics)]
+    signs = [1.0 if mode == "max" else -1.0 for mode in s.modes]
+
+    def score(t: dict[str, Any]) -> list[float]:
+        return [sign * float(t["objectives"][k]) for sign, k in zip(signs, s.metrics)]
+
+    pareto = [t for t in complete if not any(_dominates(score(o), score(t)) for o in complete if o is not t)]
+    pareto.sort(key=score, reverse=True)
+    best = pareto[0] if pareto else None
+    return {
+        "study": s.name,
+        "objective": [{"metric": o.metric, "mode": o.mode} for o in s.objectives],
+        "storage": str(study_dir),
+        "n_trials": len(trials),
+        "n_complete": len(complete),
+        "n_error": sum(t["state"] == "ERROR" for t in trials),
+        "best": best,
+        "pareto": pareto if s.multi_objective else ([best] if best else []),
+        "trials": trials,
+    }
+
+
+def _log_summary(uri: str, parent_run_id: str, summary: dict[str, Any], study_dir: Path) -> None:
+    from gatesearch import tracking
+
+    tracking.log_run_dict(uri, parent_run_id, summary, "summary.json")
+    best = summary["best"]
+    tags: dict[str, Any] = {"gatesearch.n_trials": summary["n_trials"], "gatesearch.n_complete": summary["n_complete"],
+                            "gatesearch.pareto_run_ids": ",".join(t["mlflow_run_id"] or "" for t in summary["pareto"])}
+    if best:
+        tags |= {"gatesearch.best_trial_id": best["trial_id"], "gatesearch.best_run_id": best["mlflow_run_id"],
+                 "gatesearch.best_checkpoint": best["checkpoint"]}
+        tracking.log_trial_metrics(uri, parent_run_id, {f"best_{k}": v for k, v in best["objectives"].items()}, 0)
+    tracking.set_run_tags(uri, parent_run_id, tags)
+    tracking.end_run(uri, parent_run_id, "KILLED" if summary["interrupted"] else "FINISHED")
+
+
+def _interrupted(space: SearchSpace, study_dir: Path, elapsed_s: float) -> bool:
+    """Ctrl+C makes ``Tuner.fit`` save its state and return early: the saved state then has trials
+    that are neither terminated nor errored, or fewer trials than the budget while time was left."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(str(study_dir)).trials
+    budget_left = space.study.time_budget_s is None or elapsed_s < space.study.time_budget_s
+    return any(t.status not in ("TERMINATED", "ERROR") for t in trials) or (
+        len(trials) < space.study.trials and budget_left)
+
+
+def run_search(opts: SearchOptions) -> dict[str, Any]:
+    """Validate the space, run (or resume) the study, write summary.json / best.json, return the summary."""
+    space = load_space(opts.space, opts.overrides)  # every config problem stops here, before Ray starts
+    from gatesearch.config import from_flat
+
+    uri = absolute_tracking_uri(opts.tracking_uri or from_flat(space.fixed).tracking.uri)
+    storage = Path(opts.storage or DEFAULT_STORAGE).expanduser().resolve()
+    study_dir = storage / space.study.name
+    if not opts.resume and (study_dir / "tuner.pkl").exists():
+        raise UserError(f"{study_dir} already holds study {space.study.name!r}: pass --resume to continue it, "
+                        "or choose another --storage")
+    exp_id, parent_id = _parent_run(opts, space, uri, study_dir)
+    ctx = TrialContext(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, study=space.study.name,
+                       epochs=space.study.epochs, objective_metrics=tuple(space.study.metrics),
+                       fault=os.environ.get(FAULT_ENV, ""), fault_dir=str(study_dir / "faults"))
+    # num_to_keep forces an experiment snapshot per checkpoint; with tiny epochs Tune warns about it
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    started = _init_ray(opts, space)
+    t0 = time.perf_counter()
+    try:
+        results = _build_tuner(opts, space, ctx, storage).fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    interrupted = _interrupted(space, study_dir, time.perf_counter() - t0)
+    summary = summarize(space, results, study_dir) | {"wall_time_s": time.perf_counter() - t0,
+                                                      "tracking_uri": uri, "parent_run_id": parent_id,
+                                                      "experiment_id": exp_id, "interrupted": interrupted}
+    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    best = summary["best"]
+    (study_dir / "best.json").write_text(json.dumps(
+        {"study": space.study.name, "trial_id": best and best["trial_id"], "checkpoint": best and best["checkpoint"],
+         "mlflow_run_id": best and best["mlflow_run_id"], "objectives": best and best["objectives"],
+         "tracking_uri": uri, "devices": list(space.study.devices)}, indent=2))
+    _log_summary(uri, parent_id, summary, study_dir)
+    return summary
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """The lines ``gatesearch search`` prints: results, best trial, where to look next."""
+    lines = [f"study {summary['study']}: {summary['n_trials']} trials, {summary['n_complete']} ran the full budget, "
+             f"{summary['n_error']} errored ({summary['wall_time_s']:.0f} s)"]
+    for t in summary["pareto"]:
+        vals = ", ".join(f"{k}={v:.4f}" for k, v in t["objectives"].items() if isinstance(v, (int, float)))
+        lines.append(f"  {'best' if t is summary['best'] else 'pareto'} trial {t['trial_id']}: {vals}  "
+                     f"mlflow run {t['mlflow_run_id']}")
+    if summary["best"]:
+        lines.append(f"  best checkpoint: {summary['best']['checkpoint']}")
+    if summary["interrupted"]:
+        lines.append("interrupted: the study's state is saved; continue it with the same command plus --resume")
+    lines.append(f"results: {summary['storage']}/summary.json, best trial: {summary['storage']}/best.json")
+    uri = summary["tracking_uri"]
+    ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+    lines.append(f"MLflow: {ui}   (experiment id {summary['experiment_id']}, parent run {summary['parent_run_id']})")
+    return "\n".join(lines)

@@ -1,0 +1,380 @@
+"""Search-space files (``search_spaces/*.yaml``) -> a validated ``SearchSpace``.
+
+A space file is data only::
+
+    study:
+      name: cifar10_resnet20
+      objective: {metric: frontier_hv, mode: max}      # or a list of them (multi-objective)
+      budget: {trials: 32, epochs: 30, time_budget_s: 14400}
+      max_concurrent_trials: 4
+      resources: {cpu: 2, gpu: 0.25}
+      devices: [jetson-orin-nano, rpi4]
+    fixed:                     # dotted config keys -> values
+      data.name: cifar10
+      data.root: ${CIFAR10_ROOT:-data/cifar10}
+    search:                    # dotted config keys -> one distribution each
+      method.name: {choice: [adn, gated_depth, probgates]}
+      optim.lr: {loguniform: [0.02, 0.2]}
+      method.adn.alpha: {uniform: [0.3, 0.9], when: {method.name: adn}}
+
+Everything is checked here, key by key against the ``Config`` dataclasses, before Ray starts:
+an unknown key, an impossible range or a value a config field rejects is one ``ConfigError``
+naming the key. Only ``suggest`` touches Optuna (through the trial object it is handed), so
+this module imports neither Ray nor Optuna.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gatesearch.config import ConfigError, flat_keys, from_flat, parse_override
+
+KINDS = ("choice", "uniform", "loguniform", "int")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_STUDY_KEYS = {"name", "objective", "budget", "max_concurrent_trials", "resources", "devices", "seed",
+               "max_failures", "asha"}
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str  # a per-epoch metric of train.fit: top1_super, top1_base, frontier_hv, ...
+    mode: Literal["max", "min"] = "max"
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    objectives: tuple[Objective, ...]
+    trials: int = 8
+    epochs: int = 10
+    time_budget_s: float | None = None  # wall-clock cap for the whole study
+    max_concurrent_trials: int = 2
+    cpu: float = 1.0  # per trial
+    gpu: float = 0.0  # per trial; fractional shares one GPU between trials
+    devices: tuple[str, ...] = ()  # target devices the selector builds menus for
+    seed: int = 0
+    max_failures: int = 2  # retries of a trial whose worker died (resumes from its last checkpoint)
+    asha_grace_period: int = 1  # epochs before ASHA may stop a trial (single objective only)
+    asha_reduction_factor: float = 2.0
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def metrics(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    @property
+    def modes(self) -> list[str]:
+        return [o.mode for o in self.objectives]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched key. ``when`` maps other keys to the values under which this one applies."""
+
+    key: str
+    kind: Literal["choice", "uniform", "loguniform", "int"]
+    choices: tuple[Any, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False  # int only
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def active(self, chosen: dict[str, Any]) -> bool:
+        return all(k in chosen and _same(chosen[k], vals) for k, vals in self.when)
+
+    def probe_values(self) -> list[Any]:
+        """The values whose validity implies the whole range's (endpoints, every choice)."""
+        if self.kind == "choice":
+            return list(self.choices)
+        return [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw a value with an Optuna ``Trial`` (define-by-run)."""
+        if self.kind == "choice":
+            labels = [_label(c) for c in self.choices]
+            return self.choices[labels.index(trial.suggest_categorical(self.key, labels))]
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.kind == "loguniform")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    study: Study
+    fixed: dict[str, Any]  # dotted key -> value, budget epochs included as train.epochs
+    params: tuple[Param, ...]
+    source: str = ""  # the YAML text, logged to the study's MLflow parent run
+    path: str = ""
+    overrides: tuple[str, ...] = field(default=())
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Optuna define-by-run space: only keys that apply to the values drawn so far are drawn.
+
+        Returns the drawn values (choices decoded), which OptunaSearch merges into the trial config.
+        """
+        chosen = dict(self.fixed)
+        for p in self.params:
+            if p.active(chosen):
+                chosen[p.key] = p.suggest(trial)
+        return {p.key: chosen[p.key] for p in self.params if p.key in chosen}
+
+    def example_flat(self) -> dict[str, Any]:
+        """A flat config using each active param's first probe value (for checks and docs)."""
+        chosen = dict(self.fixed)
+        for p in self.params:
+            if p.active(chosen):
+                chosen[p.key] = p.probe_values()[0]
+        return chosen
+
+
+def _label(value: Any) -> Any:
+    """Optuna categoricals hold scalars only; lists (e.g. annealed targets) travel as JSON text."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
+
+
+def _same(value: Any, allowed: tuple[Any, ...]) -> bool:
+    return _label(value) in [_label(a) for a in allowed]
+
+
+def _expand_env(value: Any, key: str) -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` in string values (data roots live outside the package)."""
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) in os.environ:
+            return os.environ[m.group(1)]
+        if m.group(2) is None:
+            raise ConfigError(f"{key}: environment variable {m.group(1)} is not set (or pass --set {key}=...)")
+        return m.group(2)
+
+    return _ENV.sub(sub, value)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _parse_objectives(raw: Any) -> tuple[Objective, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items or raw is None:
+        raise ConfigError("study.objective: missing (give {metric: ..., mode: max|min} or a list of them)")
+    out = []
+    for i, item in enumerate(items):
+        where = f"study.objective[{i}]" if isinstance(raw, list) else "study.objective"
+        if isinstance(item, str):
+            item = {"metric": item}
+        item = _mapping(item, where)
+        unknown = set(item) - {"metric", "mode"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (use metric, mode)")
+        metric, mode = item.get("metric"), item.get("mode", "max")
+        if not isinstance(metric, str) or not re.fullmatch(r"[A-Za-z0-9_]+", metric):
+            raise ConfigError(f"{where}.metric: must be a metric name such as top1_super, got {metric!r}")
+        if mode not in ("max", "min"):
+            raise ConfigError(f"{where}.mode: must be max or min, got {mode!r}")
+        out.append(Objective(metric, mode))
+    if len({o.metric for o in out}) != len(out):
+        raise ConfigError("study.objective: a metric is listed twice")
+    return tuple(out)
+
+
+def _parse_study(raw: Any) -> Study:
+    raw = _mapping(raw, "study")
+    unknown = set(raw) - _STUDY_KEYS
+    if unknown:
+        raise ConfigError(f"study.{sorted(unknown)[0]}: unknown key; known: {', '.join(sorted(_STUDY_KEYS))}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"study.name: must be a name of letters, digits, _ . -, got {name!r}")
+    budget = _mapping(raw.get("budget"), "study.budget")
+    unknown = set(budget) - {"trials", "epochs", "time_budget_s"}
+    if unknown:
+        raise ConfigError(f"study.budget.{sorted(unknown)[0]}: unknown key (use trials, epochs, time_budget_s)")
+    resources = _mapping(raw.get("resources"), "study.resources")
+    unknown = set(resources) - {"cpu", "gpu"}
+    if unknown:
+        raise ConfigError(f"study.resources.{sorted(unknown)[0]}: unknown key (use cpu, gpu)")
+    asha = _mapping(raw.get("asha"), "study.asha")
+    unknown = set(asha) - {"grace_period", "reduction_factor"}
+    if unknown:
+        raise ConfigError(f"study.asha.{sorted(unknown)[0]}: unknown key (use grace_period, reduction_factor)")
+    devices = raw.get("devices") or []
+    if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+        raise ConfigError(f"study.devices: must be a list of device names, got {devices!r}")
+
+    def integer(value: Any, where: str, low: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{where}: must be an integer >= {low}, got {value!r}")
+        return value
+
+    study = Study(
+        name=name,
+        objectives=_parse_objectives(raw.get("objective")),
+        trials=integer(budget.get("trials", Study.trials), "study.budget.trials", 1),
+        epochs=integer(budget.get("epochs", Study.epochs), "study.budget.epochs", 1),
+        time_budget_s=None if budget.get("time_budget_s") is None
+        else _number(budget["time_budget_s"], "study.budget.time_budget_s"),
+        max_concurrent_trials=integer(raw.get("max_concurrent_trials", Study.max_concurrent_trials),
+                                      "study.max_concurrent_trials", 1),
+        cpu=_number(resources.get("cpu", Study.cpu), "study.resources.cpu"),
+        gpu=_number(resources.get("gpu", Study.gpu), "study.resources.gpu"),
+        devices=tuple(devices),
+        seed=integer(raw.get("seed", Study.seed), "study.seed", 0),
+        max_failures=integer(raw.get("max_failures", Study.max_failures), "study.max_failures", 0),
+        asha_grace_period=integer(asha.get("grace_period", Study.asha_grace_period), "study.asha.grace_period", 1),
+        asha_reduction_factor=_number(asha.get("reduction_factor", Study.asha_reduction_factor),
+                                      "study.asha.reduction_factor"),
+    )
+    if study.time_budget_s is not None and study.time_budget_s <= 0:
+        raise ConfigError(f"study.budget.time_budget_s: must be > 0, got {study.time_budget_s}")
+    if study.cpu <= 0:
+        raise ConfigError(f"study.resources.cpu: must be > 0, got {study.cpu}")
+    if study.gpu < 0 or (study.gpu > 1 and study.gpu != int(study.gpu)):
+        raise ConfigError(f"study.resources.gpu: must be a fraction in [0, 1] or a whole number, got {study.gpu}")
+    if study.asha_reduction_factor <= 1:
+        raise ConfigError(f"study.asha.reduction_factor: must be > 1, got {study.asha_reduction_factor}")
+    return study
+
+
+def _parse_param(key: str, spec: Any, known: set[str]) -> Param:
+    where = f"search.{key}"
+    if key not in known:
+        raise ConfigError(f"{where}: unknown config key")
+    spec = _mapping(spec, where)
+    kinds = [k for k in spec if k in KINDS]
+    unknown = set(spec) - set(KINDS) - {"when", "log"}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (use one of {', '.join(KINDS)}, when, log)")
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}: give exactly one of {', '.join(KINDS)}")
+    kind, args = kinds[0], spec[kinds[0]]
+    when = tuple(
+        (k, tuple(v) if isinstance(v, list) else (v,)) for k, v in _mapping(spec.get("when"), f"{where}.when").items()
+    )
+    for k, _ in when:
+        if k not in known:
+            raise ConfigError(f"{where}.when.{k}: unknown config key")
+    log = spec.get("log", False)
+    if not isinstance(log, bool) or (log and kind != "int"):
+        raise ConfigError(f"{where}.log: true/false, for int only (use loguniform for floats)")
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise ConfigError(f"{where}.choice: must be a non-empty list, got {args!r}")
+        return Param(key, "choice", choices=tuple(args), when=when)
+    if not isinstance(args, list) or len(args) != 2:
+        raise ConfigError(f"{where}.{kind}: must be [low, high], got {args!r}")
+    low, high = _number(args[0], f"{where}.{kind}"), _number(args[1], f"{where}.{kind}")
+    if low > high:
+        raise ConfigError(f"{where}.{kind}: low={args[0]} > high={args[1]}")
+    if kind == "loguniform" and low <= 0:
+        raise ConfigError(f"{where}.loguniform: low must be > 0, got {args[0]}")
+    if kind == "int":
+        if not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+            raise ConfigError(f"{where}.int: bounds must be integers, got {args!r}")
+        if log and low < 1:
+            raise ConfigError(f"{where}.int: log=true needs low >= 1, got {args[0]}")
+    return Param(key, kind, low=low, high=high, log=log, when=when)
+
+
+def parse(raw: Any, overrides: list[str] | tuple[str, ...] = (), source: str = "", path: str = "") -> SearchSpace:
+    """Nested YAML data (+ ``key=value`` overrides, which fix a key) -> a validated ``SearchSpace``."""
+    raw = _mapping(raw, "space file")
+    unknown = set(raw) - {"study", "fixed", "search"}
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key (use study, fixed, search)")
+    study = _parse_study(raw.get("study"))
+    known = flat_keys()
+    fixed = {k: _expand_env(v, f"fixed.{k}") for k, v in _mapping(raw.get("fixed"), "fixed").items()}
+    for k in fixed:
+        if k not in known:
+            raise ConfigError(f"fixed.{k}: unknown config key")
+    if "train.epochs" in fixed:
+        raise ConfigError("fixed.train.epochs: set the budget with study.budget.epochs instead")
+    fixed["train.epochs"] = study.epochs
+    searched = _mapping(raw.get("search"), "search")
+    over = dict(parse_override(o) for o in overrides)
+    for k in over:
+        if k not in known:
+            raise ConfigError(f"--set {k}: unknown config key")
+    # an override fixes the key, whether the file fixed or searched it
+    searched = {k: v for k, v in searched.items() if k not in over}
+    fixed.update(over)
+    for k in searched:
+        if k in fixed:
+            raise ConfigError(f"search.{k}: also in fixed; a key is either fixed or searched")
+    params = tuple(_parse_param(k, v, known) for k, v in searched.items())
+    space = SearchSpace(study, fixed, params, source=source, path=path, overrides=tuple(overrides))
+    _check_values(space)
+    return space
+
+
+def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
+    """Read and validate a space file; every problem is one ``ConfigError`` line naming the key."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"search space {p} does not exist")
+    text = p.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        return parse(raw, overrides, source=text, path=str(p))
+    except ConfigError as e:
+        raise ConfigError(f"{p.name}: {e}") from None
+
+
+# ---------------------------------------------------------------- value checks
+
+
+def _check_values(space: SearchSpace) -> None:
+    """Build a Config for the fixed values and for every probe value of every searched key.
+
+    The other searched keys sit at their first probe value and the key's ``when`` conditions
+    are satisfied, so a value is judged in a context where it would actually be used.
+    """
+    try:
+        from_flat(space.fixed)
+    except ConfigError as e:
+        raise ConfigError(f"fixed: {e}") from None
+    order = [p.key for p in space.params]
+    base = {**space.fixed, **{p.key: p.probe_values()[0] for p in space.params}}
+    for i, p in enumerate(space.params):
+        for k, vals in p.when:
+            if k not in space.fixed and k not in order[:i]:
+                raise ConfigError(f"search.{p.key}.when.{k}: must be fixed or searched before {p.key}")
+            dep = next((q for q in space.params if q.key == k), None)
+            possible = [space.fixed[k]] if dep is None else dep.probe_values() if dep.kind == "choice" else None
+            if possible is not None and not any(_same(v, vals) for v in possible):
+                raise ConfigError(f"search.{p.key}.when.{k}: {list(vals)} can never hold")
+        context = {**base, **{k: vals[0] for k, vals in p.when}}
+        for value in p.probe_values():
+            try:
+                from_flat({**context, p.key: value})
+            except ConfigError as e:
+                raise ConfigError(f"search.{p.key}: value {value!r} is rejected ({e})") from None

@@ -1,0 +1,187 @@
+"""The Ray Tune function trainable: one trial = one ``train.fit`` run, tracked as one MLflow child run.
+
+The trial config is the flat dotted config (fixed keys + the Optuna draw). Everything else the
+trial needs from the driver (tracking URI, parent run, fault injection) arrives as ``TrialContext``
+through ``tune.with_parameters``. Heavy imports (torch, the training loop) happen inside the
+function, once per worker process: with ``reuse_actors`` a worker runs many trials.
+
+Per epoch, ``_TuneReporter`` logs the metrics to the trial's MLflow run and calls
+``tune.report(metrics, checkpoint=...)`` with a directory holding ``last.pt`` and ``trial.json``
+(the MLflow run id). A restarted trial resumes ``train.fit`` from ``tune.get_checkpoint()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_FILE = "last.pt"
+TRIAL_FILE = "trial.json"
+# A debugging aid for the fault-tolerance tests: "KIND@TRIAL[,KIND@TRIAL...]" with KIND one of
+#   raise (the trial raises at the end of its first epoch), nan (the trial's lr is blown up so its loss
+#   diverges), exit (the worker process dies after its first checkpoint, once).
+# TRIAL is the trial's index in the study (0, 1, ...). Read by the runner in the driver process.
+FAULT_ENV = "GATESEARCH_FAULT"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the ``raise`` fault of ``GATESEARCH_FAULT``."""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What the driver hands every trial (picklable, no live objects)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    study: str
+    epochs: int
+    objective_metrics: tuple[str, ...]
+    fault: str = ""  # GATESEARCH_FAULT as read by the driver
+    fault_dir: str = ""  # where once-only faults leave their marker
+
+
+def trial_index_of(trial: Any) -> int:
+    """0-based creation order of a Tune trial: its experiment tag starts with a 1-based counter that
+    the search generator keeps across ``Tuner.restore``."""
+    head = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
+    return int(head) - 1 if head.isdigit() else -1
+
+
+def trial_name(trial: Any) -> str:
+    """``TuneConfig.trial_name_creator``: ``t003`` for the fourth trial (its index travels in the name)."""
+    return f"t{trial_index_of(trial):03d}"
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"{trial_name(trial)}_{trial.trial_id}"
+
+
+def trial_index(name: str) -> int:
+    """``t003`` -> 3 (-1 for a name this module did not create)."""
+    return int(name[1:]) if name[:1] == "t" and name[1:].isdigit() else -1
+
+
+def faults_for(spec: str, index: int) -> set[str]:
+    kinds = set()
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        kind, _, at = item.partition("@")
+        if at.strip().isdigit() and int(at) == index:
+            kinds.add(kind.strip())
+    return kinds
+
+
+def _short_error(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+class _TuneReporter:
+    """``train.Reporter`` that forwards each epoch to MLflow and to Tune (with a checkpoint)."""
+
+    def __init__(self, ctx: TrialContext, run_id: str, faults: set[str], trial_id: str) -> None:
+        self.ctx, self.run_id, self.faults, self.trial_id = ctx, run_id, faults, trial_id
+        self.carried: dict[str, float] = {}
+
+    def on_start(self, cfg: Any, info: dict[str, Any]) -> None:
+        pass
+
+    def on_step(self, step: int, epoch: int, parts: dict[str, float]) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_path: Path) -> None:
+        from ray import tune
+
+        from gatesearch import tracking
+
+        # epochs without evaluation (train.eval_every > 1) carry the last objective values, so the
+        # scheduler and searcher always find their metrics
+        self.carried.update({k: metrics[k] for k in self.ctx.objective_metrics if k in metrics})
+        report = {**self.carried, **metrics, "epochs_done": epoch + 1, "mlflow_run_id": self.run_id}
+        tracking.log_trial_metrics(self.ctx.tracking_uri, self.run_id, metrics, step=epoch)
+        if epoch + 1 == self.ctx.epochs:  # before the last report: ASHA's max_t stops the trial inside it
+            tracking.log_run_artifact(self.ctx.tracking_uri, self.run_id, str(checkpoint_path), "checkpoint")
+        if "raise" in self.faults:
+            raise InjectedFault(f"injected fault ({FAULT_ENV}) in trial {self.trial_id} after epoch {epoch}")
+        with tempfile.TemporaryDirectory(prefix="gs-ckpt-") as tmp:
+            dst = Path(tmp) / CHECKPOINT_FILE
+            try:
+                os.link(checkpoint_path, dst)  # same file system: no copy
+            except OSError:
+                shutil.copy2(checkpoint_path, dst)
+            (Path(tmp) / TRIAL_FILE).write_text(json.dumps({"mlflow_run_id": self.run_id, "epoch": epoch,
+                                                            "trial_id": self.trial_id}))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+        if "exit" in self.faults:
+            marker = Path(self.ctx.fault_dir) / f"exit-{self.trial_id}"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text("worker killed once by the fault injection\n")
+                time.sleep(1.0)  # let the driver register the reported checkpoint first
+                os._exit(17)  # a dying worker: Tune retries the trial from this checkpoint
+
+    def on_end(self, result: Any) -> None:
+        pass
+
+
+def _resume_path(local_dir: Path) -> Path | None:
+    """Copy the trial's last Tune checkpoint next to the trial (Tune may delete its own copy)."""
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        src = Path(d) / CHECKPOINT_FILE
+        if not src.is_file():
+            return None
+        local_dir.mkdir(parents=True, exist_ok=True)
+        dst = local_dir / "resume.pt"
+        shutil.copy2(src, dst)
+        return dst
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable: ``config`` is the flat dotted config of this trial."""
+    from ray import tune
+
+    from gatesearch import tracking
+    from gatesearch.config import from_flat, to_flat
+    from gatesearch.errors import UserError
+    from gatesearch.train import TrainingDiverged, fit
+
+    tctx = tune.get_context()
+    # not tctx.get_trial_dir(): with reuse_actors it can still name the actor's previous trial
+    trial_id = tctx.get_trial_id()
+    trial_dir = Path(tempfile.gettempdir()) / "gatesearch-trials" / ctx.study / trial_id
+    index = trial_index(tctx.get_trial_name())
+    faults = faults_for(ctx.fault, index)
+    flat = {k: v for k, v in config.items() if "." in k}
+    flat["train.out_dir"] = str(trial_dir / "fit")
+    flat["tracking.uri"] = ctx.tracking_uri
+    if "nan" in faults:  # a learning rate no loss survives: train.fit must raise TrainingDiverged
+        flat["optim.lr"] = 1e30
+    cfg = from_flat(flat)
+    tags = {**tracking.run_tags(cfg), "gatesearch.study": ctx.study, "gatesearch.trial_index": str(index)}
+    run_id, status, error = tracking.trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id,
+                                               f"{ctx.study}-{index:03d}-{cfg.method.name}",
+                                               to_flat(cfg), tags)
+    if error:  # a deterministic failure already recorded: retrying cannot help
+        raise InjectedFault(error) if error.startswith("InjectedFault") else RuntimeError(error)
+    if status != "RUNNING":
+        tracking.reopen_run(ctx.tracking_uri, run_id)
+    resume_from = _resume_path(trial_dir / "resume")
+    reporter = _TuneReporter(ctx, run_id, faults, trial_id)
+    try:
+        fit(cfg, reporters=(reporter,), resume_from=resume_from)
+    except (TrainingDiverged, UserError, InjectedFault) as e:
+        tracking.end_run(ctx.tracking_uri, run_id, "FAILED", error=_short_error(e))
+        raise
+    tracking.end_run(ctx.tracking_uri, run_id, "FINISHED")

@@ -1,0 +1,449 @@
+"""Latency of sub-networks: measured on this host, modelled for a device profile, or looked up.
+
+Three sources, recorded per menu entry as ``latency_source``:
+
+- ``measured``: timed here (warm-up, several interleaved runs, median and p90);
+- ``lut``: a lookup table measured on the target with ``gatesearch profile`` (CSV, see
+  ``read_lut``); a LUT entry always wins over the model;
+- ``model``: a per-layer roofline on a ``DeviceProfile``. Every leaf module that runs under the
+  pattern is captured by forward hooks (inside ``torch.utils.flop_counter`` for its FLOPs), plus
+  one memory-only step per residual add, and
+
+      t_layer = max(flops / (peak * efficiency), bytes / bandwidth) + launch_overhead
+
+  summed over layers (Williams et al., "Roofline", CACM 2009). Profiles that deploy through a
+  fusing runtime (TensorRT on Jetson / datacenter GPUs) fold BN, ReLU and the add into the conv.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import statistics
+import time
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from gatesearch.errors import UserError
+from gatesearch.models import Gates, GatedResNet
+from gatesearch.models.blocks import BasicBlock, Bottleneck
+from gatesearch.patterns import SkipPattern
+from gatesearch.registry import Registry
+
+# ----------------------------------------------------------------- device profiles
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Figures a roofline needs. ``peak_tflops_*`` dense, ``mem_bandwidth_gbs`` in GB/s,
+    ``launch_overhead_us`` per kernel, ``efficiency`` the fraction of peak compute a conv reaches."""
+
+    name: str
+    description: str
+    peak_tflops_fp16: float
+    peak_tflops_fp32: float
+    mem_bandwidth_gbs: float
+    launch_overhead_us: float
+    efficiency: float
+    precision: str = "fp16"  # the precision the model assumes the network runs in
+    fused_elementwise: bool = True  # BN / ReLU / residual add fused into the conv (TensorRT)
+    aliases: tuple[str, ...] = ()
+    source: str = ""
+    measure: bool = False  # host: figures come from a micro-benchmark on this machine
+    module_overhead_us: float = 0.0  # eager runtimes: Python cost of each container module call
+    conv_overhead_us: float = 0.0  # extra fixed cost of a conv/linear kernel (setup, im2col) on top
+
+    @property
+    def peak_flops(self) -> float:
+        return 1e12 * (self.peak_tflops_fp16 if self.precision == "fp16" else self.peak_tflops_fp32)
+
+    @property
+    def bytes_per_element(self) -> int:
+        return 2 if self.precision == "fp16" else 4
+
+
+_FIELDS = {f for f in DeviceProfile.__dataclass_fields__}
+
+
+def _parse_profile(text: str, origin: str) -> DeviceProfile:
+    raw = yaml.safe_load(text) or {}
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise ValueError(f"{origin}: unknown device profile keys {sorted(unknown)}")
+    raw["aliases"] = tuple(raw.get("aliases", ()))
+    for key in ("peak_tflops_fp16", "peak_tflops_fp32", "mem_bandwidth_gbs", "launch_overhead_us", "efficiency",
+                "module_overhead_us", "conv_overhead_us"):
+        raw[key] = float(raw.get(key) or 0.0)
+    prof = DeviceProfile(**raw)
+    if prof.precision not in ("fp16", "fp32"):
+        raise ValueError(f"{origin}: precision must be fp16 or fp32")
+    return prof
+
+
+def _load_devices() -> Registry[DeviceProfile]:
+    reg: Registry[DeviceProfile] = Registry("device")
+    folder = resources.files("gatesearch.selection").joinpath("devices")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            prof = _parse_profile(entry.read_text(), entry.name)
+            for name in (prof.name, *prof.aliases):
+                reg.add(name, prof)
+    return reg
+
+
+DEVICES: Registry[DeviceProfile] = _load_devices()
+
+
+def get_device(name: str) -> DeviceProfile:
+    """The profile for ``name`` (or an alias); ``host`` gets its figures measured (once per process)."""
+    if name not in DEVICES:
+        raise UserError(f"unknown device {name!r}; known: {', '.join(DEVICES.names())}")
+    prof = DEVICES.get(name)
+    return host_profile(prof) if prof.measure else prof
+
+
+def device_profiles() -> list[DeviceProfile]:
+    """Each profile once (aliases folded), sorted by name; ``host`` unmeasured."""
+    seen = {DEVICES.get(n).name: DEVICES.get(n) for n in DEVICES.names()}
+    return [seen[k] for k in sorted(seen)]
+
+
+def _best_time(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+class _Wrapper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def _median_call(fn, n: int = 300) -> float:
+    calls = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        calls.append(time.perf_counter() - t0)
+    return statistics.median(calls)
+
+
+#: Generic 3x3 conv shapes (channels, spatial) for the host micro-benchmark: 16-256 channels,
+#: 7-56 pixels, 2-460 MFLOP, chosen once as a spread of CNN layer sizes, not from the scored networks.
+_EFF_CONVS = ((16, 32), (16, 16), (32, 32), (32, 16), (64, 16), (64, 8), (64, 56), (128, 28), (128, 8),
+              (256, 14), (256, 7))
+
+
+@functools.lru_cache(maxsize=4)
+def _host_figures(threads: int) -> tuple[float, float, float, float, float, float]:
+    """(peak FLOP/s, bandwidth B/s, kernel overhead s, conv efficiency, module-call overhead s,
+    conv overhead s), measured once per thread count (the caller's ``torch.get_num_threads()``).
+
+    Peak: best fp32 matmul of 512^3 and 1024^3. Bandwidth: best copy of 128 MB (read + write).
+    Kernel overhead: median module call of a ReLU on one element. Module overhead: median call of
+    a container module minus that of the leaf it calls. Conv efficiency and conv overhead: the line
+    time = kernel + conv_overhead + flops / (peak * eff) fitted by relative least squares through
+    the median times of the ``_EFF_CONVS`` convs (batch 1), so small and large convs count alike.
+    """
+    with torch.no_grad():
+        peak = 0.0
+        for n in (512, 1024):
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            peak = max(peak, 2 * n**3 / _best_time(lambda: a @ b, 10))
+        src, dst = torch.randn(32 * 2**20), torch.empty(32 * 2**20)
+        bw = 2 * src.numel() * 4 / _best_time(lambda: dst.copy_(src), 5)
+        one = torch.randn(1, 1, 1, 1)
+        wrapper = _Wrapper()
+        module = max(0.0, _median_call(lambda: wrapper(one)) - _median_call(lambda: wrapper.inner(one)))
+        relu = nn.ReLU()
+        kernel = _median_call(lambda: relu(one))
+        flops, secs = [], []
+        for c, hw in _EFF_CONVS:
+            conv, x = nn.Conv2d(c, c, 3, padding=1, bias=False), torch.randn(1, c, hw, hw)
+            conv(x)
+            flops.append(2 * c * c * 9 * hw * hw)
+            secs.append(_median_call(lambda: conv(x), 15))
+    intercept, slope = _relative_fit(flops, secs)
+    eff = min(1.0, 1.0 / (slope * peak)) if slope > 0 else 1.0
+    return peak, bw, kernel, eff, module, max(intercept - kernel, 0.0)
+
+
+def _relative_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """(a, b) minimising sum(((a + b x - y) / y)^2): weighted least squares, weights 1 / y^2."""
+    w = [1.0 / v**2 for v in y]
+    sw, sx, sy = sum(w), sum(wi * xi for wi, xi in zip(w, x)), sum(wi * yi for wi, yi in zip(w, y))
+    sxx = sum(wi * xi * xi for wi, xi in zip(w, x))
+    sxy = sum(wi * xi * yi for wi, xi, yi in zip(w, x, y))
+    b = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
+    return (sy - b * sx) / sw, b
+
+
+def host_profile(base: DeviceProfile) -> DeviceProfile:
+    peak, bw, overhead, eff, module, conv = _host_figures(torch.get_num_threads())
+    return replace(base, description=f"{base.description}, {torch.get_num_threads()} thread(s)",
+                   peak_tflops_fp32=peak / 1e12, peak_tflops_fp16=peak / 1e12, mem_bandwidth_gbs=bw / 1e9,
+                   launch_overhead_us=overhead * 1e6, efficiency=eff, precision="fp32", measure=False,
+                   module_overhead_us=module * 1e6, conv_overhead_us=conv * 1e6)
+
+
+# ----------------------------------------------------------------- per-layer trace and model
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One kernel of a forward pass: ``flops`` (2 x MACs) and ``elements`` moved (params + in + out)."""
+
+    name: str
+    kind: str  # conv | linear | norm | act | pool | add | other | call (a container module's Python call)
+    flops: int
+    elements: int
+
+
+def _kind(m: nn.Module) -> str:
+    if isinstance(m, nn.Conv2d):
+        return "conv"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return "norm"
+    if isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU)):
+        return "act"
+    if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+        return "pool"
+    return "other"
+
+
+def _numel(t: object) -> int:
+    if isinstance(t, torch.Tensor):
+        return t.numel()
+    if isinstance(t, (tuple, list)):
+        return sum(_numel(v) for v in t)
+    return 0
+
+
+@torch.no_grad()
+def trace_layers(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -> list[Layer]:
+    """The kernels one forward of ``[B, C, H, W]`` runs under ``gates``, in order."""
+    layers: list[Layer] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = []
+    with FlopCounterMode(display=False) as counter:
+        start: dict[nn.Module, int] = {}
+
+        def pre(m: nn.Module, args: tuple) -> None:
+            start[m] = counter.get_total_flops()
+
+        def post(m: nn.Module, args: tuple, out: object) -> None:
+            params = sum(p.numel() for p in m.parameters(recurse=False)) + sum(b.numel() for b in m.buffers(False))
+            flops = counter.get_total_flops() - start.pop(m)
+            layers.append(Layer(names[m], _kind(m), flops, params + _numel(args) + _numel(out)))
+
+        def call(m: nn.Module, args: tuple, out: object) -> None:
+            layers.append(Layer(names[m], "call", 0, 0))
+
+        def add(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            layers.append(Layer(names[m] + ".add", "add", 0, 3 * out.numel()))
+
+        for m in model.modules():
+            if next(m.children(), None) is None:
+                hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+                continue
+            hooks.append(m.register_forward_hook(call))
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                hooks.append(m.register_forward_hook(add))
+        was_training = model.training
+        model.eval()
+        try:
+            p = next(model.parameters())
+            model(torch.zeros(input_shape, device=p.device, dtype=p.dtype), gates)
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+    return layers
+
+
+_FUSED_KINDS = ("norm", "act", "add")
+
+
+def predict_ms(layers: Sequence[Layer], profile: DeviceProfile) -> float:
+    """Roofline sum over ``layers`` on ``profile``, in milliseconds."""
+    peak = profile.peak_flops * profile.efficiency
+    bw = profile.mem_bandwidth_gbs * 1e9
+    total = 0.0
+    for layer in layers:
+        if layer.kind == "call":
+            total += profile.module_overhead_us * 1e-6
+            continue
+        if profile.fused_elementwise and layer.kind in _FUSED_KINDS:
+            continue
+        total += max(layer.flops / peak, layer.elements * profile.bytes_per_element / bw)
+        total += profile.launch_overhead_us * 1e-6
+        if layer.kind in ("conv", "linear"):
+            total += profile.conv_overhead_us * 1e-6
+    return 1e3 * total
+
+
+def bytes_moved(layers: Sequence[Layer], bytes_per_element: int = 4) -> int:
+    """Weights + activations read and written by the kernels, in bytes."""
+    return sum(layer.elements for layer in layers) * bytes_per_element
+
+
+# ----------------------------------------------------------------- measurement
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_ms(
+    model: nn.Module, gates_list: Sequence[Gates], input_shape: tuple[int, ...], warmup: int = 3, runs: int = 10
+) -> list[tuple[float, float]]:
+    """(median_ms, p90_ms) per entry of ``gates_list``. Runs are interleaved across entries so
+    load from other processes spreads evenly instead of biasing whichever pattern ran then."""
+    model.eval()
+    p = next(model.parameters())
+    x = torch.randn(input_shape, device=p.device, dtype=p.dtype)
+    for g in gates_list:
+        for _ in range(warmup):
+            model(x, g)
+    times: list[list[float]] = [[] for _ in gates_list]
+    for _ in range(runs):
+        for i, g in enumerate(gates_list):
+            _sync(p.device)
+            t0 = time.perf_counter()
+            model(x, g)
+            _sync(p.device)
+            times[i].append(1e3 * (time.perf_counter() - t0))
+    return [(statistics.median(t), _p90(t)) for t in times]
+
+
+def _p90(values: Sequence[float]) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(0.9 * (len(s) - 1))))]
+
+
+@torch.no_grad()
+def measure_unit_ms(model: GatedResNet, input_shape: tuple[int, ...], warmup: int = 3, runs: int = 10) -> list[tuple[float, float]]:
+    """(median_ms, p90_ms) of each unit's blocks alone, on the input they get in the super-net."""
+    model.eval()
+    firsts = [unit[0] for stage in model.stages for unit in stage.units]
+    inputs: dict[int, torch.Tensor] = {}
+    hooks = [b.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0].clone())) for i, b in enumerate(firsts)]
+    p = next(model.parameters())
+    try:
+        model(torch.randn(input_shape, device=p.device, dtype=p.dtype), None)
+    finally:
+        for h in hooks:
+            h.remove()
+    units = [unit for stage in model.stages for unit in stage.units]
+    times: list[list[float]] = [[] for _ in units]
+    for r in range(warmup + runs):
+        for i, unit in enumerate(units):
+            h = inputs[i]
+            _sync(p.device)
+            t0 = time.perf_counter()
+            for block in unit:
+                h = block(h)
+            _sync(p.device)
+            if r >= warmup:
+                times[i].append(1e3 * (time.perf_counter() - t0))
+    return [(statistics.median(t), _p90(t)) for t in times]
+
+
+# ----------------------------------------------------------------- lookup tables
+
+LUT_COLUMNS = ("pattern", "batch", "median_ms", "p90_ms", "runs", "device")
+
+
+@dataclass(frozen=True)
+class LutRow:
+    pattern: str  # T/F pattern, or "unit:<i>" for one unit's blocks alone
+    batch: int
+    median_ms: float
+    p90_ms: float
+    runs: int
+    device: str
+
+
+def write_lut(path: str | Path, rows: Iterable[LutRow]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(LUT_COLUMNS)
+        for r in rows:
+            w.writerow([r.pattern, r.batch, f"{r.median_ms:.6f}", f"{r.p90_ms:.6f}", r.runs, r.device])
+    return path
+
+
+def read_lut(path: str | Path) -> list[LutRow]:
+    """Parse a LUT CSV; any problem is a ``UserError`` naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"LUT file {path} does not exist")
+    rows = []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in LUT_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"LUT {path}: missing columns {missing}; expected {','.join(LUT_COLUMNS)}")
+        for line, rec in enumerate(reader, start=2):
+            try:
+                pat = rec["pattern"].strip()
+                if not pat.startswith("unit:"):
+                    pat = str(SkipPattern.parse(pat))
+                else:
+                    int(pat[5:])
+                rows.append(LutRow(pat, int(rec["batch"]), float(rec["median_ms"]), float(rec["p90_ms"]),
+                                   int(rec["runs"]), rec["device"].strip()))
+            except (ValueError, TypeError, AttributeError) as e:
+                raise UserError(f"LUT {path} line {line}: malformed row ({e})") from None
+    if not rows:
+        raise UserError(f"LUT {path} has no rows")
+    return rows
+
+
+def lut_lookup(rows: Sequence[LutRow], n_units: int, batch: int) -> dict[str, LutRow]:
+    """Pattern -> row for ``batch``; a pattern of the wrong length is a ``UserError``."""
+    out = {}
+    for r in rows:
+        if r.pattern.startswith("unit:") or r.batch != batch:
+            continue
+        if len(r.pattern) != n_units:
+            raise UserError(f"LUT pattern {r.pattern} has {len(r.pattern)} units; this model has {n_units}")
+        out[r.pattern] = r
+    return out
+
+
+def profile_rows(model: GatedResNet, input_shape: tuple[int, int, int], batch: int, runs: int, warmup: int,
+                 device_name: str) -> list[LutRow]:
+    """LUT rows for every pattern (interleaved runs) and every unit alone (``unit:<i>``) at ``batch``."""
+    from gatesearch.patterns import all_patterns
+
+    if model.n_units > 12:
+        raise UserError(f"profiling every pattern of {model.n_units} units (2^{model.n_units}) is too many; max 12")
+    shape = (batch, *input_shape)
+    patterns = all_patterns(model.n_units)
+    rows = [LutRow(str(p), batch, med, p90, runs, device_name)
+            for p, (med, p90) in zip(patterns, measure_ms(model, patterns, shape, warmup, runs))]
+    rows += [LutRow(f"unit:{u}", batch, med, p90, runs, device_name)
+             for u, (med, p90) in enumerate(measure_unit_ms(model, shape, warmup, runs))]
+    return rows

@@ -1,0 +1,269 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+Everything goes through ``MlflowClient`` with explicit run ids (no global active run), so
+concurrent trials in one process never write into each other's runs. MLflow 3 needs a
+database-backed store for a local file: use ``sqlite:///path/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from gatesearch.config import Config, to_flat
+
+_BATCH = 100  # log_batch accepts at most 100 params / 1000 metrics per call
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """Experiment id of ``name``, creating it if needed (safe when two trials race to create it)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def run_tags(cfg: Config) -> dict[str, str]:
+    return {"method": cfg.method.name, "model": cfg.model.name, "dataset": cfg.data.name}
+
+
+class MLflowReporter:
+    """``train.Reporter`` that logs to one MLflow run: flat config as params (once), metrics per
+    epoch (``step`` = epoch), the final checkpoint as an artifact, tags method/model/dataset.
+
+    ``run_id``: log into an existing run (created by a search runner); otherwise a run is created
+    on ``on_start`` in ``experiment`` (as a child of ``parent_run_id`` when given).
+    """
+
+    def __init__(self, uri: str, experiment: str = "gatesearch", run_name: str | None = None,
+                 run_id: str | None = None, parent_run_id: str | None = None,
+                 artifact_location: str | None = None, tags: dict[str, str] | None = None) -> None:
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment, self.run_name, self.run_id = experiment, run_name, run_id
+        self.parent_run_id, self.artifact_location, self.extra_tags = parent_run_id, artifact_location, tags or {}
+
+    def on_start(self, cfg: Config, info: dict[str, Any]) -> None:
+        tags = {**run_tags(cfg), **self.extra_tags}
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        if self.run_id is None:
+            exp_id = get_or_create_experiment(self.client, self.experiment, self.artifact_location)
+            name = self.run_name or f"{cfg.method.name}-{cfg.model.name}-{cfg.data.name}"
+            self.run_id = self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id
+        else:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if info.get("start_epoch", 0) == 0:  # params are immutable: log them once, not again on resume
+            params = [Param(k, str(v)) for k, v in sorted(to_flat(cfg).items())]
+            for i in range(0, len(params), _BATCH):
+                self.client.log_batch(self.run_id, params=params[i:i + _BATCH])
+
+    def on_step(self, step: int, epoch: int, parts: dict[str, float]) -> None:
+        pass  # per-epoch metrics only: per-step logging would dominate a small run's time
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_path: Path) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+
+    def on_end(self, result: Any) -> None:
+        if result.checkpoint_path is not None:
+            self.client.log_artifact(self.run_id, str(result.checkpoint_path), artifact_path="checkpoints")
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def on_fail(self, error: BaseException) -> None:
+        if self.run_id is not None:
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            self.client.set_tag(self.run_id, "error", str(error)[:500])
+            self.client.set_terminated(self.run_id, status)
+
+
+# ---------------------------------------------------------------- search studies (appended by the search area)
+# One parent run per study, one child run per Tune trial (tag mlflow.parentRunId). Every call names
+# its run id explicitly (no active run), and writes retry: a SQLite store locks under concurrent trials.
+
+STUDY_TAG = "gatesearch.study"
+TRIAL_TAG = "gatesearch.trial_id"
+ERROR_TAG = "gatesearch.error"
+
+
+def _with_retries(fn: Any, *args: Any, attempts: int = 10, **kwargs: Any) -> Any:
+    import random as _random
+    import time as _time
+
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # MlflowException("database is locked"), OperationalError, HTTP 5xx, ...
+            if i == attempts - 1 or "does not exist" in str(e) or "INVALID_PARAMETER_VALUE" in str(e):
+                raise
+            _time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + _random.random()))
+    raise AssertionError("unreachable")
+
+
+def study_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri`` (``sqlite:///abs/path.db`` or ``http://host:5000``)."""
+    return MlflowClient(tracking_uri=uri)
+
+
+def study_experiment_id(uri: str, name: str) -> str:
+    client = study_client(uri)
+    exp = _with_retries(client.get_experiment_by_name, name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return _with_retries(client.create_experiment, name)
+    except Exception:  # another process created it first
+        return _with_retries(client.get_experiment_by_name, name).experiment_id
+
+
+def _chunks(items: list[Any], n: int = 100) -> list[list[Any]]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+def _param_value(value: Any) -> str:
+    return str(value)[:6000]
+
+
+def start_study_run(uri: str, experiment_id: str, study: str, space_text: str, space_file: str,
+                    params: dict[str, Any]) -> str:
+    """Create the study's parent run; logs the space file (artifact) and the study settings (params)."""
+    client = study_client(uri)
+    run = _with_retries(client.create_run, experiment_id, run_name=f"study-{study}",
+                        tags={STUDY_TAG: study, "gatesearch.kind": "study"})
+    rid = run.info.run_id
+    for chunk in _chunks([Param(k, _param_value(v)) for k, v in params.items()]):
+        _with_retries(client.log_batch, rid, params=chunk)
+    _with_retries(client.log_text, rid, space_text, space_file)
+    return rid
+
+
+def trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str,
+              params: dict[str, Any], tags: dict[str, str]) -> tuple[str, str, str | None]:
+    """Find the child run of ``trial_id`` under the parent, or create it and log ``params`` once.
+
+    Returns ``(run_id, status, error)``; a restarted or resumed trial gets its existing run back
+    (with the error it ended with, if any), so a resume never duplicates runs or params.
+    """
+    client = study_client(uri)
+    found = _with_retries(client.search_runs, [experiment_id],
+                          filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                          max_results=1)
+    if found:
+        run = found[0]
+        return run.info.run_id, run.info.status, run.data.tags.get(ERROR_TAG)
+    all_tags = {**tags, TRIAL_TAG: trial_id, "mlflow.parentRunId": parent_run_id, "gatesearch.kind": "trial"}
+    run = _with_retries(client.create_run, experiment_id, run_name=run_name, tags=all_tags)
+    rid = run.info.run_id
+    for chunk in _chunks([Param(k, _param_value(v)) for k, v in sorted(params.items())]):
+        _with_retries(client.log_batch, rid, params=chunk)
+    return rid, run.info.status, None
+
+
+def log_trial_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    import math as _math
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and _math.isfinite(float(v))]
+    for chunk in _chunks(items, 500):
+        _with_retries(study_client(uri).log_batch, run_id, metrics=chunk)
+
+
+def set_run_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+    _with_retries(study_client(uri).log_batch, run_id, tags=items)
+
+
+def log_run_artifact(uri: str, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+    _with_retries(study_client(uri).log_artifact, run_id, local_path, artifact_path)
+
+
+def log_run_dict(uri: str, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+    _with_retries(study_client(uri).log_dict, run_id, data, artifact_file)
+
+
+def end_run(uri: str, run_id: str, status: str, error: str | None = None) -> None:
+    """Finish a run: ``status`` FINISHED | FAILED | KILLED; an error is kept as a tag (one line, trimmed)."""
+    if error:
+        set_run_tags(uri, run_id, {ERROR_TAG: error})
+    _with_retries(study_client(uri).set_terminated, run_id, status)
+
+
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a resumed run RUNNING again."""
+    _with_retries(study_client(uri).update_run, run_id, "RUNNING")
+
+
+def study_trial_runs(uri: str, experiment_id: str, parent_run_id: str) -> list[Any]:
+    """The child runs of a study (``mlflow.entities.Run``)."""
+    return list(_with_retries(study_client(uri).search_runs, [experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=5000))
+
+
+def find_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+    """The run id of a study's trial (by its Tune trial id), or None."""
+    found = _with_retries(study_client(uri).search_runs, [experiment_id],
+                          filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                          max_results=1)
+    return found[0].info.run_id if found else None
+
+
+# ---------------------------------------------------------------- selection (appended by the selector area)
+# The selector logs menus into the run that trained the model: the menu entries as an MLflow
+# table per device, the JSON/Parquet/PNG files as artifacts, hypervolume and per-pattern metrics.
+
+
+def find_run_checkpoint(uri: str, run_id: str, dst_dir: str | Path) -> Path:
+    """Download the checkpoint ``MLflowReporter.on_end`` logged under ``checkpoints/`` of ``run_id``.
+
+    A run that does not exist or has no checkpoint artifact is a ``UserError``.
+    """
+    from gatesearch.errors import UserError
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"MLflow run {run_id} not found at {uri}") from None
+    files = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".pt")]
+    if not files:
+        raise UserError(f"MLflow run {run_id} has no checkpoint artifact under checkpoints/")
+    return Path(client.download_artifacts(run_id, sorted(files)[-1], str(dst_dir)))
+
+
+def log_selection(uri: str, run_id: str, menus: list[Any], out_dir: str | Path, max_pattern_metrics: int = 4096) -> None:
+    """Log ``menus`` (``selection.pareto.Menu``) and the files under ``out_dir`` to ``run_id``.
+
+    Metrics: ``select_top1_<PATTERN>`` per fixed pattern (device-independent, up to
+    ``max_pattern_metrics``), ``select_<device>_hypervolume``, ``select_<device>_latency_ms_<PATTERN>``.
+    """
+    client = MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    metrics: dict[str, float] = {}
+    for menu in menus:
+        dev = menu.device.replace("-", "_")
+        columns = [c for c in menu.entries[0] if c != "unit_rates"] if menu.entries else []
+        table = {c: [e[c] for e in menu.entries] for c in columns}
+        table["unit_rates"] = [",".join(f"{r:.4f}" for r in e["unit_rates"]) for e in menu.entries]
+        _with_retries(client.log_table, run_id, table, f"selection/{menu.device}/menu_table.json")
+        metrics[f"select_{dev}_hypervolume"] = menu.hypervolume
+        fixed = [e for e in menu.entries if e["strategy"] == "pattern"][:max_pattern_metrics]
+        for e in fixed:
+            metrics[f"select_top1_{e['pattern']}"] = e["top1"]
+            metrics[f"select_{dev}_latency_ms_{e['pattern']}"] = e["latency_ms"]
+    items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    for chunk in _chunks(items, 1000):
+        _with_retries(client.log_batch, run_id, metrics=chunk)
+    _with_retries(client.log_artifacts, run_id, str(out_dir), "selection")

@@ -1,0 +1,293 @@
+"""``fit()``: the one training loop. It knows no method (``methods.METHODS`` builds one from the
+config), no Ray and no MLflow (``reporters`` receive progress; ``tracking.MLflowReporter`` is one).
+
+Per epoch: train ``steps_per_epoch`` steps (SGD/AdamW, warm-up + cosine/step/constant lr per
+step; AMP and channels-last on CUDA only), evaluate every pattern (or super/base), write
+``<train.out_dir>/last.pt`` atomically, and hand the metrics to the reporters. A non-finite
+loss raises ``TrainingDiverged`` before the optimizer steps, so the last checkpoint on disk is
+the last good one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from gatesearch.checkpoint import build_model, load_checkpoint, save_checkpoint
+from gatesearch.config import Config, OptimConfig
+from gatesearch.cost import count_macs
+from gatesearch.data import DataBundle, build_data, eval_loader
+from gatesearch.errors import UserError
+from gatesearch.evaluate import evaluate, kl_between, reestimate_bn
+from gatesearch.methods import METHODS, Method
+from gatesearch.patterns import SkipPattern, all_patterns
+from gatesearch.schedules import lr_factor
+from gatesearch.selection.pareto import hypervolume
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept on disk."""
+
+
+class Reporter(Protocol):
+    """Receives progress from ``fit``. An optional ``on_fail(error)`` is called when fit raises."""
+
+    def on_start(self, cfg: Config, info: dict[str, Any]) -> None: ...
+
+    def on_step(self, step: int, epoch: int, parts: dict[str, float]) -> None: ...
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_path: Path) -> None: ...
+
+    def on_end(self, result: FitResult) -> None: ...
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    metrics: dict[str, float]  # of the last epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint_path: Path | None = None
+    method: Method | None = None  # for eval_gates (e.g. calibrated super-net gates) after training
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device: {name} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """Optimizer over the method's groups; a group's ``lr_mult`` scales the base lr (kept as ``base_lr``)."""
+    for g in groups:
+        g["base_lr"] = cfg.lr * g.get("lr_mult", 1.0)
+        g["lr"] = g["base_lr"]
+        g.setdefault("weight_decay", cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+class _Evaluator:
+    """Per-epoch evaluation: top-1 of the evaluated patterns, frontier hypervolume, KL(full||base)."""
+
+    def __init__(self, cfg: Config, model: nn.Module, data: DataBundle, method: Method, device: torch.device) -> None:
+        self.cfg, self.data, self.method, self.device = cfg, data, method, device
+        n = model.n_units
+        few = n <= cfg.train.eval_all_patterns_max_units
+        self.patterns = all_patterns(n) if few else [SkipPattern.super_net(n), SkipPattern.base_net(n)]
+        self.named = few
+        shape = (1, *data.input_shape)
+        full = count_macs(model, None, shape)
+        self.mac_ratio = {str(p): count_macs(model, p, shape) / full for p in self.patterns}
+
+    def _top1(self, model: nn.Module, pattern: SkipPattern) -> float:
+        loader, n_bn = eval_loader(self.data), self.cfg.train.bn_reestimate_batches
+        if n_bn == 0:
+            return evaluate(model, loader, self.method.eval_gates(model, pattern), self.device).top1
+        saved = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+        reestimate_bn(model, self.data.train, pattern, n_bn, self.device)
+        top1 = evaluate(model, loader, pattern, self.device).top1
+        model.load_state_dict(saved, strict=False)
+        return top1
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        accs = {str(p): self._top1(model, p) for p in self.patterns}
+        n = model.n_units
+        sup, base = SkipPattern.super_net(n), SkipPattern.base_net(n)
+        m = {"top1_super": accs[str(sup)], "top1_base": accs[str(base)]}
+        if self.named and n > 0:
+            m.update({f"top1_{p}": a for p, a in accs.items()})
+        m["frontier_hv"] = hypervolume([self.mac_ratio[p] for p in accs], list(accs.values()))
+        loader = eval_loader(self.data)
+        if n > 0:
+            m["kl_full_base"] = kl_between(model, loader, self.method.eval_gates(model, sup), base, self.device)
+        m.update(self.method.eval_metrics(model, loader, self.device))
+        return m
+
+
+def _steps_per_epoch(cfg: Config, data: DataBundle) -> int:
+    n = len(data.train)
+    if n == 0:
+        raise UserError(f"data.batch_size: {cfg.data.batch_size} is larger than the training set; no full batch")
+    return min(n, cfg.train.max_steps_per_epoch or n)
+
+
+class Trainer:
+    """Holds what one training epoch needs: model, method, optimizer, scaler, autocast."""
+
+    def __init__(self, cfg: Config, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
+                 device: torch.device, steps: int) -> None:
+        self.cfg, self.model, self.method, self.optimizer, self.device, self.steps = cfg, model, method, optimizer, device, steps
+        cuda = device.type == "cuda"
+        self.amp = cuda and cfg.train.amp
+        self.channels_last = cuda and cfg.train.channels_last
+        # bf16 autocast needs no loss scaling; fp16 (older GPUs) does
+        self.amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.total = steps * cfg.train.epochs
+        self.warmup = steps * cfg.optim.warmup_epochs
+
+    def _set_lr(self, step: int) -> float:
+        f = lr_factor(step, self.total, self.warmup, self.cfg.optim.schedule)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * f
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int) -> dict[str, float]:
+        """One optimizer step on batch ``x [B, C, H, W]``, ``y [B]``; returns the logged parts."""
+        lr = self._set_lr(step)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
+        with autocast:
+            res = self.method.train_step(self.model, x, y, step, epoch, self._backward)
+        loss = res.loss.detach().item() if res.loss is not None else float(res.parts["loss"])
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"training diverged: loss is {loss} at epoch {epoch}, step {step} "
+                                   f"(lower optim.lr?); the last good checkpoint is kept")
+        if res.loss is not None:
+            self._backward(res.loss)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {**res.parts, "loss": loss, "lr": lr}
+
+    def epoch(self, loader: Any, epoch: int, reporters: Sequence[Reporter]) -> tuple[float, float]:
+        """Train one epoch; returns (mean loss, last lr)."""
+        self.model.train()
+        total, n, lr = 0.0, 0, 0.0
+        for i, (x, y) in enumerate(loader):
+            if i >= self.steps:
+                break
+            parts = self.step(x, y, epoch * self.steps + i, epoch)
+            total, n, lr = total + parts["loss"], n + 1, parts["lr"]
+            for r in reporters:
+                r.on_step(epoch * self.steps + i, epoch, parts)
+        return total / max(n, 1), lr
+
+
+def _resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, method: Method
+            ) -> tuple[int, list[dict[str, float]]]:
+    """Load weights/optimizer/method state; returns (first epoch to run, history so far)."""
+    ckpt = load_checkpoint(path)
+    try:
+        model.load_state_dict(ckpt.model.state_dict())
+        if ckpt.optimizer is not None:
+            optimizer.load_state_dict(ckpt.optimizer)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--resume {path}: does not match this config ({str(e).splitlines()[0]})") from None
+    method.load_state_dict(ckpt.method_state)
+    return ckpt.epoch + 1, list(ckpt.history)
+
+
+def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path | None = None) -> FitResult:
+    """Train ``cfg`` from scratch (or from the checkpoint ``resume_from``); see the module docstring."""
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    data = build_data(cfg.data, cfg.train.seed)
+    model = build_model(cfg, data.num_classes, data.input_shape).to(device)
+    steps = _steps_per_epoch(cfg, data)
+    method = METHODS.get(cfg.method.name)(cfg, model, steps)
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model))
+    start, history = _resume(resume_from, model, optimizer, method) if resume_from else (0, [])
+    evaluator = _Evaluator(cfg, model, data, method, device)
+    trainer = Trainer(cfg, model, method, optimizer, device, steps)
+    if trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    path = Path(cfg.train.out_dir) / "last.pt"
+    info = {"device": str(device), "steps_per_epoch": steps, "start_epoch": start, "n_units": model.n_units,
+            "num_classes": data.num_classes, "input_shape": data.input_shape,
+            "params": sum(p.numel() for p in model.parameters())}
+    for r in reporters:
+        r.on_start(cfg, info)
+    try:
+        for epoch in range(start, cfg.train.epochs):
+            history.append(_run_epoch(cfg, trainer, evaluator, data, epoch, history, reporters))
+            save_checkpoint(path, model, cfg, epoch=epoch, metrics=history[-1], optimizer=optimizer,
+                            input_shape=data.input_shape, num_classes=data.num_classes, history=history,
+                            method_state=method.state_dict())
+            for r in reporters:
+                r.on_epoch_end(epoch, history[-1], path)
+    except BaseException as e:
+        for r in reporters:
+            getattr(r, "on_fail", lambda err: None)(e)
+        raise
+    result = FitResult(model, history[-1] if history else {}, history, path if path.is_file() else None, method)
+    for r in reporters:
+        r.on_end(result)
+    return result
+
+
+def _run_epoch(cfg: Config, trainer: Trainer, evaluator: _Evaluator, data: DataBundle, epoch: int,
+               history: list[dict[str, float]], reporters: Sequence[Reporter]) -> dict[str, float]:
+    t0 = time.perf_counter()
+    loss, lr = trainer.epoch(data.train, epoch, reporters)
+    train_s = time.perf_counter() - t0
+    metrics = {"train_loss": loss, "lr": lr}
+    last = epoch == cfg.train.epochs - 1
+    if (epoch + 1) % cfg.train.eval_every == 0 or last:
+        metrics.update(evaluator(trainer.model))
+    metrics["epoch_time_s"] = time.perf_counter() - t0
+    metrics["train_time_s"] = (history[-1]["train_time_s"] if history else 0.0) + train_s
+    return metrics
+
+
+class ConsoleReporter:
+    """A tqdm progress bar per epoch and one line of metrics at each epoch's end (on stderr)."""
+
+    KEYS = ("train_loss", "top1_super", "top1_base", "frontier_hv", "kl_full_base", "gate_rate_mean", "top1_gated")
+
+    def __init__(self, log_every: int = 20) -> None:
+        self.log_every, self.bar, self.steps, self.epochs = log_every, None, 0, 0
+
+    def on_start(self, cfg: Config, info: dict[str, Any]) -> None:
+        self.steps, self.epochs = info["steps_per_epoch"], cfg.train.epochs
+        print(f"train {cfg.method.name} {cfg.model.name} on {cfg.data.name}: {self.epochs} epochs x {self.steps} "
+              f"steps, {info['n_units']} units, {info['params'] / 1e6:.2f} M params, device {info['device']}",
+              file=sys.stderr)
+
+    def on_step(self, step: int, epoch: int, parts: dict[str, float]) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", file=sys.stderr, leave=False)
+        self.bar.update(1)
+        if step % self.log_every == 0:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in parts.items()})
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_path: Path) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        shown = "  ".join(f"{k}={metrics[k]:.4g}" for k in self.KEYS if k in metrics)
+        print(f"epoch {epoch + 1}/{self.epochs}  {shown}  ({metrics['epoch_time_s']:.1f} s)", file=sys.stderr)
+
+    def on_end(self, result: FitResult) -> None:
+        print(f"checkpoint: {result.checkpoint_path}", file=sys.stderr)
+
+    def on_fail(self, error: BaseException) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,20 @@
+"""Ray job entry point for the selector: ``gatesearch select`` with this script's arguments.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python jobs/select.py <the arguments of `gatesearch select`>
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# `python jobs/x.py` puts jobs/ first on sys.path, where this select.py would shadow the standard
+# library's `select`; put the repository root (the uploaded --working-dir copy) there instead
+if __name__ == "__main__":
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from gatesearch.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["select", *sys.argv[1:]]))

@@ -1,0 +1,41 @@
+import pytest
+import torch
+from _training import quick_cfg
+
+from gatesearch.checkpoint import build_model, load_checkpoint, save_checkpoint
+from gatesearch.errors import UserError
+from gatesearch.patterns import SkipPattern
+
+
+def test_roundtrip_same_outputs(tmp_path):
+    cfg = quick_cfg(str(tmp_path), "probgates", model__gating="block", model__gate_head="aig",
+                    method__probgates__target=0.5)
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, (1, 8, 8)).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = save_checkpoint(tmp_path / "c.pt", model, cfg, epoch=3, metrics={"top1_super": 0.5}, optimizer=opt,
+                           input_shape=(1, 8, 8), num_classes=10, method_state={"variable_target": 0.4})
+    ck = load_checkpoint(path)
+    assert ck.config == cfg and ck.epoch == 3 and ck.metrics == {"top1_super": 0.5} and ck.input_shape == (1, 8, 8)
+    assert ck.method_state == {"variable_target": 0.4} and ck.optimizer is not None and not ck.model.training
+    x = torch.randn(4, 1, 8, 8)
+    p = SkipPattern.parse("FTFTFTF")
+    torch.testing.assert_close(ck.model(x, p), model(x, p))
+    raw = torch.load(path, weights_only=True)  # loadable without unpickling code
+    assert raw["config"]["method.name"] == "probgates"
+
+
+def test_missing_and_corrupt(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(bad)
+    cfg = quick_cfg(str(tmp_path), "plain")
+    good = save_checkpoint(tmp_path / "g.pt", build_model(cfg, 10, (1, 8, 8)), cfg, epoch=0, metrics={},
+                           input_shape=(1, 8, 8), num_classes=10)
+    data = good.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError):
+        load_checkpoint(tmp_path / "trunc.pt")

@@ -1,0 +1,129 @@
+"""`gatesearch select | profile | export | devices` on a checkpoint trained here (digits, a few steps)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from gatesearch.cli import main
+from gatesearch.selection.pareto import MENU_COLUMNS, pareto_mask
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _training import quick_cfg  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A resnet20 ADN checkpoint (stage gating, switchable BN) trained for a few steps, logged to MLflow."""
+    from gatesearch.tracking import MLflowReporter
+    from gatesearch.train import fit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("sel")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    cfg = quick_cfg(str(root / "run"), method="adn", train__epochs=1, train__max_steps_per_epoch=4,
+                    data__train_subset=256)
+    reporter = MLflowReporter(uri, "select-test")
+    result = fit(cfg, [reporter])
+    torch.set_num_threads(threads)
+    return {"checkpoint": str(result.checkpoint_path), "run_id": reporter.run_id, "uri": uri, "root": root}
+
+
+def _check_menu(folder: Path, device: str) -> dict:
+    record = json.loads((folder / device / "menu.json").read_text())
+    table = pq.read_table(folder / device / "menu.parquet")
+    assert tuple(table.column_names) == MENU_COLUMNS
+    assert table.to_pylist() == record["entries"]
+    entries = record["entries"]
+    assert len(entries) == 8 and record["device"] == device and record["bn_mode"] == "switchable"
+    flags = pareto_mask([e["latency_ms"] for e in entries], [e["top1"] for e in entries])
+    assert [e["pareto"] for e in entries] == flags
+    return record
+
+
+def test_select_writes_menu(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "menus"
+    rc = main(["select", "--checkpoint", trained["checkpoint"], "--device", "jetson", "--device", "h100",
+               "--budget-ms", "1000", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "jetson-orin-nano" in printed and "pick " in printed
+    rec = _check_menu(out, "jetson-orin-nano")
+    assert rec["latency_source"] == "model" and rec["model"] == "resnet20" and rec["dataset"] == "digits"
+    _check_menu(out, "h100")
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "top1_distribution.png").exists()
+
+
+def test_select_through_mlflow_run(trained: dict, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "menus"
+    rc = main(["select", "--run", trained["run_id"], "--tracking-uri", trained["uri"], "--device", "jetson",
+               "--out", str(out)])
+    assert rc == 0
+    _check_menu(out, "jetson-orin-nano")
+    client = MlflowClient(tracking_uri=trained["uri"])
+    run = client.get_run(trained["run_id"])
+    assert "select_jetson_orin_nano_hypervolume" in run.data.metrics
+    assert "select_top1_FFF" in run.data.metrics
+    paths = {f.path for f in client.list_artifacts(trained["run_id"], "selection/jetson-orin-nano")}
+    assert {"selection/jetson-orin-nano/menu.json", "selection/jetson-orin-nano/menu.parquet",
+            "selection/jetson-orin-nano/menu_table.json"} <= paths
+
+
+def test_profile_then_select_with_lut(trained: dict, tmp_path: Path) -> None:
+    lut = tmp_path / "lut.csv"
+    assert main(["profile", "--checkpoint", trained["checkpoint"], "--out", str(lut), "--runs", "3", "--warmup", "1",
+                 "--device-name", "jetson-orin-nano", "--torch-device", "cpu"]) == 0
+    lines = lut.read_text().splitlines()
+    assert lines[0] == "pattern,batch,median_ms,p90_ms,runs,device" and len(lines) == 1 + 8 + 3
+    out = tmp_path / "menus"
+    assert main(["select", "--checkpoint", trained["checkpoint"], "--device", "jetson", "--lut", str(lut),
+                 "--out", str(out)]) == 0
+    rec = _check_menu(out, "jetson-orin-nano")
+    assert rec["latency_source"] == "lut" and {e["latency_source"] for e in rec["entries"]} == {"lut"}
+
+
+def test_export_cli(trained: dict, tmp_path: Path) -> None:
+    assert main(["export", "--checkpoint", trained["checkpoint"], "--pattern", "TFT", "--format", "torchscript",
+                 "--out", str(tmp_path / "m.pt")]) == 0
+    assert (tmp_path / "m.pt").stat().st_size > 0
+
+
+def test_devices_cli(capsys: pytest.CaptureFixture) -> None:
+    assert main(["devices"]) == 0
+    text = capsys.readouterr().out
+    assert "jetson-orin-nano" in text and "h100" in text and "host" in text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["select", "--checkpoint", "CKPT", "--device", "tpu-v9", "--out", "DIR"], "unknown device 'tpu-v9'"),
+    (["select", "--checkpoint", "/nonexistent/last.pt", "--device", "jetson", "--out", "DIR"], "does not exist"),
+    (["select", "--checkpoint", "CKPT", "--device", "jetson", "--lut", "BADLUT", "--out", "DIR"], "malformed row"),
+    (["export", "--checkpoint", "CKPT", "--pattern", "TFFT", "--out", "OUT"], "has 4 units; this model has 3"),
+    (["export", "--checkpoint", "/nonexistent/last.pt", "--pattern", "TFF", "--out", "OUT"], "does not exist"),
+])
+def test_user_errors_exit_2(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str],
+                            message: str) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("pattern,batch,median_ms,p90_ms,runs,device\nFFF,one,1.0,1.0,3,jetson\n")
+    subst = {"CKPT": trained["checkpoint"], "BADLUT": str(bad), "OUT": str(tmp_path / "x.onnx"),
+             "DIR": str(tmp_path / "menus")}
+    rc = main([subst.get(a, a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and message in err[0]

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from gatesearch.config import DataConfig
+from gatesearch.data import DATASETS, build_data, random_crop_flip
+from gatesearch.errors import UserError
+
+
+@pytest.fixture()
+def npz_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 200), ("test", 50)):
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        np.savez(tmp_path / f"{split}.npz", images=images, labels=rng.integers(0, 10, n))
+    return tmp_path
+
+
+def test_registry_has_all_datasets():
+    assert set(DATASETS.names()) >= {"digits", "cifar10", "cifar100", "imagefolder", "synthetic"}
+
+
+def test_digits_bundle():
+    b = build_data(DataConfig(name="digits", batch_size=16, val_fraction=0.1), seed=0)
+    x, y = next(iter(b.train))
+    assert x.shape == (16, 1, 8, 8) and x.dtype == torch.float32 and y.shape == (16,)
+    assert b.num_classes == 10 and b.input_shape == (1, 8, 8)
+    n_val, n_test = len(b.val.dataset), len(b.test.dataset)
+    assert n_test == 359 and n_val == round(1438 * 0.1)
+    assert abs(float(x.mean())) < 0.5  # normalised
+
+
+def test_split_is_fixed_but_shuffle_follows_seed():
+    a = build_data(DataConfig(name="digits", batch_size=16), seed=0)
+    b = build_data(DataConfig(name="digits", batch_size=16), seed=1)
+    assert torch.equal(a.val.dataset.data.labels, b.val.dataset.data.labels)
+    ya, yb = next(iter(a.train))[1], next(iter(b.train))[1]
+    assert not torch.equal(ya, yb)
+    a2 = build_data(DataConfig(name="digits", batch_size=16), seed=0)
+    assert torch.equal(next(iter(a2.train))[1], ya)
+
+
+def test_npz_dir_and_subset(npz_dir):
+    cfg = DataConfig(name="cifar10", root=str(npz_dir), batch_size=32, val_fraction=0.2, train_subset=100)
+    b = build_data(cfg, seed=0)
+    assert len(b.train.dataset) == 100 and len(b.val.dataset) == 40 and len(b.test.dataset) == 50
+    x, y = next(iter(b.train))
+    assert x.shape == (32, 3, 32, 32) and b.input_shape == (3, 32, 32)
+    assert len(b.train) == 3  # drop_last on train
+    xt, _ = next(iter(b.test))
+    assert xt.shape == (50, 3, 32, 32)
+
+
+def test_npz_with_workers(npz_dir):
+    cfg = DataConfig(name="cifar10", root=str(npz_dir), batch_size=64, num_workers=1)
+    b = build_data(cfg, seed=0)
+    assert sum(len(y) for _, y in b.train) == 128
+
+
+def test_missing_dir_is_user_error(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(UserError, match="nope"):
+        build_data(DataConfig(name="cifar10", root=str(missing)), seed=0)
+    with pytest.raises(UserError, match="data.root"):
+        build_data(DataConfig(name="cifar10"), seed=0)
+    with pytest.raises(UserError, match="unknown dataset"):
+        build_data(DataConfig(name="mnist"), seed=0)
+    with pytest.raises(UserError):
+        build_data(DataConfig(name="imagefolder", root=str(missing)), seed=0)
+
+
+def test_crop_is_a_window_of_the_padded_image():
+    torch.manual_seed(0)
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.uint8).view(2, 1, 4, 4) + 1
+    out = random_crop_flip(x, pad=2, flip=False)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        windows = [padded[i, :, r:r + 4, c:c + 4] for r in range(5) for c in range(5)]
+        assert any(torch.equal(out[i], w) for w in windows)
+    assert out.dtype == torch.uint8
+
+
+def test_flip_only():
+    torch.manual_seed(0)
+    x = torch.arange(64, dtype=torch.uint8).view(4, 1, 4, 4)
+    out = random_crop_flip(x, pad=0)
+    for i in range(4):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
+
+
+def test_synthetic():
+    b = build_data(DataConfig(name="synthetic", synthetic_size=64, batch_size=16), seed=0)
+    x, y = next(iter(b.train))
+    assert x.shape == (16, 3, 32, 32) and b.num_classes == 10

@@ -1,0 +1,124 @@
+import pytest
+import torch
+from _training import one_thread, quick_cfg
+
+from gatesearch.methods import METHODS
+from gatesearch.methods.adn import ADN
+from gatesearch.methods.gated_depth import GatedDepth
+from gatesearch.methods.probgates import ProbGates, strategy_gates
+from gatesearch.models import create_model
+from gatesearch.patterns import SkipPattern
+from gatesearch.train import fit
+
+CHANCE = 0.1
+_threads = pytest.fixture(autouse=True)(one_thread)
+
+
+@pytest.mark.parametrize("method", ["plain", "stochastic_depth", "adn", "gated_depth", "probgates"])
+def test_method_trains_resnet20_on_digits(method, tmp_path):
+    result = fit(quick_cfg(str(tmp_path), method))
+    m = result.metrics
+    assert m["top1_super"] > 5 * CHANCE, m
+    assert set(m) >= {"train_loss", "lr", "top1_super", "top1_base", "top1_FTF", "frontier_hv", "kl_full_base",
+                      "epoch_time_s", "train_time_s"}
+    if method in ("adn", "gated_depth"):  # the base-net is trained too
+        assert m["top1_base"] > 4 * CHANCE, m
+    if method == "probgates":
+        assert {"gate_rate_0", "gate_rate_2", "gate_rate_mean", "top1_gated"} <= set(m)
+
+
+def test_probgates_reaches_target_rate(tmp_path):
+    cfg = quick_cfg(str(tmp_path), "probgates", method__probgates__target=0.6, model__gating="block",
+                    train__eval_all_patterns_max_units=2, method__probgates__gate_lr_mult=5.0)
+    m = fit(cfg).metrics
+    assert abs(m["gate_rate_mean"] - 0.6) <= 0.05, m["gate_rate_mean"]
+    assert m["top1_gated"] > 5 * CHANCE
+
+
+def _step_grads(method, model, x, y):
+    model.zero_grad()
+    res = method.train_step(model, x, y, 0, 0, lambda loss: loss.backward())
+    if res.loss is not None:
+        res.loss.backward()
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()], res
+
+
+def test_adn_two_backward_matches_one_backward(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, in_channels=1)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    one = ADN(quick_cfg(str(tmp_path), "adn"), model, 10)
+    two = ADN(quick_cfg(str(tmp_path), "adn", method__adn__two_backward=True), model, 10)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    g1, r1 = _step_grads(one, model, x, y)
+    model.load_state_dict(state)
+    g2, r2 = _step_grads(two, model, x, y)
+    assert r2.loss is None and r2.parts["loss"] == pytest.approx(r1.loss.item(), rel=1e-5)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_adn_output_only_kl_differs(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, in_channels=1)
+    for m in model.modules():  # undo the zero-init of residual BNs so super != base
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    with_f = ADN(quick_cfg(str(tmp_path), "adn", method__adn__alpha=0.0), model, 10)
+    without = ADN(quick_cfg(str(tmp_path), "adn", method__adn__alpha=0.0, method__adn__feature_kl=False), model, 10)
+    model.eval()  # same BN statistics for both
+    assert with_f.train_step(model, x, y, 0, 0, None).parts["kd"] > without.train_step(model, x, y, 0, 0, None).parts["kd"]
+
+
+def test_gated_depth_distills_every_k_and_calibrates(tmp_path):
+    model = create_model("resnet20", 10, in_channels=1)
+    gd = GatedDepth(quick_cfg(str(tmp_path), "gated_depth", method__gated_depth__k=3), model, 10)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    kinds = ["kd" in gd.train_step(model, x, y, s, 0, None).parts for s in range(6)]
+    assert kinds == [False, False, True, False, False, True]
+    gates = gd.eval_gates(model, SkipPattern.super_net(3))
+    assert isinstance(gates, torch.Tensor) and gates.shape == (1, 3)
+    torch.testing.assert_close(gates[0], torch.tensor(gd.keep_probs(gd.last_step + 1)))
+    assert gd.eval_gates(model, SkipPattern.base_net(3)) == SkipPattern.base_net(3)
+
+
+def test_probgates_param_groups_and_strategies(tmp_path):
+    cfg = quick_cfg(str(tmp_path), "probgates", method__probgates__gate_lr_mult=10.0,
+                    method__probgates__gate_weight_decay=0.0)
+    model = create_model("resnet20", 10, in_channels=1, gate_head="logit")
+    groups = ProbGates(cfg, model, 10).param_groups(model)
+    assert groups[1]["lr_mult"] == 10.0 and groups[1]["weight_decay"] == 0.0
+    assert len(groups[1]["params"]) == 3
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    with torch.no_grad():  # logit gates start at keep 0.9; push unit 1 below the threshold
+        model.gate_heads[1].logit.fill_(-3.0)
+    assert strategy_gates(model, "threshold", 0.5) == SkipPattern.parse("FTF")
+    assert strategy_gates(model, "always_on") is None
+    drawn = strategy_gates(model, "stochastic").draw(torch.zeros(5, 1, 8, 8))
+    assert drawn.shape == (5, 3)
+
+
+def test_registry_lists_all_methods():
+    assert METHODS.names() == ["adn", "gated_depth", "plain", "probgates", "stochastic_depth"]
+
+
+def test_probgates_target_schedules(tmp_path):
+    model = create_model("resnet20", 10, in_channels=1, gate_head="logit")
+    annealed = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target_schedule="annealed",
+                                   method__probgates__targets=[1.0, 0.8]), model, 10)
+    assert [annealed.target(e) for e in range(3)] == [1.0, 0.8, 0.8]
+    variable = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target_schedule="variable",
+                                   method__probgates__target=0.5, method__probgates__target_ema=0.5), model, 10)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    act = variable.train_step(model, x, y, 0, 0, None).parts["act"]
+    assert variable.target(0) == pytest.approx(0.5 * 0.5 + 0.5 * act)
+
+
+def test_probgates_aig_step_has_gate_gradients(tmp_path):
+    cfg = quick_cfg(str(tmp_path), "probgates", model__gate_head="aig", model__gating="block")
+    model = create_model("resnet20", 10, in_channels=1, gating="block", gate_head="aig")
+    res = ProbGates(cfg, model, 10).train_step(model, torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)), 0, 0, None)
+    res.loss.backward()
+    assert all(p.grad is not None for p in model.gate_heads.parameters() if p.dim() > 1)
+    assert 0.0 <= res.parts["act"] <= 1.0 and res.parts["tau"] == pytest.approx(5.0)

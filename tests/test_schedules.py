@@ -1,0 +1,60 @@
+import pytest
+
+from gatesearch.schedules import (
+    annealed_target,
+    ema,
+    gated_depth_keep,
+    geometric_temperature,
+    linear_over_units,
+    lr_factor,
+    stochastic_depth_keep,
+)
+
+
+def test_stochastic_depth_linear_decay():
+    assert stochastic_depth_keep(4, 0.5) == pytest.approx([0.875, 0.75, 0.625, 0.5])  # 1 - l/L (1 - p_L)
+
+
+def test_linear_over_units():
+    assert linear_over_units(3, 1.0, 0.5) == pytest.approx([1.0, 0.75, 0.5])
+    assert linear_over_units(1, 1.0, 0.5) == [0.5]
+
+
+@pytest.mark.parametrize(
+    "mode, progress, expected",
+    [
+        ("constant", 0.3, [0.5, 0.5, 0.5]),
+        ("units", 0.3, [1.0, 0.75, 0.5]),
+        ("time", 0.0, [1.0, 1.0, 1.0]),
+        ("time", 0.5, [0.75, 0.75, 0.75]),
+        ("time", 1.0, [0.5, 0.5, 0.5]),
+        ("units_time", 0.0, [1.0, 1.0, 1.0]),
+        ("units_time", 1.0, [1.0, 0.75, 0.5]),
+    ],
+)
+def test_gated_depth_keep(mode, progress, expected):
+    assert gated_depth_keep(3, 0.5, 1.0, mode, progress) == pytest.approx(expected)
+
+
+def test_geometric_temperature():
+    assert geometric_temperature(5.0, 0.5, 0.0) == pytest.approx(5.0)
+    assert geometric_temperature(5.0, 0.5, 0.5) == pytest.approx(5.0 * 0.1 ** 0.5)
+    assert geometric_temperature(5.0, 0.5, 1.0) == pytest.approx(0.5)
+    assert geometric_temperature(5.0, 0.5, 2.0) == pytest.approx(0.5)
+
+
+def test_annealed_target_holds_last():
+    assert [annealed_target([1.0, 0.9, 0.8], e) for e in range(5)] == [1.0, 0.9, 0.8, 0.8, 0.8]
+
+
+def test_ema():
+    assert ema(0.7, 0.5, 0.9) == pytest.approx(0.68)
+
+
+def test_lr_factor():
+    assert lr_factor(0, 100, 0, "cosine") == pytest.approx(1.0)
+    assert lr_factor(50, 100, 0, "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 0, "cosine") == pytest.approx(0.0)
+    assert lr_factor(4, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(80, 100, 0, "step") == pytest.approx(0.01)
+    assert lr_factor(80, 100, 0, "constant") == 1.0

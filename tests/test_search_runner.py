@@ -1,0 +1,147 @@
+"""Search runner on a local Ray (one session for the module): a small study's MLflow layout,
+injected faults (raise, NaN, a dying worker) and resuming an interrupted study."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray starts: no token for later `ray start`s
+
+ray = pytest.importorskip("ray")
+from mlflow import MlflowClient  # noqa: E402
+
+from gatesearch.search.runner import SearchOptions, run_search  # noqa: E402
+from gatesearch.search.trainable import FAULT_ENV  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_space(tmp_path: Path, name: str, trials: int = 4, epochs: int = 2, grace: int = 1) -> Path:
+    space = {
+        "study": {"name": name, "objective": {"metric": "top1_super", "mode": "max"},
+                  "budget": {"trials": trials, "epochs": epochs}, "max_concurrent_trials": 2,
+                  "resources": {"cpu": 1}, "max_failures": 1, "asha": {"grace_period": grace, "reduction_factor": 2}},
+        "fixed": {"data.name": "digits", "data.train_subset": 192, "data.batch_size": 64, "data.augment": False,
+                  "data.eval_batch_size": 256, "model.name": "resnet20", "train.device": "cpu",
+                  "train.max_steps_per_epoch": 2, "train.log_every": 1000, "tracking.experiment": name},
+        "search": {"method.name": {"choice": ["adn", "gated_depth"]},
+                   "optim.lr": {"loguniform": [0.01, 0.1]},
+                   "method.adn.alpha": {"uniform": [0.3, 0.9], "when": {"method.name": "adn"}},
+                   "method.gated_depth.k": {"int": [2, 6], "when": {"method.name": "gated_depth"}}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def child_runs(uri: str, summary: dict) -> list:
+    client = MlflowClient(uri)
+    return client.search_runs([summary["experiment_id"]],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
+
+
+def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, "small")), tracking_uri=uri,
+                                       storage=str(tmp_path / "rr"), verbose=0))
+    assert summary["n_trials"] == 4 and summary["n_error"] == 0 and summary["n_complete"] >= 1
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"small.yaml", "summary.json"}
+    children = child_runs(uri, summary)
+    assert len(children) == 4
+    assert len({c.data.tags["gatesearch.trial_id"] for c in children}) == 4
+    for c in children:
+        assert c.data.tags["dataset"] == "digits" and c.data.tags["model"] == "resnet20"
+        assert c.data.tags["method"] == c.data.params["method.name"]
+        assert c.data.params["train.epochs"] == "2" and "optim.lr" in c.data.params
+        assert c.info.status in ("FINISHED", "KILLED")  # KILLED: stopped early by ASHA
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "top1_super")]
+        assert steps == list(range(len(steps))) and 1 <= len(steps) <= 2
+    best = json.loads((tmp_path / "rr" / "small" / "best.json").read_text())
+    assert best["mlflow_run_id"] == parent.data.tags["gatesearch.best_run_id"]
+    assert Path(best["checkpoint"]).is_file()
+    best_run = client.get_run(best["mlflow_run_id"])
+    assert best_run.data.tags["gatesearch.full_budget"] == "True"
+    assert [a.path for a in client.list_artifacts(best_run.info.run_id, "checkpoint")] == ["checkpoint/last.pt"]
+    # ASHA-stopped trials never count as the best
+    assert all(t["state"] == "COMPLETE" for t in summary["pareto"])
+
+
+def test_faults_error_a_trial_and_a_dead_worker_resumes(local_ray, tmp_path, monkeypatch):
+    # trial 0 raises, trial 1 diverges (NaN), trial 2's worker dies once after its first checkpoint
+    monkeypatch.setenv(FAULT_ENV, "raise@0,nan@1,exit@2")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = tiny_space(tmp_path, "faults", trials=4, epochs=2, grace=2)  # grace = epochs: no early stopping
+    summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0))
+    by_index = {}
+    client = MlflowClient(uri)
+    for run in child_runs(uri, summary):
+        by_index[int(run.data.tags["gatesearch.trial_index"])] = run
+    assert sorted(by_index) == [0, 1, 2, 3]  # one run per trial, even for the retried one
+    states = {t["trial_id"]: t["state"] for t in summary["trials"]}
+    for i, expect in ((0, "InjectedFault"), (1, "diverged")):
+        run = by_index[i]
+        assert run.info.status == "FAILED"
+        assert expect in run.data.tags["gatesearch.error"]
+        assert states[run.data.tags["gatesearch.trial_id"]] == "ERROR"
+    died = by_index[2]
+    assert (tmp_path / "rr" / "faults" / "faults" / f"exit-{died.data.tags['gatesearch.trial_id']}").is_file()
+    assert died.info.status == "FINISHED" and states[died.data.tags["gatesearch.trial_id"]] == "COMPLETE"
+    steps = [m.step for m in client.get_metric_history(died.info.run_id, "train_loss")]
+    assert steps[-1] == 1 and set(steps) == {0, 1}
+    assert summary["n_error"] == 2 and summary["best"] is not None  # the study went on
+
+
+def test_interrupted_study_resumes_without_redoing_or_duplicating(local_ray, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = tiny_space(tmp_path, "resume", trials=4, epochs=3, grace=3)
+    cmd = [sys.executable, "-m", "gatesearch.cli", "search", "--space", str(space), "--tracking-uri", uri,
+           "--storage", str(tmp_path / "rr"), "--address", local_ray]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    parent_file = tmp_path / "rr" / "resume" / "mlflow_parent.json"
+    deadline = time.time() + 120
+    finished: list = []
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if parent_file.is_file():
+            ids = json.loads(parent_file.read_text())
+            runs = MlflowClient(uri).search_runs([ids["experiment_id"]],
+                                                 filter_string=f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}'")
+            finished = [r for r in runs if r.info.status == "FINISHED"]
+            if finished:
+                break
+    assert finished, proc.communicate()[0][-3000:] if proc.poll() is not None else "no trial finished in time"
+    proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    history_before = {r.info.run_id: len(MlflowClient(uri).get_metric_history(r.info.run_id, "train_loss"))
+                      for r in finished}
+
+    summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
+                                       resume=True, verbose=0))
+    assert not summary["interrupted"] and summary["n_trials"] == 4 and summary["n_complete"] == 4
+    runs = child_runs(uri, summary)
+    assert len(runs) == 4 and len({r.data.tags["gatesearch.trial_id"] for r in runs}) == 4
+    client = MlflowClient(uri)
+    for run_id, n in history_before.items():  # finished trials were not trained again
+        assert len(client.get_metric_history(run_id, "train_loss")) == n == 3
+    assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"

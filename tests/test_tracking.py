@@ -1,0 +1,37 @@
+import pytest
+from _training import one_thread, quick_cfg
+from mlflow.tracking import MlflowClient
+
+from gatesearch.cli import main
+from gatesearch.config import to_flat
+from gatesearch.tracking import MLflowReporter
+from gatesearch.train import fit
+
+_threads = pytest.fixture(autouse=True)(one_thread)
+
+
+def test_mlflow_reporter_logs_params_metrics_artifact(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = quick_cfg(str(tmp_path / "out"), "adn", train__epochs=2, train__max_steps_per_epoch=2, train__eval_every=1)
+    rep = MLflowReporter(uri, "exp", run_name="t", artifact_location=str(tmp_path / "artifacts"))
+    fit(cfg, [rep])
+    client = MlflowClient(uri)
+    run = client.get_run(rep.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "adn" and run.data.tags["dataset"] == "digits"
+    assert run.data.params["method.adn.alpha"] == "0.5" and len(run.data.params) == len(to_flat(cfg))
+    hist = client.get_metric_history(rep.run_id, "top1_super")
+    assert [m.step for m in hist] == [0, 1]
+    assert [a.path for a in client.list_artifacts(rep.run_id, "checkpoints")] == ["checkpoints/last.pt"]
+
+
+def test_cli_train_logs_to_sqlite(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--set", "train.epochs=1",
+                 "--set", "train.max_steps_per_epoch=2", "--set", f"train.out_dir={tmp_path}/o",
+                 "--set", "method.name=plain"])
+    assert code == 0
+    runs = MlflowClient(f"sqlite:///{tmp_path}/m.db").search_runs(
+        [MlflowClient(f"sqlite:///{tmp_path}/m.db").get_experiment_by_name("gatesearch").experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["method"] == "plain" and runs[0].info.status == "FINISHED"

@@ -1,0 +1,119 @@
+import math
+
+import pytest
+import torch
+from _training import one_thread, quick_cfg
+
+from gatesearch.checkpoint import load_checkpoint
+from gatesearch.methods.plain import Plain
+from gatesearch.train import FitResult, TrainingDiverged, build_optimizer, fit
+
+_threads = pytest.fixture(autouse=True)(one_thread)
+
+
+class Recorder:
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.events, self.stop_after = [], stop_after
+
+    def on_start(self, cfg, info):
+        self.events.append(("start", info["start_epoch"]))
+
+    def on_step(self, step, epoch, parts):
+        self.events.append(("step", step))
+        assert math.isfinite(parts["loss"]) and "lr" in parts
+
+    def on_epoch_end(self, epoch, metrics, checkpoint_path):
+        self.events.append(("epoch", epoch))
+        assert checkpoint_path.is_file()
+        if self.stop_after == epoch:
+            raise KeyboardInterrupt
+
+    def on_end(self, result):
+        self.events.append(("end", len(result.history)))
+
+    def on_fail(self, error):
+        self.events.append(("fail", type(error).__name__))
+
+
+def small(tmp_path, **kw):
+    flat = {"train__epochs": 2, "train__max_steps_per_epoch": 3, "train__eval_every": 1, **kw}
+    return quick_cfg(str(tmp_path), "adn", **flat)
+
+
+def test_fit_reports_and_checkpoints(tmp_path):
+    rec = Recorder()
+    res = fit(small(tmp_path), [rec])
+    assert isinstance(res, FitResult) and len(res.history) == 2
+    kinds = [e[0] for e in rec.events]
+    assert kinds[0] == "start" and kinds.count("step") == 6 and kinds.count("epoch") == 2 and kinds[-1] == "end"
+    assert [e[1] for e in rec.events if e[0] == "step"] == list(range(6))
+    assert res.checkpoint_path == tmp_path / "last.pt"
+    assert res.history[1]["train_time_s"] >= res.history[0]["train_time_s"]
+    assert 0.0 <= res.metrics["frontier_hv"] <= 1.0 and res.metrics["kl_full_base"] >= 0.0
+    ck = load_checkpoint(res.checkpoint_path)
+    assert ck.epoch == 1 and ck.metrics["top1_super"] == pytest.approx(res.metrics["top1_super"])
+
+
+def test_nan_loss_raises_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    original = Plain.train_step
+
+    def poisoned(self, model, x, y, step, epoch, backward):
+        res = original(self, model, x, y, step, epoch, backward)
+        if epoch == 1:
+            res.loss = res.loss * float("nan")
+        return res
+
+    monkeypatch.setattr(Plain, "train_step", poisoned)
+    rec = Recorder()
+    cfg = quick_cfg(str(tmp_path), "plain", train__epochs=3, train__max_steps_per_epoch=2)
+    with pytest.raises(TrainingDiverged, match="diverged"):
+        fit(cfg, [rec])
+    assert rec.events[-1] == ("fail", "TrainingDiverged")
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck.epoch == 0
+    assert all(torch.isfinite(p).all() for p in ck.model.parameters())
+
+
+def test_huge_lr_diverges(tmp_path):
+    cfg = quick_cfg(str(tmp_path), "plain", optim__lr=1e30, train__epochs=1, train__max_steps_per_epoch=10)
+    with pytest.raises(TrainingDiverged):
+        fit(cfg)
+
+
+def test_resume_continues_from_last_epoch(tmp_path):
+    cfg = small(tmp_path, train__epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, [Recorder(stop_after=0)])
+    first = load_checkpoint(tmp_path / "last.pt")
+    assert first.epoch == 0
+    rec = Recorder()
+    res = fit(cfg, [rec], resume_from=tmp_path / "last.pt")
+    assert rec.events[0] == ("start", 1)
+    assert [e[1] for e in rec.events if e[0] == "step"][0] == 3  # global step continues
+    assert len(res.history) == 3 and res.history[0] == pytest.approx(first.metrics)
+    assert load_checkpoint(res.checkpoint_path).epoch == 2
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path):
+    cfg = small(tmp_path, train__epochs=1)
+    fit(cfg)
+    rec = Recorder()
+    res = fit(cfg, [rec], resume_from=tmp_path / "last.pt")
+    assert not [e for e in rec.events if e[0] == "step"] and len(res.history) == 1
+
+
+def test_optimizer_groups_get_lr_mult():
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    cfg = quick_cfg("/tmp/unused", "plain", optim__lr=0.2)
+    opt = build_optimizer(cfg.optim, [{"params": params[:1]}, {"params": params[1:], "lr_mult": 10.0,
+                                                                "weight_decay": 0.0}])
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.2, 2.0])
+    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.optim.weight_decay, 0.0]
+
+
+def test_bn_reestimation_and_many_units(tmp_path):
+    cfg = quick_cfg(str(tmp_path), "gated_depth", model__gating="block", train__epochs=1,
+                    train__max_steps_per_epoch=3, train__bn_reestimate_batches=2, train__eval_every=1)
+    m = fit(cfg).metrics
+    assert {"top1_super", "top1_base", "frontier_hv"} <= set(m)
+    assert not any(k.startswith("top1_F") or k.startswith("top1_T") for k in m)  # 7 units: super/base only
