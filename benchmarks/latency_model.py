@@ -11,6 +11,7 @@ pattern). Prints Spearman rank correlation and mean absolute % error per network
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 
 import torch
@@ -20,31 +21,32 @@ from gatesearch.models import create_model
 from gatesearch.patterns import all_patterns
 from gatesearch.selection.latency import get_device, measure_ms, predict_ms, trace_layers
 
-NETS = [("resnet20", "cifar", 32), ("resnet50", "imagenet", 224)]
+NETS = [("resnet20", "cifar", 32, 60), ("resnet50", "imagenet", 224, 12)]  # (model, stem, size, runs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=None, help="timed rounds (default: 60 resnet20, 12 resnet50)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, action="append", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batches = args.batch or [1]
     host = get_device("host")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU {platform.processor() or platform.machine()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU {platform.processor() or platform.machine()}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"host profile (micro-benchmark): peak {host.peak_tflops_fp32 * 1e3:.1f} GFLOP/s, bandwidth "
           f"{host.mem_bandwidth_gbs:.1f} GB/s, kernel overhead {host.launch_overhead_us:.1f} us, conv overhead "
           f"{host.conv_overhead_us:.1f} us, module call {host.module_overhead_us:.2f} us, efficiency {host.efficiency:.2f}")
     print(f"{'model':<9} {'batch':>5} {'patterns':>8}  {'spearman':>8} {'MAPE':>7}  {'pred FFF..TTT ms':>18} "
           f"{'meas FFF..TTT ms':>18}")
-    for name, stem, size in NETS:
+    for name, stem, size, runs in NETS:
         model = create_model(name, 10, gating="stage", stem=stem).eval()
         patterns = all_patterns(model.n_units)
         for batch in batches:
             shape = (batch, 3, size, size)
             pred = [predict_ms(trace_layers(model, p, shape), host) for p in patterns]
-            meas = [med for med, _ in measure_ms(model, patterns, shape, warmup=3, runs=args.runs)]
+            meas = [med for med, _ in measure_ms(model, patterns, shape, warmup=3, runs=args.runs or runs)]
             rho = spearmanr(pred, meas)[0]
             mape = 100 * sum(abs(p - m) / m for p, m in zip(pred, meas)) / len(meas)
             print(f"{name:<9} {batch:>5} {len(patterns):>8}  {rho:8.3f} {mape:6.1f}%  "

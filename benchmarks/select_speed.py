@@ -12,6 +12,7 @@ identical correct counts.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -43,6 +44,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU {platform.processor() or platform.machine()}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
           f"repeats {args.repeats} (interleaved), median seconds, eval mode, no grad")
     print(f"{'model':<9} {'gating':<6} {'units':>5} {'patterns':>8} {'images':>7} {'input':>8}  "
           f"{'trie s':>8} {'naive s':>8} {'speedup':>8}  same counts")
@@ -53,9 +55,9 @@ def main() -> None:
         evaluate_patterns_trie(model, data[:1], patterns[:2])  # warm-up (allocator, kernels)
         trie_t, naive_t = [], []
         for _ in range(args.repeats):
-            t, trie = _time(lambda: evaluate_patterns_trie(model, data, patterns))
+            t, trie = _time(lambda m=model, d=data, ps=patterns: evaluate_patterns_trie(m, d, ps))
             trie_t.append(t)
-            t, naive = _time(lambda: evaluate_patterns_naive(model, data, patterns))
+            t, naive = _time(lambda m=model, d=data, ps=patterns: evaluate_patterns_naive(m, d, ps))
             naive_t.append(t)
         same = [(s.correct1, s.correct5) for s in trie] == [(s.correct1, s.correct5) for s in naive]
         a, b = statistics.median(trie_t), statistics.median(naive_t)

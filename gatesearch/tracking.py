@@ -137,11 +137,11 @@ def _param_value(value: Any) -> str:
 
 
 def start_study_run(uri: str, experiment_id: str, study: str, space_text: str, space_file: str,
-                    params: dict[str, Any]) -> str:
+                    params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
     """Create the study's parent run; logs the space file (artifact) and the study settings (params)."""
     client = study_client(uri)
     run = _with_retries(client.create_run, experiment_id, run_name=f"study-{study}",
-                        tags={STUDY_TAG: study, "gatesearch.kind": "study"})
+                        tags={**(tags or {}), STUDY_TAG: study, "gatesearch.kind": "study"})
     rid = run.info.run_id
     for chunk in _chunks([Param(k, _param_value(v)) for k, v in params.items()]):
         _with_retries(client.log_batch, rid, params=chunk)

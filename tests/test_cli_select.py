@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gatesearch.cli import main
-from gatesearch.selection.pareto import MENU_COLUMNS, pareto_mask
+from gatesearch.selection.pareto import MENU_COLUMNS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _training import quick_cfg  # noqa: E402
@@ -50,8 +50,11 @@ def _check_menu(folder: Path, device: str) -> dict:
     assert table.to_pylist() == record["entries"]
     entries = record["entries"]
     assert len(entries) == 8 and record["device"] == device and record["bn_mode"] == "switchable"
-    flags = pareto_mask([e["latency_ms"] for e in entries], [e["top1"] for e in entries])
-    assert [e["pareto"] for e in entries] == flags
+    for e in entries:  # flagged iff no other entry is at least as fast and as accurate, one strictly
+        dominated = any(o["latency_ms"] <= e["latency_ms"] and o["top1"] >= e["top1"]
+                        and (o["latency_ms"] < e["latency_ms"] or o["top1"] > e["top1"]) for o in entries)
+        assert e["pareto"] == (not dominated)
+    assert any(e["pareto"] for e in entries)
     return record
 
 
@@ -127,3 +130,11 @@ def test_user_errors_exit_2(trained: dict, tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and message in err[0]
+
+
+def test_select_reestimated_bn(trained: dict, tmp_path: Path) -> None:
+    out = tmp_path / "menus"
+    assert main(["select", "--checkpoint", trained["checkpoint"], "--device", "jetson-orin-nx", "--reestimate-bn", "1",
+                 "--out", str(out)]) == 0
+    record = json.loads((out / "jetson-orin-nx" / "menu.json").read_text())
+    assert record["bn_mode"] == "reestimated" and len(record["entries"]) == 8

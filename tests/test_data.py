@@ -92,3 +92,25 @@ def test_synthetic():
     b = build_data(DataConfig(name="synthetic", synthetic_size=64, batch_size=16), seed=0)
     x, y = next(iter(b.train))
     assert x.shape == (16, 3, 32, 32) and b.num_classes == 10
+
+
+def test_torchvision_source_without_download_is_user_error(tmp_path):
+    with pytest.raises(UserError, match="download"):
+        build_data(DataConfig(name="cifar10", root=str(tmp_path), source="torchvision"), seed=0)
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(5):
+                pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
+    cfg = DataConfig(name="imagefolder", root=str(tmp_path), image_size=16, batch_size=4, val_fraction=0.2)
+    b = build_data(cfg, seed=0)
+    x, y = next(iter(b.train))
+    assert x.shape == (4, 3, 16, 16) and b.num_classes == 2 and b.input_shape == (3, 16, 16)
+    assert len(b.val.dataset) == 2 and len(b.test.dataset) == 10

@@ -12,8 +12,18 @@ from gatesearch.models import create_model
 from gatesearch.patterns import SkipPattern, all_patterns
 from gatesearch.selection import latency
 from gatesearch.selection.latency import (
-    DEVICES, LutRow, bytes_moved, device_profiles, get_device, lut_lookup, measure_ms, measure_unit_ms,
-    predict_ms, read_lut, trace_layers, write_lut,
+    DEVICES,
+    LutRow,
+    bytes_moved,
+    device_profiles,
+    get_device,
+    lut_lookup,
+    measure_ms,
+    measure_unit_ms,
+    predict_ms,
+    read_lut,
+    trace_layers,
+    write_lut,
 )
 
 SHIPPED = ["jetson-orin-nano", "jetson-orin-nano-super", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx",
@@ -103,3 +113,13 @@ def test_lut_roundtrip_and_errors(tmp_path: Path) -> None:
         read_lut(bad)
     with pytest.raises(UserError, match="does not exist"):
         read_lut(tmp_path / "nope.csv")
+
+
+def test_lut_compose_from_units() -> None:
+    from gatesearch.selection.latency import lut_compose
+
+    rows = [LutRow("TTT", 1, 1.0, 1.2, 5, "d"), LutRow("unit:0", 1, 0.5, 0.6, 5, "d"),
+            LutRow("unit:2", 1, 0.25, 0.3, 5, "d")]
+    assert lut_compose(rows, "FTF", 1) == pytest.approx((1.75, 2.1))
+    assert lut_compose(rows, "FFT", 1) is None  # unit 1 not measured
+    assert lut_compose(rows, "FTF", 8) is None  # other batch

@@ -9,7 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from gatesearch.selection.pareto import (
-    MENU_COLUMNS, build_menu, format_menu, hypervolume, pareto_mask, pick, read_menu, write_menu,
+    MENU_COLUMNS,
+    build_menu,
+    format_menu,
+    hypervolume,
+    pareto_mask,
+    pick,
+    read_menu,
+    write_menu,
 )
 
 
@@ -71,3 +78,28 @@ def test_json_and_parquet_same_columns(tmp_path: Path) -> None:
 def test_format_menu_marks_pick() -> None:
     text = format_menu(_menu(), budget_ms=1.55)
     assert "> FT" in text and "* FF" in text and "pick FT" in text
+
+
+def test_plots_written(tmp_path: Path) -> None:
+    from gatesearch.selection.plots import save_figures
+
+    entries = _entries() + [{**_entries()[0], "strategy": "stochastic", "top1_std": 0.01, "pareto": False,
+                             "unit_rates": [0.9, 0.1], "activation": 0.5}]
+    menus = [build_menu(entries, model="resnet20", dataset="digits", device=d, checkpoint="c.pt", bn_mode="plain",
+                        search="exhaustive", batch=1) for d in ("jetson-orin-nano", "h100")]
+    paths = save_figures(menus, tmp_path)
+    assert set(paths) == {"pareto.png", "top1_distribution.png", "gate_rates.png"}
+    assert all(p.stat().st_size > 1000 for p in paths.values())
+
+
+def test_pareto_mask_matches_brute_force() -> None:
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        n = rng.randint(1, 30)
+        costs = [rng.choice([0.1, 0.2, 0.3, 0.5, 1.0]) for _ in range(n)]
+        accs = [rng.choice([0.5, 0.6, 0.7, 0.9]) for _ in range(n)]
+        brute = [not any(costs[j] <= costs[i] and accs[j] >= accs[i] and (costs[j] < costs[i] or accs[j] > accs[i])
+                         for j in range(n)) for i in range(n)]
+        assert pareto_mask(costs, accs) == brute

@@ -10,7 +10,11 @@ from gatesearch.models import create_model
 from gatesearch.patterns import SkipPattern, all_patterns
 from gatesearch.selection import score
 from gatesearch.selection.score import (
-    beam_search, evaluate_patterns_naive, evaluate_patterns_trie, score_model, score_strategies,
+    beam_search,
+    evaluate_patterns_naive,
+    evaluate_patterns_trie,
+    score_model,
+    score_strategies,
 )
 
 

@@ -25,9 +25,10 @@ from gatesearch.search.trainable import FAULT_ENV  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_space(tmp_path: Path, name: str, trials: int = 4, epochs: int = 2, grace: int = 1) -> Path:
+def tiny_space(tmp_path: Path, name: str, trials: int = 4, epochs: int = 2, grace: int = 1,
+               objective: object = None) -> Path:
     space = {
-        "study": {"name": name, "objective": {"metric": "top1_super", "mode": "max"},
+        "study": {"name": name, "objective": objective or {"metric": "top1_super", "mode": "max"},
                   "budget": {"trials": trials, "epochs": epochs}, "max_concurrent_trials": 2,
                   "resources": {"cpu": 1}, "max_failures": 1, "asha": {"grace_period": grace, "reduction_factor": 2}},
         "fixed": {"data.name": "digits", "data.train_subset": 192, "data.batch_size": 64, "data.augment": False,
@@ -64,6 +65,7 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     client = MlflowClient(uri)
     parent = client.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED"
+    assert parent.data.tags["method"] == "searched" and parent.data.tags["dataset"] == "digits"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"small.yaml", "summary.json"}
     children = child_runs(uri, summary)
     assert len(children) == 4
@@ -80,7 +82,7 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     assert Path(best["checkpoint"]).is_file()
     best_run = client.get_run(best["mlflow_run_id"])
     assert best_run.data.tags["gatesearch.full_budget"] == "True"
-    assert [a.path for a in client.list_artifacts(best_run.info.run_id, "checkpoint")] == ["checkpoint/last.pt"]
+    assert [a.path for a in client.list_artifacts(best_run.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
     # ASHA-stopped trials never count as the best
     assert all(t["state"] == "COMPLETE" for t in summary["pareto"])
 
@@ -89,7 +91,9 @@ def test_faults_error_a_trial_and_a_dead_worker_resumes(local_ray, tmp_path, mon
     # trial 0 raises, trial 1 diverges (NaN), trial 2's worker dies once after its first checkpoint
     monkeypatch.setenv(FAULT_ENV, "raise@0,nan@1,exit@2")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    space = tiny_space(tmp_path, "faults", trials=4, epochs=2, grace=2)  # grace = epochs: no early stopping
+    # multi-objective (NSGA-II, no ASHA): errored trials must stay off the Pareto set
+    space = tiny_space(tmp_path, "faults", trials=4, epochs=2,
+                       objective=[{"metric": "top1_super", "mode": "max"}, {"metric": "top1_base", "mode": "max"}])
     summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0))
     by_index = {}
     client = MlflowClient(uri)
@@ -108,6 +112,7 @@ def test_faults_error_a_trial_and_a_dead_worker_resumes(local_ray, tmp_path, mon
     steps = [m.step for m in client.get_metric_history(died.info.run_id, "train_loss")]
     assert steps[-1] == 1 and set(steps) == {0, 1}
     assert summary["n_error"] == 2 and summary["best"] is not None  # the study went on
+    assert summary["pareto"] and all(t["state"] == "COMPLETE" for t in summary["pareto"])
 
 
 def test_interrupted_study_resumes_without_redoing_or_duplicating(local_ray, tmp_path):
@@ -145,3 +150,59 @@ def test_interrupted_study_resumes_without_redoing_or_duplicating(local_ray, tmp
     for run_id, n in history_before.items():  # finished trials were not trained again
         assert len(client.get_metric_history(run_id, "train_loss")) == n == 3
     assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+
+
+def test_pareto_set_holds_only_full_budget_trials(tmp_path):
+    from types import SimpleNamespace
+
+    from gatesearch.search.runner import summarize
+    from gatesearch.search.space import parse
+
+    space = parse(yaml.safe_load(tiny_space(tmp_path, "p", epochs=3, objective=[
+        {"metric": "top1_super", "mode": "max"}, {"metric": "top1_base", "mode": "max"}]).read_text()))
+
+    def result(tid: str, done: int, sup: float, base: float, error: Exception | None = None) -> SimpleNamespace:
+        metrics = {"trial_id": tid, "epochs_done": done, "top1_super": sup, "top1_base": base, "mlflow_run_id": tid}
+        return SimpleNamespace(metrics=metrics, checkpoint=None, error=error, path=f"/x/t000_{tid}", config={})
+
+    results = [result("a", 3, 0.9, 0.5), result("b", 3, 0.8, 0.7), result("c", 3, 0.7, 0.6),  # c: dominated by b
+               result("d", 1, 0.99, 0.99),  # stopped early: never on the set however good
+               result("e", 2, 0.95, 0.95, RuntimeError("boom"))]
+    summary = summarize(space, results, tmp_path)
+    assert [t["trial_id"] for t in summary["pareto"]] == ["a", "b"]
+    assert {t["trial_id"]: t["state"] for t in summary["trials"]} == {
+        "a": "COMPLETE", "b": "COMPLETE", "c": "COMPLETE", "d": "STOPPED", "e": "ERROR"}
+
+
+@pytest.mark.slow
+def test_study_logs_to_an_http_tracking_server(local_ray, tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+                               "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(1)
+        summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, "http", trials=2, epochs=1)),
+                                           tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0))
+        runs = child_runs(uri, summary)
+        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        client = MlflowClient(uri)
+        assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
+        assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

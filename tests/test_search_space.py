@@ -157,3 +157,15 @@ def test_unset_env_var_without_default_names_the_key(monkeypatch):
     raw["fixed"]["data.root"] = "${GS_NO_SUCH_VAR}"
     with pytest.raises(ConfigError, match=r"fixed\.data\.root.*GS_NO_SUCH_VAR"):
         parse(raw)
+
+
+def test_cli_reports_a_bad_space_in_one_line_before_ray_starts(tmp_path, capsys):
+    from gatesearch.cli import main
+
+    raw = _minimal(**{"optim.lr": {"loguniform": [-1.0, 0.1]}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    assert main(["search", "--space", str(bad), "--storage", str(tmp_path / "rr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "search.optim.lr.loguniform" in err
+    assert not (tmp_path / "rr").exists()

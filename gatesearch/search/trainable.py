@@ -107,7 +107,7 @@ class _TuneReporter:
         report = {**self.carried, **metrics, "epochs_done": epoch + 1, "mlflow_run_id": self.run_id}
         tracking.log_trial_metrics(self.ctx.tracking_uri, self.run_id, metrics, step=epoch)
         if epoch + 1 == self.ctx.epochs:  # before the last report: ASHA's max_t stops the trial inside it
-            tracking.log_run_artifact(self.ctx.tracking_uri, self.run_id, str(checkpoint_path), "checkpoint")
+            tracking.log_run_artifact(self.ctx.tracking_uri, self.run_id, str(checkpoint_path), "checkpoints")
         if "raise" in self.faults:
             raise InjectedFault(f"injected fault ({FAULT_ENV}) in trial {self.trial_id} after epoch {epoch}")
         with tempfile.TemporaryDirectory(prefix="gs-ckpt-") as tmp:
@@ -129,6 +129,10 @@ class _TuneReporter:
 
     def on_end(self, result: Any) -> None:
         pass
+
+
+def scratch_dir(study: str) -> Path:
+    return Path(tempfile.gettempdir()) / "gatesearch-trials" / study
 
 
 def _resume_path(local_dir: Path) -> Path | None:
@@ -158,9 +162,12 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from gatesearch.train import TrainingDiverged, fit
 
     tctx = tune.get_context()
-    # not tctx.get_trial_dir(): with reuse_actors it can still name the actor's previous trial
     trial_id = tctx.get_trial_id()
-    trial_dir = Path(tempfile.gettempdir()) / "gatesearch-trials" / ctx.study / trial_id
+    # train.fit's own files go to a scratch directory per worker process, wiped when the worker starts
+    # its next trial (a trial stopped inside tune.report never reaches a cleanup of its own); not
+    # tctx.get_trial_dir(), which with reuse_actors can still name the worker's previous trial
+    trial_dir = scratch_dir(ctx.study) / f"worker-{os.getpid()}"
+    shutil.rmtree(trial_dir, ignore_errors=True)
     index = trial_index(tctx.get_trial_name())
     faults = faults_for(ctx.fault, index)
     flat = {k: v for k, v in config.items() if "." in k}
@@ -184,4 +191,6 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     except (TrainingDiverged, UserError, InjectedFault) as e:
         tracking.end_run(ctx.tracking_uri, run_id, "FAILED", error=_short_error(e))
         raise
+    finally:  # every checkpoint that matters is in Tune's storage by now
+        shutil.rmtree(trial_dir, ignore_errors=True)
     tracking.end_run(ctx.tracking_uri, run_id, "FINISHED")

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from gatesearch.errors import UserError
-from gatesearch.models import Gates, GatedResNet
+from gatesearch.models import GatedResNet, Gates
 from gatesearch.models.blocks import BasicBlock, Bottleneck
 from gatesearch.patterns import SkipPattern
 from gatesearch.registry import Registry
@@ -115,16 +115,6 @@ def device_profiles() -> list[DeviceProfile]:
     return [seen[k] for k in sorted(seen)]
 
 
-def _best_time(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 class _Wrapper(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -154,7 +144,9 @@ def _host_figures(threads: int) -> tuple[float, float, float, float, float, floa
     """(peak FLOP/s, bandwidth B/s, kernel overhead s, conv efficiency, module-call overhead s,
     conv overhead s), measured once per thread count (the caller's ``torch.get_num_threads()``).
 
-    Peak: best fp32 matmul of 512^3 and 1024^3. Bandwidth: best copy of 128 MB (read + write).
+    Every figure is a median over repeats, the statistic the latency measurements report, so
+    both see the same load on a shared machine. Peak: fp32 matmul of 512^3 and 1024^3 (the
+    faster). Bandwidth: a copy of 128 MB (read + write).
     Kernel overhead: median module call of a ReLU on one element. Module overhead: median call of
     a container module minus that of the leaf it calls. Conv efficiency and conv overhead: the line
     time = kernel + conv_overhead + flops / (peak * eff) fitted by relative least squares through
@@ -164,9 +156,11 @@ def _host_figures(threads: int) -> tuple[float, float, float, float, float, floa
         peak = 0.0
         for n in (512, 1024):
             a, b = torch.randn(n, n), torch.randn(n, n)
-            peak = max(peak, 2 * n**3 / _best_time(lambda: a @ b, 10))
+            a @ b
+            peak = max(peak, 2 * n**3 / _median_call(lambda a=a, b=b: a @ b, 15))
         src, dst = torch.randn(32 * 2**20), torch.empty(32 * 2**20)
-        bw = 2 * src.numel() * 4 / _best_time(lambda: dst.copy_(src), 5)
+        dst.copy_(src)
+        bw = 2 * src.numel() * 4 / _median_call(lambda: dst.copy_(src), 9)
         one = torch.randn(1, 1, 1, 1)
         wrapper = _Wrapper()
         module = max(0.0, _median_call(lambda: wrapper(one)) - _median_call(lambda: wrapper.inner(one)))
@@ -177,7 +171,7 @@ def _host_figures(threads: int) -> tuple[float, float, float, float, float, floa
             conv, x = nn.Conv2d(c, c, 3, padding=1, bias=False), torch.randn(1, c, hw, hw)
             conv(x)
             flops.append(2 * c * c * 9 * hw * hw)
-            secs.append(_median_call(lambda: conv(x), 15))
+            secs.append(_median_call(lambda conv=conv, x=x: conv(x), 15))
     intercept, slope = _relative_fit(flops, secs)
     eff = min(1.0, 1.0 / (slope * peak)) if slope > 0 else 1.0
     return peak, bw, kernel, eff, module, max(intercept - kernel, 0.0)
@@ -431,6 +425,17 @@ def lut_lookup(rows: Sequence[LutRow], n_units: int, batch: int) -> dict[str, Lu
             raise UserError(f"LUT pattern {r.pattern} has {len(r.pattern)} units; this model has {n_units}")
         out[r.pattern] = r
     return out
+
+
+def lut_compose(rows: Sequence[LutRow], pattern: str, batch: int) -> tuple[float, float] | None:
+    """(median_ms, p90_ms) of a pattern the LUT lacks, composed additively from its base-net row and
+    its ``unit:<i>`` rows (base + each kept unit); None when those rows are missing."""
+    base = next((r for r in rows if r.batch == batch and r.pattern == "T" * len(pattern)), None)
+    units = {int(r.pattern[5:]): r for r in rows if r.batch == batch and r.pattern.startswith("unit:")}
+    kept = [u for u, c in enumerate(pattern) if c == "F"]
+    if base is None or any(u not in units for u in kept):
+        return None
+    return (base.median_ms + sum(units[u].median_ms for u in kept), base.p90_ms + sum(units[u].p90_ms for u in kept))
 
 
 def profile_rows(model: GatedResNet, input_shape: tuple[int, int, int], batch: int, runs: int, warmup: int,

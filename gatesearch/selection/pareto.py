@@ -19,14 +19,24 @@ from typing import Any, Sequence
 
 
 def pareto_mask(costs: Sequence[float], accs: Sequence[float]) -> list[bool]:
-    """True where no other point has cost <= and acc >= with at least one strict."""
-    n = len(costs)
-    mask = []
-    for i in range(n):
-        dominated = any(
-            costs[j] <= costs[i] and accs[j] >= accs[i] and (costs[j] < costs[i] or accs[j] > accs[i]) for j in range(n)
-        )
-        mask.append(not dominated)
+    """True where no other point has cost <= and acc >= with at least one strict.
+
+    O(n log n): a point survives iff its accuracy beats every strictly cheaper point and is the
+    best among points of equal cost (equal points do not dominate each other).
+    """
+    order = sorted(range(len(costs)), key=lambda i: costs[i])
+    mask = [False] * len(costs)
+    best_cheaper = float("-inf")
+    k = 0
+    while k < len(order):
+        group = [order[k]]
+        while k + len(group) < len(order) and costs[order[k + len(group)]] == costs[order[k]]:
+            group.append(order[k + len(group)])
+        top = max(accs[i] for i in group)
+        for i in group:
+            mask[i] = accs[i] > best_cheaper and accs[i] == top
+        best_cheaper = max(best_cheaper, top)
+        k += len(group)
     return mask
 
 

@@ -144,7 +144,7 @@ def evaluate_patterns_trie(
     for x, y in loader:
         x, y = x.to(device), y.to(device)
 
-        def visit(logits: torch.Tensor, group: list[SkipPattern]) -> None:
+        def visit(logits: torch.Tensor, group: list[SkipPattern], y: torch.Tensor = y) -> None:
             c1, c5 = _topk_correct(logits, y)
             for p in group:
                 counts[p][0] += c1

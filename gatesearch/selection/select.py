@@ -3,7 +3,8 @@
 Costs per candidate: MACs and active params (``gatesearch.cost``, batch 1), bytes moved and
 latency at ``batch`` per device. Latency comes from a LUT measured on the device when one
 covers the pattern, else from a measurement on this host (``host`` device, up to
-``MEASURE_MAX_PATTERNS`` patterns), else from the roofline model. Probgates strategies get
+``MEASURE_MAX_PATTERNS`` patterns), else from the LUT's base-net + per-unit rows (additive),
+else from the roofline model. Probgates strategies get
 *expected* costs: base-net + sum_u rate_u * (cost of unit u), times the forward passes.
 """
 
@@ -20,7 +21,16 @@ from gatesearch.errors import UserError
 from gatesearch.models import GatedResNet
 from gatesearch.patterns import SkipPattern
 from gatesearch.selection.latency import (
-    DeviceProfile, Layer, LutRow, bytes_moved, get_device, lut_lookup, measure_ms, predict_ms, trace_layers,
+    DeviceProfile,
+    Layer,
+    LutRow,
+    bytes_moved,
+    get_device,
+    lut_compose,
+    lut_lookup,
+    measure_ms,
+    predict_ms,
+    trace_layers,
 )
 from gatesearch.selection.pareto import Menu, build_menu
 from gatesearch.selection.score import PatternScore, ScoreResult
@@ -84,7 +94,8 @@ def device_menu(
     """One menu: every scored candidate with MACs, params, bytes and latency on ``device``."""
     profile = get_device(device)
     model, n = costs.model, costs.model.n_units
-    lut_map = lut_lookup(_lut_for(lut, profile, devices or [device]), n, costs.batch)
+    lut_rows = _lut_for(lut, profile, devices or [device])
+    lut_map = lut_lookup(lut_rows, n, costs.batch)
     latency: dict[str, tuple[float, float, str]] = {p: (r.median_ms, r.p90_ms, "lut") for p, r in lut_map.items()}
     needed = {s.pattern for s in scores.scores if s.strategy == "pattern"}
     if any(s.strategy != "pattern" for s in scores.scores):
@@ -99,8 +110,12 @@ def device_menu(
 
     def lat(p: str) -> tuple[float, float, str]:
         if p not in latency:
-            ms = predict_ms(costs.trace(p), profile)
-            latency[p] = (ms, ms, "model")
+            composed = lut_compose(lut_rows, p, costs.batch) if lut_rows else None
+            if composed is not None:
+                latency[p] = (*composed, "lut")
+            else:
+                ms = predict_ms(costs.trace(p), profile)
+                latency[p] = (ms, ms, "model")
         return latency[p]
 
     def nbytes(p: str) -> int:
@@ -178,17 +193,22 @@ def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
     if o.checkpoint is None and o.run is None:
         raise UserError("give --checkpoint PATH or --run MLFLOW_RUN_ID")
     rows = read_lut(o.lut) if o.lut else None
+    if rows and len(devices) > 1 and not any(_lut_for(rows, get_device(d), devices) for d in devices):
+        names = ", ".join(sorted({r.device for r in rows}))
+        raise UserError(f"LUT {o.lut} was measured on {names}, none of the requested devices; name one --device "
+                        f"or write the device name into the LUT's device column")
     out = Path(o.out)
     path = Path(o.checkpoint) if o.checkpoint else _run_checkpoint(o, out)
     dev = torch_device(o.torch_device)
     ck = load_checkpoint(path, map_location=dev)
     cfg = with_overrides(ck.config, {"data.root": o.data_root}) if o.data_root else ck.config
     data = build_data(cfg.data, cfg.train.seed)
+    split = "val" if data.val is not None else "test"
     scores = score_model(ck.model, eval_loader(data), dev, o.reestimate_bn, data.train, o.beam_width,
                          runs=cfg.method.probgates.runs, seed=cfg.train.seed)
     costs = PatternCosts(ck.model, tuple(ck.input_shape), o.batch)
     meta = {"model": cfg.model.name, "dataset": cfg.data.name, "checkpoint": str(path),
-            "extras": {"method": cfg.method.name, "run_id": o.run, "input_shape": list(ck.input_shape),
+            "extras": {"method": cfg.method.name, "run_id": o.run, "split": split, "input_shape": list(ck.input_shape),
                        "torch": torch.__version__, "threads": torch.get_num_threads()}}
     menus = [device_menu(scores, costs, d, lut=rows, devices=devices, meta=meta) for d in devices]
     files: dict[str, Path] = {}
