@@ -52,7 +52,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     summary = run_search(SearchOptions(space=args.space, address=args.address, tracking_uri=args.tracking_uri,
                                        resume=args.resume, overrides=tuple(args.set), storage=args.storage,
-                                       num_cpus=args.num_cpus))
+                                       num_cpus=args.num_cpus, select=not args.no_select))
     print(describe(summary))
     return 130 if summary["interrupted"] else 0 if summary["n_complete"] > 0 else 1
 
@@ -68,6 +68,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
                    help="fix a config key for every trial (repeatable), e.g. --set data.root=/data/cifar10")
     p.add_argument("--storage", default=None, help="Ray Tune storage directory (default: ./ray_results)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (ignored with --address)")
+    p.add_argument("--no-select", action="store_true",
+                   help="skip the selector run that writes menus for study.devices from the best trial")
     p.set_defaults(func=_cmd_search)
 
 

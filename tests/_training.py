@@ -1,4 +1,4 @@
-"""Small, fast configs for training tests (digits, resnet20, a few hundred steps on CPU)."""
+"""Small, fast configs for training tests (digits, resnet20, 250 steps on CPU)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ QUICK: dict[str, Any] = {
     "data.name": "digits",
     "data.batch_size": 32,
     "optim.lr": 0.1,
-    "train.epochs": 3,
-    "train.max_steps_per_epoch": 40,
-    "train.eval_every": 3,
+    "train.epochs": 5,
+    "train.max_steps_per_epoch": 50,
+    "train.eval_every": 5,
     "train.device": "cpu",
 }
 

@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_space(tmp_path: Path, name: str, trials: int = 4, epochs: int = 2, grace: int = 1,
-               objective: object = None) -> Path:
+               objective: object = None, devices: tuple[str, ...] = ()) -> Path:
     space = {
         "study": {"name": name, "objective": objective or {"metric": "top1_super", "mode": "max"},
                   "budget": {"trials": trials, "epochs": epochs}, "max_concurrent_trials": 2,
+                  "devices": list(devices),
                   "resources": {"cpu": 1}, "max_failures": 1, "asha": {"grace_period": grace, "reduction_factor": 2}},
         "fixed": {"data.name": "digits", "data.train_subset": 192, "data.batch_size": 64, "data.augment": False,
                   "data.eval_batch_size": 256, "model.name": "resnet20", "train.device": "cpu",
@@ -59,8 +60,8 @@ def child_runs(uri: str, summary: dict) -> list:
 
 def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, "small")), tracking_uri=uri,
-                                       storage=str(tmp_path / "rr"), verbose=0))
+    summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, "small", devices=("jetson",))),
+                                       tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0))
     assert summary["n_trials"] == 4 and summary["n_error"] == 0 and summary["n_complete"] >= 1
     client = MlflowClient(uri)
     parent = client.get_run(summary["parent_run_id"])
@@ -85,6 +86,12 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     assert [a.path for a in client.list_artifacts(best_run.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
     # ASHA-stopped trials never count as the best
     assert all(t["state"] == "COMPLETE" for t in summary["pareto"])
+    # the selector ran for the best trial: menus on disk and in its MLflow run (DESIGN step 5)
+    menu_dir = Path(summary["menus"][best["trial_id"]])
+    menu = json.loads((menu_dir / "jetson-orin-nano" / "menu.json").read_text())
+    assert menu["device"] == "jetson-orin-nano" and len(menu["entries"]) == 8
+    assert (menu_dir / "jetson-orin-nano" / "menu.parquet").is_file()
+    assert "select_jetson_orin_nano_hypervolume" in client.get_run(best["mlflow_run_id"]).data.metrics
 
 
 def test_faults_error_a_trial_and_a_dead_worker_resumes(local_ray, tmp_path, monkeypatch):

@@ -126,6 +126,7 @@ def test_bad_search_entries_name_the_key(search, key):
         ({"study": {"name": "t", "objective": {"metric": "x"}, "budgte": {}}}, "study.budgte"),
         ({"study": {"name": "t"}}, "study.objective"),
         ({"serach": {}}, "serach"),
+        ({"study": {"name": "t", "objective": {"metric": "x"}, "devices": ["jetsn"]}}, "study.devices"),
     ],
 )
 def test_bad_study_and_fixed_entries_name_the_key(patch, key):

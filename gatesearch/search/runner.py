@@ -16,14 +16,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gatesearch.errors import UserError
 from gatesearch.search.space import SearchSpace, load_space
-from gatesearch.search.trainable import CHECKPOINT_FILE, FAULT_ENV, TrialContext, run_trial, trial_dirname, trial_name
+from gatesearch.search.trainable import (
+    CHECKPOINT_FILE,
+    FAULT_ENV,
+    TrialContext,
+    run_trial,
+    scratch_dir,
+    trial_dirname,
+    trial_name,
+)
 
 PARENT_FILE = "mlflow_parent.json"
 DEFAULT_STORAGE = "ray_results"
@@ -39,6 +49,7 @@ class SearchOptions:
     storage: str | None = None  # default ./ray_results
     num_cpus: int | None = None  # local Ray only; default: enough for max_concurrent_trials
     verbose: int = 1
+    select: bool = True  # after the study, write menus for study.devices from the best trial(s)
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -85,16 +96,21 @@ def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Pa
         if saved.get("tracking_uri") == uri:
             tracking.reopen_run(uri, saved["parent_run_id"])
             return saved["experiment_id"], saved["parent_run_id"]
-    experiment = from_flat(space.fixed).tracking.experiment
-    exp_id = tracking.study_experiment_id(uri, experiment)
+    cfg = from_flat(space.example_flat())
+    exp_id = tracking.study_experiment_id(uri, cfg.tracking.experiment)
     s = space.study
     params = {"study.name": s.name, "study.objective": ",".join(f"{o.metric}:{o.mode}" for o in s.objectives),
               "study.trials": s.trials, "study.epochs": s.epochs, "study.time_budget_s": s.time_budget_s,
               "study.max_concurrent_trials": s.max_concurrent_trials, "study.cpu": s.cpu, "study.gpu": s.gpu,
               "study.devices": ",".join(s.devices), "study.searched": ",".join(p.key for p in space.params),
               "study.overrides": " ".join(space.overrides)}
+    # method/model/dataset tags name what every trial shares ("searched" where the space varies it)
+    searched = {p.key for p in space.params}
+    tags = {tag: "searched" if key in searched else str(value) for tag, key, value in (
+        ("method", "method.name", cfg.method.name), ("model", "model.name", cfg.model.name),
+        ("dataset", "data.name", cfg.data.name))}
     run_id = tracking.start_study_run(uri, exp_id, s.name, space.source, Path(space.path).name or "space.yaml",
-                                      params)
+                                      params, tags)
     study_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": run_id}))
     return exp_id, run_id
@@ -165,8 +181,10 @@ def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, sto
         sampler: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(seed=s.seed)
         metric, mode, scheduler = s.metrics, s.modes, None
     else:
-        sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True,
-                                             n_startup_trials=max(2, min(10, s.trials // 3)))
+        with warnings.catch_warnings():  # group=True (TPE over conditional spaces) is "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True,
+                                                 n_startup_trials=max(2, min(10, s.trials // 3)))
         metric, mode = s.metrics[0], s.modes[0]
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.epochs, grace_period=s.asha_grace_period,
                                   reduction_factor=s.asha_reduction_factor)
@@ -281,6 +299,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     try:
         results = _build_tuner(opts, space, ctx, storage).fit()
     finally:
+        shutil.rmtree(scratch_dir(space.study.name), ignore_errors=True)  # this node's trial scratch files
         if started:
             import ray
 
@@ -295,8 +314,33 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         {"study": space.study.name, "trial_id": best and best["trial_id"], "checkpoint": best and best["checkpoint"],
          "mlflow_run_id": best and best["mlflow_run_id"], "objectives": best and best["objectives"],
          "tracking_uri": uri, "devices": list(space.study.devices)}, indent=2))
+    if opts.select and space.study.devices and not interrupted:
+        summary["menus"] = select_best(summary, space.study.devices, study_dir)
+        (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _log_summary(uri, parent_id, summary, study_dir)
     return summary
+
+
+def select_best(summary: dict[str, Any], devices: tuple[str, ...], study_dir: Path) -> dict[str, str]:
+    """DESIGN step 5: score every pattern of the best trial (every Pareto trial when multi-objective) for
+    each device, write menus under ``<study>/menus/<trial_id>/`` and log them to the trial's MLflow run.
+
+    Returns ``{trial_id: menu directory}`` and prints each menu's table.
+    """
+    from gatesearch.selection.pareto import format_menu
+    from gatesearch.selection.select import SelectOptions, run_select
+
+    written: dict[str, str] = {}
+    for t in summary["pareto"]:
+        if not t["checkpoint"] or not Path(t["checkpoint"]).is_file():
+            continue
+        out = study_dir / "menus" / t["trial_id"]
+        menus, _ = run_select(SelectOptions(devices=devices, out=str(out), checkpoint=t["checkpoint"],
+                                            run=t["mlflow_run_id"], tracking_uri=summary["tracking_uri"]))
+        written[t["trial_id"]] = str(out)
+        for menu in menus:
+            print(format_menu(menu, limit=12), flush=True)
+    return written
 
 
 def describe(summary: dict[str, Any]) -> str:
@@ -312,7 +356,11 @@ def describe(summary: dict[str, Any]) -> str:
     if summary["interrupted"]:
         lines.append("interrupted: the study's state is saved; continue it with the same command plus --resume")
     lines.append(f"results: {summary['storage']}/summary.json, best trial: {summary['storage']}/best.json")
+    for trial_id, out in summary.get("menus", {}).items():
+        lines.append(f"menus of trial {trial_id}: {out}/<device>/menu.json|.parquet, plots in {out} "
+                     "(also logged to the trial's MLflow run)")
     uri = summary["tracking_uri"]
     ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
     lines.append(f"MLflow: {ui}   (experiment id {summary['experiment_id']}, parent run {summary['parent_run_id']})")
     return "\n".join(lines)
+

@@ -8,7 +8,7 @@ A space file is data only::
       budget: {trials: 32, epochs: 30, time_budget_s: 14400}
       max_concurrent_trials: 4
       resources: {cpu: 2, gpu: 0.25}
-      devices: [jetson-orin-nano, rpi4]
+      devices: [jetson-orin-nano, host]
     fixed:                     # dotted config keys -> values
       data.name: cifar10
       data.root: ${CIFAR10_ROOT:-data/cifar10}
@@ -226,6 +226,11 @@ def _parse_study(raw: Any) -> Study:
     devices = raw.get("devices") or []
     if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
         raise ConfigError(f"study.devices: must be a list of device names, got {devices!r}")
+    from gatesearch.selection.latency import DEVICES  # the selector's profiles: a typo fails before Ray starts
+
+    for d in devices:
+        if d not in DEVICES:
+            raise ConfigError(f"study.devices: unknown device {d!r}; known: {', '.join(DEVICES.names())}")
 
     def integer(value: Any, where: str, low: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from gatesearch.selection.pareto import Menu  # noqa: E402
 
@@ -26,9 +27,16 @@ def pareto_figure(menus: Sequence[Menu]) -> Figure:
         if strat:
             ax.scatter([e["latency_ms"] for e in strat], [e["top1"] for e in strat], s=18, marker="^", c="tab:orange",
                        label="gate strategies")
-        front = sorted((e["latency_ms"], e["top1"]) for e in menu.entries if e["pareto"])
+        front = sorted((e["latency_ms"], e["top1"], e["pattern"]) for e in menu.entries if e["pareto"])
         if front:
-            ax.step([x for x, _ in front], [y for _, y in front], where="post", c="tab:blue", label="Pareto front")
+            ax.step([x for x, _, _ in front], [y for _, y, _ in front], where="post", c="tab:blue", label="Pareto front")
+            for x, y, label in front:  # name the operating points a user would pick
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, family="monospace")
+        lat = [e["latency_ms"] for e in menu.entries if e["latency_ms"] > 0]
+        if lat and max(lat) > 5 * min(lat):  # multi-pass strategies (ensemble) would squash the patterns
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{menu.device} (HV {menu.hypervolume:.3f}, {menu.latency_source})", fontsize=9)
         ax.set_xlabel(f"latency (ms, batch {menu.batch})")
         ax.set_ylabel("top-1")
@@ -55,21 +63,24 @@ def top1_distribution_figure(menu: Menu) -> Figure:
 
 
 def gate_rates_figure(menu: Menu) -> Figure | None:
-    """Per-unit activation rate of each probgates strategy; None when the menu has none."""
+    """Heat map of each probgates strategy's per-unit activation rate (rows: strategies, columns:
+    units); None when the menu has none. A unit stuck at 0 or 1 in every row is a collapsed gate."""
     strat = [e for e in menu.entries if e["strategy"] != "pattern"]
     if not strat:
         return None
-    n = len(strat[0]["unit_rates"])
-    fig, ax = plt.subplots(figsize=(max(4.5, 0.5 * n + 2), 3.4))
-    width = 0.8 / len(strat)
-    for i, e in enumerate(strat):
-        ax.bar([u + i * width for u in range(n)], e["unit_rates"], width=width, label=e["strategy"])
-    ax.set_xticks([u + 0.4 - width / 2 for u in range(n)], [str(u) for u in range(n)])
-    ax.set_ylim(0, 1.05)
+    rates = [e["unit_rates"] for e in strat]
+    n = len(rates[0])
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * n + 2.5), 0.28 * len(strat) + 1.4))
+    im = ax.imshow(rates, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    if n * len(strat) <= 400:
+        for i, row in enumerate(rates):
+            for u, r in enumerate(row):
+                ax.text(u, i, f"{r:.2f}", ha="center", va="center", fontsize=6, c="w" if r < 0.6 else "k")
+    ax.set_xticks(range(n), [str(u) for u in range(n)])
+    ax.set_yticks(range(len(strat)), [e["strategy"] for e in strat], fontsize=7)
     ax.set_xlabel("unit")
-    ax.set_ylabel("activation rate")
-    ax.set_title("gate activation per unit (0 or 1 everywhere = collapsed)", fontsize=9)
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("gate activation rate per unit (a column all 0 or all 1 = collapsed gate)", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     return fig
 
