@@ -6,7 +6,10 @@ ratio against the base/super MAC ratio (target: within 0.08; ADN reports 0.64 la
 MACs), and the full-depth gated model against the same network built with gating="none" (target:
 at most 3% slower; the Gated Depth paper reports ~4%). Timings are interleaved across variants
 round by round, so drift and neighbours' load hit every variant alike; each variant's best
-round is reported (as timeit does: noise only ever adds time).
+round is reported (as timeit does: noise only ever adds time). Both memory layouts are timed:
+NCHW (PyTorch's default) and channels_last (oneDNN's native layout on CPU, what a deployment
+uses); in NCHW the memory-bound layers of the mandatory early stages cost more per MAC than the
+skippable late ones, so the latency ratio lags the MAC ratio there.
 
     python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick]
 """
@@ -14,6 +17,7 @@ round is reported (as timeit does: noise only ever adds time).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -28,15 +32,16 @@ CASES = [  # name, stem, batch, image size
 ]
 
 
-def time_variants(variants: dict[str, tuple[torch.nn.Module, object]], x: torch.Tensor, rounds: int, inner: int) -> dict[str, float]:
-    """Best-round ms per forward for each (model, gates) variant, interleaved round by round."""
+def time_variants(variants: dict[str, tuple[torch.nn.Module, object, torch.Tensor]], rounds: int, inner: int
+                  ) -> dict[str, float]:
+    """Best-round ms per forward for each (model, gates, input) variant, interleaved round by round."""
     samples: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
-        for model, gates in variants.values():  # warm-up
+        for model, gates, x in variants.values():  # warm-up (oneDNN primitives are built on first use)
             model(x, gates)
         for r in range(rounds):
             order = list(variants.items())
-            for key, (model, gates) in order if r % 2 == 0 else order[::-1]:  # alternate order: no position bias
+            for key, (model, gates, x) in order if r % 2 == 0 else order[::-1]:  # alternate: no position bias
                 t0 = time.perf_counter()
                 for _ in range(inner):
                     model(x, gates)
@@ -44,32 +49,47 @@ def time_variants(variants: dict[str, tuple[torch.nn.Module, object]], x: torch.
     return {k: min(v) for k, v in samples.items()}
 
 
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
 def run_case(name: str, stem: str, batch: int, size: int, rounds: int, inner: int) -> list[str]:
+    """Every pattern in both memory layouts (NCHW, and channels_last: oneDNN's native CPU layout, what
+    a deployment runs), plus the no-gating reference in each, timed interleaved in one loop."""
     torch.manual_seed(0)
-    gated = create_model(name, 1000 if stem == "imagenet" else 10, gating="stage", stem=stem).eval()
-    plain = create_model(name, 1000 if stem == "imagenet" else 10, gating="none", stem=stem).eval()
+    classes = 1000 if stem == "imagenet" else 10
+    gated = create_model(name, classes, gating="stage", stem=stem).eval()
+    plain = create_model(name, classes, gating="none", stem=stem).eval()
     x = torch.randn(batch, 3, size, size)
     shape = tuple(x.shape)
     patterns = all_patterns(gated.n_units)
-    variants: dict[str, tuple[torch.nn.Module, object]] = {str(p): (gated, p) for p in patterns}
-    variants["no-gating"] = (plain, None)
-    ms = time_variants(variants, x, rounds, inner)
+    variants: dict[str, tuple[torch.nn.Module, object, torch.Tensor]] = {}
+    for layout, fmt in LAYOUTS.items():
+        g, n = copy.deepcopy(gated).to(memory_format=fmt), copy.deepcopy(plain).to(memory_format=fmt)
+        xl = x.contiguous(memory_format=fmt)
+        variants |= {f"{layout}:{p}": (g, p, xl) for p in patterns}
+        variants[f"{layout}:no-gating"] = (n, None, xl)
+    ms = time_variants(variants, rounds, inner)
     full_macs = count_macs(gated, SkipPattern.super_net(gated.n_units), shape)
-    sup = ms[str(patterns[0])]
-    lines = [f"\n{name}  batch={batch}  {size}x{size}  units={gated.n_units}  (T = unit skipped)",
-             f"{'pattern':<10}{'MAC ratio':>10}{'latency ms':>12}{'lat ratio':>10}{'diff':>8}"]
-    for p in patterns:
-        mac_ratio = count_macs(gated, p, shape) / full_macs
-        lat_ratio = ms[str(p)] / sup
-        lines.append(f"{str(p):<10}{mac_ratio:>10.3f}{ms[str(p)]:>12.2f}{lat_ratio:>10.3f}{lat_ratio - mac_ratio:>+8.3f}")
-    base = str(patterns[-1])
-    mac_base = count_macs(gated, patterns[-1], shape) / full_macs
-    gap = abs(ms[base] / sup - mac_base)
-    overhead = sup / ms["no-gating"] - 1
-    lines.append(f"base/super: latency ratio {ms[base] / sup:.3f} vs MAC ratio {mac_base:.3f}  "
-                 f"|diff| {gap:.3f}  (target <= 0.08: {'PASS' if gap <= 0.08 else 'FAIL'})")
-    lines.append(f"full-depth gated {sup:.2f} ms vs gating='none' {ms['no-gating']:.2f} ms: overhead {overhead:+.1%}  "
-                 f"(target <= 3%: {'PASS' if overhead <= 0.03 else 'FAIL'})")
+    macs = {str(p): count_macs(gated, p, shape) / full_macs for p in patterns}
+    sup, base = str(patterns[0]), str(patterns[-1])
+    lines = [f"\n{name}  batch={batch}  {size}x{size}  units={gated.n_units}  (T = unit skipped; ms per forward)",
+             f"{'pattern':<10}{'MAC ratio':>10}" + "".join(f"{lay + ' ms':>19}{'ratio':>7}{'diff':>8}" for lay in LAYOUTS)]
+    for p in map(str, patterns):
+        row = f"{p:<10}{macs[p]:>10.3f}"
+        for lay in LAYOUTS:
+            r = ms[f"{lay}:{p}"] / ms[f"{lay}:{sup}"]
+            row += f"{ms[f'{lay}:{p}']:>19.2f}{r:>7.3f}{r - macs[p]:>+8.3f}"
+        lines.append(row)
+    for lay in LAYOUTS:
+        ratio = ms[f"{lay}:{base}"] / ms[f"{lay}:{sup}"]
+        gap = abs(ratio - macs[base])
+        overhead = ms[f"{lay}:{sup}"] / ms[f"{lay}:no-gating"] - 1
+        lines.append(f"{lay:<13} base/super latency {ratio:.3f} vs MACs {macs[base]:.3f}: |diff| {gap:.3f} "
+                     f"(target <= 0.08: {'PASS' if gap <= 0.08 else 'FAIL'});  full-depth gated "
+                     f"{ms[f'{lay}:{sup}']:.2f} ms vs gating='none' {ms[f'{lay}:no-gating']:.2f} ms: {overhead:+.1%} "
+                     f"(target <= 3%: {'PASS' if overhead <= 0.03 else 'FAIL'})")
+    nchw, cl = ms[f"nchw:{sup}"], ms[f"channels_last:{sup}"]
+    lines.append(f"channels_last / nchw at full depth: {cl / nchw:.2f}x the time")
     return lines
 
 

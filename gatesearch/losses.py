@@ -28,9 +28,10 @@ def kl_features(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 
     ``teacher``, ``student``: ``[B, C, H, W]`` stage outputs; the teacher is detached. Scalar.
     """
-    t = teacher.movedim(1, -1)  # [B, H, W, C]
-    s = student.movedim(1, -1)
-    return kl_logits(t, s)
+    log_p = F.log_softmax(teacher.detach().float(), dim=1)  # [B, C, H, W]: a distribution per position
+    log_q = F.log_softmax(student.float(), dim=1)
+    positions = teacher.numel() // teacher.shape[1]
+    return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / positions
 
 
 def rate_per_gate(keep: torch.Tensor, target: float) -> torch.Tensor:

@@ -147,3 +147,35 @@ def _randomize_bn(model: torch.nn.Module) -> None:
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_switchable_bn_tensor_path_equals_mixing_two_batchnorms(training):
+    """The fused tensor path (one normalisation + per-sample affine) is the two-BN mix it replaces:
+    same outputs, same gradients (keep included: the straight-through path), same running stats."""
+    torch.manual_seed(0)
+    sbn = SwitchableBatchNorm2d(8).train(training)
+    for bn in sbn.bns:
+        torch.nn.init.normal_(bn.weight)
+        torch.nn.init.normal_(bn.bias)
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    ref = [torch.nn.BatchNorm2d(8).train(training) for _ in range(2)]
+    for r, bn in zip(ref, sbn.bns):
+        r.load_state_dict(bn.state_dict())
+    x = torch.randn(6, 8, 5, 5, requires_grad=True)
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.3, 0.0, 1.0], requires_grad=True)
+    y = sbn(x, keep)
+    k = keep.view(-1, 1, 1, 1)
+    y_ref = k * ref[0](x) + (1 - k) * ref[1](x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    params = [p for bn in sbn.bns for p in bn.parameters()]
+    params_ref = [p for r in ref for p in r.parameters()]
+    grads = torch.autograd.grad(y.square().sum(), [x, keep, *params])
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, keep, *params_ref])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+    for r, bn in zip(ref, sbn.bns):
+        torch.testing.assert_close(bn.running_mean, r.running_mean)
+        torch.testing.assert_close(bn.running_var, r.running_var)
+        assert int(bn.num_batches_tracked) == int(r.num_batches_tracked)

@@ -36,8 +36,8 @@ def mandatory_blocks(n: int) -> int:
 
 
 def _mix(keep: torch.Tensor, on: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
-    k = keep.view(-1, 1, 1, 1).to(on.dtype)
-    return k * on + (1 - k) * off  # exact for k in {0, 1}: 1*on + 0*off == on
+    """``keep * on + (1 - keep) * off`` per sample (``keep [B]``), as one fused ``lerp``."""
+    return torch.lerp(off, on, keep.view(-1, 1, 1, 1).to(on.dtype))
 
 
 class Stage(nn.Module):
@@ -160,8 +160,14 @@ class GatedResNet(nn.Module):
         a ``[B, n_units]`` tensor of keep factors, or a ``GateFn`` called with each unit's input.
         With ``return_features`` also returns each stage's output ``[B, C_s, H_s, W_s]``.
         """
+        return self.forward_from_stem(self.stem(x), gates, return_features)
+
+    def forward_from_stem(
+        self, h: torch.Tensor, gates: Gates = None, return_features: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` after the stem: ``h = model.stem(x)`` is the same for every pattern, so methods
+        that run several sub-networks on one batch (ADN, Gated Depth's distillation step) compute it once."""
         self._check_gates(gates)
-        h = self.stem(x)
         features = []
         for stage in self.stages:
             h = stage(h, gates)

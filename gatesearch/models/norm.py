@@ -19,7 +19,10 @@ class SwitchableBatchNorm2d(nn.Module):
 
     ``which`` is ``UNIT_ON`` / ``UNIT_OFF`` (pattern path: one set, the other is not touched),
     or a ``[B]`` float tensor of keep factors (tensor path: each sample uses the ON set where
-    its factor is 1 and the OFF set where it is 0; soft factors interpolate).
+    its factor is 1 and the OFF set where it is 0; soft factors interpolate). The tensor path
+    equals ``keep * bn_on(x) + (1 - keep) * bn_off(x)``; in training it normalises once (both
+    sets see the same batch statistics, and both running averages are updated, as two BN calls
+    would) and applies a per-sample affine in one ``addcmul``.
     """
 
     def __init__(self, num_features: int) -> None:
@@ -29,8 +32,33 @@ class SwitchableBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
         if isinstance(which, int):
             return self.bns[which](x)
-        keep = which.view(-1, 1, 1, 1).to(x.dtype)
-        return keep * self.bns[UNIT_ON](x) + (1 - keep) * self.bns[UNIT_OFF](x)
+        on, off = self.bns[UNIT_ON], self.bns[UNIT_OFF]
+        if not self.training:  # lerp is exact at 0 and 1: a 0/1 tensor gives the pattern path's numbers
+            return torch.lerp(off(x), on(x), which.to(x.dtype).view(-1, 1, 1, 1))
+        on.num_batches_tracked.add_(1)
+        # [B, C, H, W] normalised with batch statistics; updates the ON set's running averages natively
+        xhat, mean, invstd = torch.native_batch_norm(x, None, None, on.running_mean, on.running_var, True,
+                                                     _factor(on), on.eps)
+        self._update_off_set(x, mean, invstd)
+        keep = which.to(on.weight.dtype).view(-1, 1)  # [B, 1]
+        scale = torch.lerp(off.weight, on.weight, keep).to(xhat.dtype)  # [B, C]: keep * w_on + (1 - keep) * w_off
+        shift = torch.lerp(off.bias, on.bias, keep).to(xhat.dtype)
+        return torch.addcmul(shift[:, :, None, None], xhat, scale[:, :, None, None])
+
+    @torch.no_grad()
+    def _update_off_set(self, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> None:
+        """The OFF set's running averages take the same batch statistics, as a second BN call would."""
+        off, n = self.bns[UNIT_OFF], x.numel() // x.shape[1]
+        var = (invstd.double().pow(-2) - off.eps).clamp_min(0) * (n / max(n - 1, 1))  # unbiased, as BatchNorm
+        off.num_batches_tracked.add_(1)
+        factor = _factor(off)
+        off.running_mean.lerp_(mean.to(off.running_mean.dtype), factor)
+        off.running_var.lerp_(var.to(off.running_var.dtype), factor)
+
+
+def _factor(bn: nn.BatchNorm2d) -> float:
+    """BatchNorm's running-average weight of this batch (``momentum=None``: cumulative average)."""
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
 class PlainNorm(nn.Module):
