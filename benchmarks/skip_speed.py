@@ -5,8 +5,8 @@ this host: measured latency of every skip pattern next to its MAC ratio, the bas
 ratio against the base/super MAC ratio (target: within 0.08; ADN reports 0.64 latency at 0.63
 MACs), and the full-depth gated model against the same network built with gating="none" (target:
 at most 3% slower; the Gated Depth paper reports ~4%). Timings are interleaved across variants
-round by round, so drift and neighbours' load hit every variant alike; each variant's best
-round is reported (as timeit does: noise only ever adds time). Both memory layouts are timed:
+round by round, so drift and neighbours' load hit every variant alike; ratios are the median over
+rounds of per-round ratios (paired), absolute times the best round (noise only ever adds time). Both memory layouts are timed:
 NCHW (PyTorch's default) and channels_last (oneDNN's native layout on CPU, what a deployment
 uses); in NCHW the memory-bound layers of the mandatory early stages cost more per MAC than the
 skippable late ones, so the latency ratio lags the MAC ratio there.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 
 import torch
@@ -33,8 +34,8 @@ CASES = [  # name, stem, batch, image size
 
 
 def time_variants(variants: dict[str, tuple[torch.nn.Module, object, torch.Tensor]], rounds: int, inner: int
-                  ) -> dict[str, float]:
-    """Best-round ms per forward for each (model, gates, input) variant, interleaved round by round."""
+                  ) -> dict[str, list[float]]:
+    """ms per forward of each (model, gates, input) variant in every round, interleaved round by round."""
     samples: dict[str, list[float]] = {k: [] for k in variants}
     with torch.inference_mode():
         for model, gates, x in variants.values():  # warm-up (oneDNN primitives are built on first use)
@@ -46,7 +47,13 @@ def time_variants(variants: dict[str, tuple[torch.nn.Module, object, torch.Tenso
                 for _ in range(inner):
                     model(x, gates)
                 samples[key].append((time.perf_counter() - t0) * 1e3 / inner)
-    return {k: min(v) for k, v in samples.items()}
+    return samples
+
+
+def paired_ratio(samples: dict[str, list[float]], key: str, ref: str) -> float:
+    """Median over rounds of ``key``'s time over ``ref``'s time in the same round: load that comes and
+    goes on a shared machine hits both sides of each ratio alike."""
+    return statistics.median(a / b for a, b in zip(samples[key], samples[ref]))
 
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -68,28 +75,30 @@ def run_case(name: str, stem: str, batch: int, size: int, rounds: int, inner: in
         xl = x.contiguous(memory_format=fmt)
         variants |= {f"{layout}:{p}": (g, p, xl) for p in patterns}
         variants[f"{layout}:no-gating"] = (n, None, xl)
-    ms = time_variants(variants, rounds, inner)
+    samples = time_variants(variants, rounds, inner)
+    ms = {k: min(v) for k, v in samples.items()}  # best round: the absolute times printed
     full_macs = count_macs(gated, SkipPattern.super_net(gated.n_units), shape)
     macs = {str(p): count_macs(gated, p, shape) / full_macs for p in patterns}
     sup, base = str(patterns[0]), str(patterns[-1])
-    lines = [f"\n{name}  batch={batch}  {size}x{size}  units={gated.n_units}  (T = unit skipped; ms per forward)",
+    lines = [f"\n{name}  batch={batch}  {size}x{size}  units={gated.n_units}  (T = unit skipped; best-round ms per "
+             f"forward; ratio = median over {rounds} rounds of the same round's time / super-net's)",
              f"{'pattern':<10}{'MAC ratio':>10}" + "".join(f"{lay + ' ms':>19}{'ratio':>7}{'diff':>8}" for lay in LAYOUTS)]
     for p in map(str, patterns):
         row = f"{p:<10}{macs[p]:>10.3f}"
         for lay in LAYOUTS:
-            r = ms[f"{lay}:{p}"] / ms[f"{lay}:{sup}"]
+            r = paired_ratio(samples, f"{lay}:{p}", f"{lay}:{sup}")
             row += f"{ms[f'{lay}:{p}']:>19.2f}{r:>7.3f}{r - macs[p]:>+8.3f}"
         lines.append(row)
     for lay in LAYOUTS:
-        ratio = ms[f"{lay}:{base}"] / ms[f"{lay}:{sup}"]
+        ratio = paired_ratio(samples, f"{lay}:{base}", f"{lay}:{sup}")
         gap = abs(ratio - macs[base])
-        overhead = ms[f"{lay}:{sup}"] / ms[f"{lay}:no-gating"] - 1
+        overhead = paired_ratio(samples, f"{lay}:{sup}", f"{lay}:no-gating") - 1
         lines.append(f"{lay:<13} base/super latency {ratio:.3f} vs MACs {macs[base]:.3f}: |diff| {gap:.3f} "
-                     f"(target <= 0.08: {'PASS' if gap <= 0.08 else 'FAIL'});  full-depth gated "
-                     f"{ms[f'{lay}:{sup}']:.2f} ms vs gating='none' {ms[f'{lay}:no-gating']:.2f} ms: {overhead:+.1%} "
+                     f"(target <= 0.08: {'PASS' if gap <= 0.08 else 'FAIL'});  full-depth gated vs gating='none' "
+                     f"({ms[f'{lay}:{sup}']:.2f} / {ms[f'{lay}:no-gating']:.2f} ms): {overhead:+.1%} "
                      f"(target <= 3%: {'PASS' if overhead <= 0.03 else 'FAIL'})")
-    nchw, cl = ms[f"nchw:{sup}"], ms[f"channels_last:{sup}"]
-    lines.append(f"channels_last / nchw at full depth: {cl / nchw:.2f}x the time")
+    lines.append(f"channels_last / nchw at full depth: {paired_ratio(samples, f'channels_last:{sup}', f'nchw:{sup}'):.2f}x"
+                 " the time")
     return lines
 
 

@@ -63,7 +63,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--tracking-uri", default=None,
                    help=f"MLflow tracking URI (default: the space's tracking.uri, {DEFAULT_TRACKING_URI})")
-    p.add_argument("--resume", action="store_true", help="continue the study found in --storage")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the study found in --storage (starts it when there is none yet)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial (repeatable), e.g. --set data.root=/data/cifar10")
     p.add_argument("--storage", default=None, help="Ray Tune storage directory (default: ./ray_results)")

@@ -33,6 +33,7 @@ from gatesearch.methods import METHODS, Method
 from gatesearch.patterns import SkipPattern, all_patterns
 from gatesearch.schedules import lr_factor
 from gatesearch.selection.pareto import hypervolume
+from gatesearch.selection.score import evaluate_patterns_trie
 
 
 class TrainingDiverged(RuntimeError):
@@ -108,8 +109,22 @@ class _Evaluator:
         model.load_state_dict(saved, strict=False)
         return top1
 
+    def _accuracies(self, model: nn.Module) -> dict[str, float]:
+        """Top-1 of every evaluated pattern. Patterns the method evaluates as they are share work
+        through the selector's trie (exactly the per-pattern numbers, ~2x faster on resnet20);
+        calibrated gates and per-pattern BN re-estimation go one by one."""
+        shared = [p for p in self.patterns
+                  if self.cfg.train.bn_reestimate_batches == 0 and self.method.eval_gates(model, p) is p]
+        accs: dict[str, float] = {}
+        if shared:
+            was = model.training
+            scores = evaluate_patterns_trie(model, eval_loader(self.data), shared, self.device)
+            model.train(was)
+            accs = {s.pattern: s.top1 for s in scores}
+        return {str(p): accs[str(p)] if str(p) in accs else self._top1(model, p) for p in self.patterns}
+
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        accs = {str(p): self._top1(model, p) for p in self.patterns}
+        accs = self._accuracies(model)
         n = model.n_units
         sup, base = SkipPattern.super_net(n), SkipPattern.base_net(n)
         m = {"top1_super": accs[str(sup)], "top1_base": accs[str(base)]}
