@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -360,7 +361,9 @@ def describe(summary: dict[str, Any]) -> str:
         lines.append(f"menus of trial {trial_id}: {out}/<device>/menu.json|.parquet, plots in {out} "
                      "(also logged to the trial's MLflow run)")
     uri = summary["tracking_uri"]
-    ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+    mlflow = Path(sys.executable).parent / "mlflow"  # the venv's, which works without activating it
+    mlflow_cmd = str(mlflow) if mlflow.is_file() else "mlflow"
+    ui = f"{mlflow_cmd} ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
     lines.append(f"MLflow: {ui}   (experiment id {summary['experiment_id']}, parent run {summary['parent_run_id']})")
     return "\n".join(lines)
 
