@@ -10,9 +10,10 @@ else from the roofline model. Probgates strategies get
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -143,6 +144,23 @@ def _entry(s: PatternScore, costs: PatternCosts, lat: Callable, nbytes: Callable
             "latency_p90_ms": k * _expected(lambda p: lat(p)[1], rates, n), "latency_source": lat(sup)[2]}
 
 
+class Progress:
+    """A loader that shows a tqdm bar (stderr) for every pass over it: scoring walks the validation
+    data once for the patterns and again for each probgates strategy."""
+
+    def __init__(self, loader: Iterable, desc: str) -> None:
+        self.loader, self.desc, self.passes = loader, desc, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        from tqdm import tqdm
+
+        self.passes += 1
+        yield from tqdm(self.loader, desc=f"{self.desc}, pass {self.passes}", file=sys.stderr, leave=False)
+
+
 def validate_devices(devices: Sequence[str]) -> list[str]:
     """Resolve names early so an unknown device fails before minutes of scoring."""
     from gatesearch.selection.latency import DEVICES
@@ -204,8 +222,8 @@ def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
     cfg = with_overrides(ck.config, {"data.root": o.data_root}) if o.data_root else ck.config
     data = build_data(cfg.data, cfg.train.seed)
     split = "val" if data.val is not None else "test"
-    scores = score_model(ck.model, eval_loader(data), dev, o.reestimate_bn, data.train, o.beam_width,
-                         runs=cfg.method.probgates.runs, seed=cfg.train.seed)
+    scores = score_model(ck.model, Progress(eval_loader(data), f"scoring on {split}"), dev, o.reestimate_bn,
+                         data.train, o.beam_width, runs=cfg.method.probgates.runs, seed=cfg.train.seed)
     costs = PatternCosts(ck.model, tuple(ck.input_shape), o.batch)
     meta = {"model": cfg.model.name, "dataset": cfg.data.name, "checkpoint": str(path),
             "extras": {"method": cfg.method.name, "run_id": o.run, "split": split, "input_shape": list(ck.input_shape),
