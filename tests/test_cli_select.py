@@ -14,15 +14,9 @@ from gatesearch.cli import main
 from gatesearch.selection.pareto import MENU_COLUMNS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _training import quick_cfg  # noqa: E402
+from _training import one_thread, quick_cfg  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True)(one_thread)  # tiny convs: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _training import one_thread
 
 from gatesearch.cost import count_params
 from gatesearch.errors import UserError
@@ -14,13 +15,7 @@ from gatesearch.export import PrunedResNet, export, prune
 from gatesearch.models import create_model
 from gatesearch.patterns import SkipPattern, all_patterns
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True)(one_thread)  # tiny convs: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+from _training import one_thread
 
 from gatesearch.errors import UserError
 from gatesearch.models import create_model
@@ -30,12 +30,7 @@ SHIPPED = ["jetson-orin-nano", "jetson-orin-nano-super", "jetson-orin-nx", "jets
            "a100", "h100", "host"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True)(one_thread)  # tiny convs: one thread is faster
 
 
 def test_profiles_registered_with_sources() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _training import one_thread
 
 from gatesearch.models import create_model
 from gatesearch.patterns import SkipPattern, all_patterns
@@ -17,14 +18,7 @@ from gatesearch.selection.score import (
     score_strategies,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: two threads on a shared 2-core machine wait on each other's stragglers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = pytest.fixture(autouse=True)(one_thread)  # tiny convs: one thread is faster
 
 
 def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
