@@ -48,9 +48,10 @@ class GatedDepth(Method):
 
     def _distill_step(self, model: GatedResNet, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         a = self.opts.alpha
+        stem = model.stem(x)  # shared by teacher and student
         with torch.no_grad():
-            full = model(x)  # [B, K] teacher
-        base = model(x, self.base_net)
+            full = model.forward_from_stem(stem)  # [B, K] teacher
+        base = model.forward_from_stem(stem, self.base_net)
         ce, kd = F.cross_entropy(base, y), kl_logits(full, base)
         return StepResult(a * ce + (1 - a) * kd, {"ce_base": scalar(ce), "kd": scalar(kd)})
 

@@ -333,11 +333,15 @@ def select_best(summary: dict[str, Any], devices: tuple[str, ...], study_dir: Pa
 
     written: dict[str, str] = {}
     for t in summary["pareto"]:
-        if not t["checkpoint"] or not Path(t["checkpoint"]).is_file():
-            continue
+        # the checkpoint in Tune's storage when this machine sees it, else the one logged to MLflow
+        local = t["checkpoint"] if t["checkpoint"] and Path(t["checkpoint"]).is_file() else None
         out = study_dir / "menus" / t["trial_id"]
-        menus, _ = run_select(SelectOptions(devices=devices, out=str(out), checkpoint=t["checkpoint"],
-                                            run=t["mlflow_run_id"], tracking_uri=summary["tracking_uri"]))
+        try:
+            menus, _ = run_select(SelectOptions(devices=devices, out=str(out), checkpoint=local,
+                                                run=t["mlflow_run_id"], tracking_uri=summary["tracking_uri"]))
+        except UserError as e:  # the study's results are written already; say why there is no menu
+            print(f"selector skipped for trial {t['trial_id']}: {e}", file=sys.stderr, flush=True)
+            continue
         written[t["trial_id"]] = str(out)
         for menu in menus:
             print(format_menu(menu, limit=12), flush=True)
@@ -366,4 +370,3 @@ def describe(summary: dict[str, Any]) -> str:
     ui = f"{mlflow_cmd} ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
     lines.append(f"MLflow: {ui}   (experiment id {summary['experiment_id']}, parent run {summary['parent_run_id']})")
     return "\n".join(lines)
-
