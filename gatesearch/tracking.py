@@ -49,7 +49,7 @@ class MLflowReporter:
     def __init__(self, uri: str, experiment: str = "gatesearch", run_name: str | None = None,
                  run_id: str | None = None, parent_run_id: str | None = None,
                  artifact_location: str | None = None, tags: dict[str, str] | None = None) -> None:
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = study_client(uri)
         self.experiment, self.run_name, self.run_id = experiment, run_name, run_id
         self.parent_run_id, self.artifact_location, self.extra_tags = parent_run_id, artifact_location, tags or {}
 
@@ -113,7 +113,10 @@ def _with_retries(fn: Any, *args: Any, attempts: int = 10, **kwargs: Any) -> Any
 
 
 def study_client(uri: str) -> Any:
-    """An ``MlflowClient`` for ``uri`` (``sqlite:///abs/path.db`` or ``http://host:5000``)."""
+    """An ``MlflowClient`` for ``uri`` (``sqlite:///abs/path.db`` or ``http://host:5000``); a SQLite
+    file's directory is created when missing (SQLite creates the file, not its directory)."""
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 
@@ -232,7 +235,7 @@ def find_run_checkpoint(uri: str, run_id: str, dst_dir: str | Path) -> Path:
     """
     from gatesearch.errors import UserError
 
-    client = MlflowClient(tracking_uri=uri)
+    client = study_client(uri)
     try:
         client.get_run(run_id)
     except MlflowException:
@@ -249,7 +252,7 @@ def log_selection(uri: str, run_id: str, menus: list[Any], out_dir: str | Path, 
     Metrics: ``select_top1_<PATTERN>`` per fixed pattern (device-independent, up to
     ``max_pattern_metrics``), ``select_<device>_hypervolume``, ``select_<device>_latency_ms_<PATTERN>``.
     """
-    client = MlflowClient(tracking_uri=uri)
+    client = study_client(uri)
     now = int(time.time() * 1000)
     metrics: dict[str, float] = {}
     for menu in menus:

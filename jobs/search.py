@@ -3,13 +3,15 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/search.py --space search_spaces/cifar10_resnet20.yaml --tracking-uri http://127.0.0.1:5000
 
-Inside a Ray job the driver joins the job's cluster (``--address auto`` unless one is given).
+Inside a Ray job the driver joins the job's cluster (``--address auto`` unless one is given), and
+results default to ``~/gatesearch/`` on the node running the job (see ``job_argv``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 # `python jobs/x.py` puts jobs/ first on sys.path, where this select.py would shadow the standard
 # library's `select`; put the repository root (the uploaded --working-dir copy) there instead
@@ -19,8 +21,29 @@ if __name__ == "__main__":
 from gatesearch.cli import main  # noqa: E402
 
 
-def job_argv(argv: list[str]) -> list[str]:
-    return ["search", *argv] if "--address" in argv else ["search", "--address", "auto", *argv]
+def job_argv(argv: list[str], home: Path | None = None) -> list[str]:
+    """``gatesearch search`` arguments for a job: join the job's cluster, and keep results outside
+    the job's working directory, which is Ray's temporary copy of ``--working-dir``: unless given,
+    ``--storage`` is ``~/gatesearch/ray_results`` and the MLflow store ``~/gatesearch/mlflow.db``
+    on the node that runs the job (a space file's own ``tracking.uri`` is kept)."""
+    home = home or Path.home() / "gatesearch"
+    out = ["search", *argv] if "--address" in argv else ["search", "--address", "auto", *argv]
+    if "--storage" not in argv:
+        out += ["--storage", str(home / "ray_results")]
+    if "--tracking-uri" not in argv and not _space_sets_tracking(argv):
+        out += ["--tracking-uri", f"sqlite:///{home / 'mlflow.db'}"]
+    return out
+
+
+def _space_sets_tracking(argv: list[str]) -> bool:
+    import yaml
+
+    space = argv[argv.index("--space") + 1] if "--space" in argv[:-1] else None
+    try:
+        fixed = (yaml.safe_load(Path(space).read_text()) or {}).get("fixed") or {} if space else {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return False  # `gatesearch search` reports a bad space in one line
+    return "tracking.uri" in fixed
 
 
 if __name__ == "__main__":

@@ -103,14 +103,21 @@ def test_ray_job_submit_runs_a_search(ray_cluster, tmp_path):
     assert len(children) == 4
 
 
-def test_job_entry_points_pass_their_arguments():
+def test_job_entry_points_pass_their_arguments(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gatesearch_job_search", ROOT / "jobs" / "search.py")
     job_search = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job_search)
-    assert job_search.job_argv(["--space", "x.yaml"]) == ["search", "--address", "auto", "--space", "x.yaml"]
-    assert job_search.job_argv(["--address", "ray://h:10001"]) == ["search", "--address", "ray://h:10001"]
+    home = tmp_path / "gs"
+    assert job_search.job_argv(["--space", "x.yaml"], home) == [
+        "search", "--address", "auto", "--space", "x.yaml", "--storage", str(home / "ray_results"),
+        "--tracking-uri", f"sqlite:///{home / 'mlflow.db'}"]  # results outlive the job's working-dir copy
+    given = ["--address", "ray://h:10001", "--storage", "/s", "--tracking-uri", "http://m:5000"]
+    assert job_search.job_argv(given, home) == ["search", *given]
+    space = tmp_path / "s.yaml"
+    space.write_text("fixed: {tracking.uri: 'http://mlflow:5000'}\n")
+    assert "--tracking-uri" not in job_search.job_argv(["--space", str(space)], home)  # the space's own URI is kept
     for script in ("search.py", "select.py"):
         out = subprocess.run([sys.executable, str(ROOT / "jobs" / script), "--help"], capture_output=True, text=True,
                              timeout=120)

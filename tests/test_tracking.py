@@ -35,3 +35,12 @@ def test_cli_train_logs_to_sqlite(tmp_path, monkeypatch, capsys):
     runs = MlflowClient(f"sqlite:///{tmp_path}/m.db").search_runs(
         [MlflowClient(f"sqlite:///{tmp_path}/m.db").get_experiment_by_name("gatesearch").experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["method"] == "plain" and runs[0].info.status == "FINISHED"
+
+
+def test_sqlite_store_in_a_new_directory(tmp_path):
+    """SQLite creates the file, not its directory: a job's default ~/gatesearch/mlflow.db must still work."""
+    from gatesearch.tracking import study_experiment_id
+
+    uri = f"sqlite:///{tmp_path}/not/yet/mlflow.db"
+    assert study_experiment_id(uri, "x") == study_experiment_id(uri, "x")
+    assert (tmp_path / "not" / "yet" / "mlflow.db").is_file()
