@@ -7,6 +7,7 @@ database-backed store for a local file: use ``sqlite:///path/mlflow.db``.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,20 +19,6 @@ from mlflow.tracking import MlflowClient
 from gatesearch.config import Config, to_flat
 
 _BATCH = 100  # log_batch accepts at most 100 params / 1000 metrics per call
-
-
-def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
-    """Experiment id of ``name``, creating it if needed (safe when two trials race to create it)."""
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
 
 
 def run_tags(cfg: Config) -> dict[str, str]:
@@ -49,7 +36,7 @@ class MLflowReporter:
     def __init__(self, uri: str, experiment: str = "gatesearch", run_name: str | None = None,
                  run_id: str | None = None, parent_run_id: str | None = None,
                  artifact_location: str | None = None, tags: dict[str, str] | None = None) -> None:
-        self.client = study_client(uri)
+        self.client, self.uri = study_client(uri), uri
         self.experiment, self.run_name, self.run_id = experiment, run_name, run_id
         self.parent_run_id, self.artifact_location, self.extra_tags = parent_run_id, artifact_location, tags or {}
 
@@ -58,7 +45,7 @@ class MLflowReporter:
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         if self.run_id is None:
-            exp_id = get_or_create_experiment(self.client, self.experiment, self.artifact_location)
+            exp_id = study_experiment_id(self.uri, self.experiment, self.artifact_location)
             name = self.run_name or f"{cfg.method.name}-{cfg.model.name}-{cfg.data.name}"
             self.run_id = self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id
         else:
@@ -120,13 +107,22 @@ def study_client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def study_experiment_id(uri: str, name: str) -> str:
+def study_experiment_id(uri: str, name: str, artifact_location: str | None = None) -> str:
+    """Id of experiment ``name``, created if needed (safe when two processes race to create it).
+
+    A new experiment in a SQLite store keeps its artifacts beside the database file
+    (``<db dir>/mlruns/<name>``), not in the creating process's working directory, which for a
+    Ray job is a temporary copy that is deleted with the job. An ``http://`` server decides itself.
+    """
     client = study_client(uri)
     exp = _with_retries(client.get_experiment_by_name, name)
     if exp is not None:
         return exp.experiment_id
+    if artifact_location is None and uri.startswith("sqlite:///"):
+        db_dir = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
+        artifact_location = (db_dir / "mlruns" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)).as_uri()
     try:
-        return _with_retries(client.create_experiment, name)
+        return _with_retries(client.create_experiment, name, artifact_location=artifact_location)
     except Exception:  # another process created it first
         return _with_retries(client.get_experiment_by_name, name).experiment_id
 

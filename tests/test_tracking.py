@@ -37,10 +37,17 @@ def test_cli_train_logs_to_sqlite(tmp_path, monkeypatch, capsys):
     assert len(runs) == 1 and runs[0].data.tags["method"] == "plain" and runs[0].info.status == "FINISHED"
 
 
-def test_sqlite_store_in_a_new_directory(tmp_path):
-    """SQLite creates the file, not its directory: a job's default ~/gatesearch/mlflow.db must still work."""
+def test_sqlite_store_in_a_new_directory_keeps_artifacts_beside_it(tmp_path, monkeypatch):
+    """SQLite creates the file, not its directory: a job's default ~/gatesearch/mlflow.db must still
+    work, and its artifacts must not land in the creating process's (temporary) working directory."""
+    from mlflow import MlflowClient
+
     from gatesearch.tracking import study_experiment_id
 
-    uri = f"sqlite:///{tmp_path}/not/yet/mlflow.db"
-    assert study_experiment_id(uri, "x") == study_experiment_id(uri, "x")
-    assert (tmp_path / "not" / "yet" / "mlflow.db").is_file()
+    monkeypatch.chdir(tmp_path)  # stands in for a Ray job's temporary working-dir copy
+    store = tmp_path / "not" / "yet"
+    uri = f"sqlite:///{store}/mlflow.db"
+    exp_id = study_experiment_id(uri, "my study")
+    assert study_experiment_id(uri, "my study") == exp_id and (store / "mlflow.db").is_file()
+    location = MlflowClient(uri).get_experiment(exp_id).artifact_location
+    assert location == (store / "mlruns" / "my_study").as_uri()
