@@ -25,9 +25,11 @@ CHECKPOINT_FILE = "last.pt"
 TRIAL_FILE = "trial.json"
 # A debugging aid for the fault-tolerance tests: "KIND@TRIAL[,KIND@TRIAL...]" with KIND one of
 #   raise (the trial raises at the end of its first epoch), nan (the trial's lr is blown up so its loss
-#   diverges), exit (the worker process dies after its first checkpoint, once).
+#   diverges), exit (the worker process dies after its first checkpoint, once), slow (every epoch of
+#   the trial takes SLOW_FAULT_S longer, so a test can act while it runs).
 # TRIAL is the trial's index in the study (0, 1, ...). Read by the runner in the driver process.
 FAULT_ENV = "GATESEARCH_FAULT"
+SLOW_FAULT_S = 2.0
 
 
 class InjectedFault(RuntimeError):
@@ -119,6 +121,8 @@ class _TuneReporter:
             (Path(tmp) / TRIAL_FILE).write_text(json.dumps({"mlflow_run_id": self.run_id, "epoch": epoch,
                                                             "trial_id": self.trial_id}))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+        if "slow" in self.faults:
+            time.sleep(SLOW_FAULT_S)
         if "exit" in self.faults:
             marker = Path(self.ctx.fault_dir) / f"exit-{self.trial_id}"
             if not marker.exists():
