@@ -100,10 +100,7 @@ def _with_retries(fn: Any, *args: Any, attempts: int = 10, **kwargs: Any) -> Any
 
 
 def study_client(uri: str) -> Any:
-    """An ``MlflowClient`` for ``uri`` (``sqlite:///abs/path.db`` or ``http://host:5000``); a SQLite
-    file's directory is created when missing (SQLite creates the file, not its directory)."""
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    """An ``MlflowClient`` for ``uri`` (``sqlite:///abs/path.db`` or ``http://host:5000``)."""
     return MlflowClient(tracking_uri=uri)
 
 

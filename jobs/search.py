@@ -25,7 +25,7 @@ def job_argv(argv: list[str], home: Path | None = None) -> list[str]:
     """``gatesearch search`` arguments for a job: join the job's cluster, and keep results outside
     the job's working directory, which is Ray's temporary copy of ``--working-dir``: unless given,
     ``--storage`` is ``~/gatesearch/ray_results`` and the MLflow store ``~/gatesearch/mlflow.db``
-    on the node that runs the job (a space file's own ``tracking.uri`` is kept)."""
+    on the node that runs the job (a ``tracking.uri`` from the space file or ``--set`` is kept)."""
     home = home or Path.home() / "gatesearch"
     out = ["search", *argv] if "--address" in argv else ["search", "--address", "auto", *argv]
     if "--storage" not in argv:
@@ -36,14 +36,18 @@ def job_argv(argv: list[str], home: Path | None = None) -> list[str]:
 
 
 def _space_sets_tracking(argv: list[str]) -> bool:
-    import yaml
+    """Whether the space file or a ``--set`` names ``tracking.uri`` (then it is kept)."""
+    from gatesearch.cli import build_parser
+    from gatesearch.errors import UserError
+    from gatesearch.search.space import load_space
 
-    space = argv[argv.index("--space") + 1] if "--space" in argv[:-1] else None
+    if "--space" not in argv[:-1]:
+        return False  # `gatesearch search` reports the missing argument
+    args, _ = build_parser().parse_known_args(["search", *argv])
     try:
-        fixed = (yaml.safe_load(Path(space).read_text()) or {}).get("fixed") or {} if space else {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return False  # `gatesearch search` reports a bad space in one line
-    return "tracking.uri" in fixed
+        return "tracking.uri" in load_space(args.space, args.set).fixed
+    except UserError:
+        return False  # `gatesearch search` reports the bad space in one line
 
 
 if __name__ == "__main__":

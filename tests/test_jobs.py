@@ -117,8 +117,11 @@ def test_job_entry_points_pass_their_arguments(tmp_path):
     given = ["--address", "ray://h:10001", "--storage", "/s", "--tracking-uri", "http://m:5000"]
     assert job_search.job_argv(given, home) == ["search", *given]
     space = tmp_path / "s.yaml"
-    space.write_text("fixed: {tracking.uri: 'http://mlflow:5000'}\n")
+    plain = ROOT / "search_spaces" / "quickstart.yaml"
+    space.write_text(plain.read_text().replace("fixed:\n", "fixed:\n  tracking.uri: http://mlflow:5000\n"))
     assert "--tracking-uri" not in job_search.job_argv(["--space", str(space)], home)  # the space's own URI is kept
+    assert "--tracking-uri" not in job_search.job_argv(["--space", str(plain), "--set", "tracking.uri=http://m:5000"],
+                                                       home)  # and so is one given with --set
     for script in ("search.py", "select.py"):
         out = subprocess.run([sys.executable, str(ROOT / "jobs" / script), "--help"], capture_output=True, text=True,
                              timeout=120)

@@ -35,25 +35,24 @@ class SwitchableBatchNorm2d(nn.Module):
         on, off = self.bns[UNIT_ON], self.bns[UNIT_OFF]
         if not self.training:  # lerp is exact at 0 and 1: a 0/1 tensor gives the pattern path's numbers
             return torch.lerp(off(x), on(x), which.to(x.dtype).view(-1, 1, 1, 1))
-        on.num_batches_tracked.add_(1)
-        # [B, C, H, W] normalised with batch statistics; updates the ON set's running averages natively
-        xhat, mean, invstd = torch.native_batch_norm(x, None, None, on.running_mean, on.running_var, True,
-                                                     _factor(on), on.eps)
-        self._update_off_set(x, mean, invstd)
+        # [B, C, H, W] normalised with the batch statistics, which both sets' running averages then take
+        xhat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, on.eps)
+        self._update_running_stats(x, mean, invstd)
         keep = which.to(on.weight.dtype).view(-1, 1)  # [B, 1]
         scale = torch.lerp(off.weight, on.weight, keep).to(xhat.dtype)  # [B, C]: keep * w_on + (1 - keep) * w_off
         shift = torch.lerp(off.bias, on.bias, keep).to(xhat.dtype)
         return torch.addcmul(shift[:, :, None, None], xhat, scale[:, :, None, None])
 
     @torch.no_grad()
-    def _update_off_set(self, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> None:
-        """The OFF set's running averages take the same batch statistics, as a second BN call would."""
-        off, n = self.bns[UNIT_OFF], x.numel() // x.shape[1]
-        var = (invstd.double().pow(-2) - off.eps).clamp_min(0) * (n / max(n - 1, 1))  # unbiased, as BatchNorm
-        off.num_batches_tracked.add_(1)
-        factor = _factor(off)
-        off.running_mean.lerp_(mean.to(off.running_mean.dtype), factor)
-        off.running_var.lerp_(var.to(off.running_var.dtype), factor)
+    def _update_running_stats(self, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> None:
+        """What two BatchNorm2d calls would do to their buffers: both sets take this batch's statistics."""
+        n = x.numel() // x.shape[1]
+        var = (invstd.double().pow(-2) - self.bns[UNIT_ON].eps).clamp_min(0) * (n / max(n - 1, 1))  # unbiased
+        for bn in self.bns:
+            bn.num_batches_tracked.add_(1)
+            factor = _factor(bn)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+            bn.running_var.lerp_(var.to(bn.running_var.dtype), factor)
 
 
 def _factor(bn: nn.BatchNorm2d) -> float:
