@@ -15,9 +15,8 @@ def kl_logits(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 
     ``teacher``, ``student``: ``[..., K]`` logits; the teacher is detached here. Returns a scalar.
     """
-    log_p = F.log_softmax(teacher.detach().float(), dim=-1)
-    log_q = F.log_softmax(student.float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    t, s = _fp32(teacher.detach()).contiguous(), _fp32(student).contiguous()
+    return _SoftmaxKL.apply(t, s, -1) / (t.numel() // t.shape[-1])
 
 
 def kl_features(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -28,10 +27,38 @@ def kl_features(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 
     ``teacher``, ``student``: ``[B, C, H, W]`` stage outputs; the teacher is detached. Scalar.
     """
-    log_p = F.log_softmax(teacher.detach().float(), dim=1)  # [B, C, H, W]: a distribution per position
-    log_q = F.log_softmax(student.float(), dim=1)
-    positions = teacher.numel() // teacher.shape[1]
-    return F.kl_div(log_q, log_p, reduction="sum", log_target=True) / positions
+    t, s = _fp32(teacher.detach()), _fp32(student)
+    positions = t.numel() // t.shape[1]
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        # channels-last memory: a position's C channels are adjacent, so the softmax runs over the
+        # last dim of an NHWC view (no layout copy, the fast kernel)
+        t, s = t.permute(0, 2, 3, 1), s.permute(0, 2, 3, 1).contiguous()
+        return _SoftmaxKL.apply(t, s, -1) / positions
+    return _SoftmaxKL.apply(t.contiguous(), s.contiguous(), 1) / positions
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (AMP's half-precision activations), fp64 kept."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class _SoftmaxKL(torch.autograd.Function):
+    """``sum KL(softmax(t) || softmax(s))`` along ``dim``, summed over everything else, for
+    contiguous ``t``, ``s``. The backward is the closed form ``softmax(s) - softmax(t)`` (the
+    teacher ``t`` gets none): about half the memory walks of autograd's log-softmax + ``kl_div``."""
+
+    @staticmethod
+    def forward(ctx, t, s, dim):  # type: ignore[override]
+        log_p, log_q = torch.log_softmax(t, dim), torch.log_softmax(s, dim)
+        p = log_p.exp()
+        kl = torch.vdot(p.view(-1), log_p.sub_(log_q).view(-1))  # sum p * (log p - log q)
+        ctx.save_for_backward(p, log_q)
+        return kl
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        p, log_q = ctx.saved_tensors
+        return None, torch.exp(log_q).sub_(p).mul_(g), None
 
 
 def rate_per_gate(keep: torch.Tensor, target: float) -> torch.Tensor:

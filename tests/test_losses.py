@@ -37,6 +37,35 @@ def test_kl_features_softmax_over_channels_per_position():
     assert t.grad is None and s.grad is not None
 
 
+def _kl_reference(t: torch.Tensor, s: torch.Tensor, dim: int) -> torch.Tensor:
+    """The formula through plain autograd: sum p (log p - log q) along ``dim``, mean over the rest."""
+    log_p, log_q = t.detach().log_softmax(dim), s.log_softmax(dim)
+    return (log_p.exp() * (log_p - log_q)).sum(dim).mean()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_kl_features_value_and_gradient_equal_autograd_in_both_layouts(layout):
+    """The closed-form backward (softmax(s) - softmax(t), scaled) is autograd's gradient of the formula."""
+    torch.manual_seed(0)
+    t = torch.randn(3, 5, 4, 6, dtype=torch.float64).contiguous(memory_format=layout) * 2
+    s = torch.randn(3, 5, 4, 6, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+    value = kl_features(t, s)
+    (grad,) = torch.autograd.grad(3.0 * value, s)
+    ref = _kl_reference(t, s, 1)
+    (grad_ref,) = torch.autograd.grad(3.0 * ref, s)
+    torch.testing.assert_close(value, ref)
+    torch.testing.assert_close(grad, grad_ref)
+    assert torch.autograd.gradcheck(lambda x: kl_features(t, x), (s,))
+
+
+def test_kl_logits_gradient_equals_autograd():
+    torch.manual_seed(0)
+    t, s = torch.randn(4, 2, 7, dtype=torch.float64), torch.randn(4, 2, 7, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(kl_logits(t, s), s)
+    (grad_ref,) = torch.autograd.grad(_kl_reference(t, s, -1), s)
+    torch.testing.assert_close(grad, grad_ref)
+
+
 def test_rate_losses_follow_their_formulas():
     # unit 0 always on, unit 1 always off: the batch mean is exactly the target 0.5
     keep = torch.tensor([[1.0, 0.0], [1.0, 0.0]])

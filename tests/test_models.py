@@ -149,8 +149,9 @@ def _randomize_bn(model: torch.nn.Module) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("training", [True, False])
-def test_switchable_bn_tensor_path_equals_mixing_two_batchnorms(training):
+def test_switchable_bn_tensor_path_equals_mixing_two_batchnorms(training, layout):
     """The fused tensor path (one normalisation + per-sample affine) is the two-BN mix it replaces:
     same outputs, same gradients (keep included: the straight-through path), same running stats."""
     torch.manual_seed(0)
@@ -163,7 +164,7 @@ def test_switchable_bn_tensor_path_equals_mixing_two_batchnorms(training):
     ref = [torch.nn.BatchNorm2d(8).train(training) for _ in range(2)]
     for r, bn in zip(ref, sbn.bns):
         r.load_state_dict(bn.state_dict())
-    x = torch.randn(6, 8, 5, 5, requires_grad=True)
+    x = torch.randn(6, 8, 5, 5).contiguous(memory_format=layout).requires_grad_(True)
     keep = torch.tensor([1.0, 0.0, 1.0, 0.3, 0.0, 1.0], requires_grad=True)
     y = sbn(x, keep)
     k = keep.view(-1, 1, 1, 1)
@@ -179,3 +180,59 @@ def test_switchable_bn_tensor_path_equals_mixing_two_batchnorms(training):
         torch.testing.assert_close(bn.running_mean, r.running_mean)
         torch.testing.assert_close(bn.running_var, r.running_var)
         assert int(bn.num_batches_tracked) == int(r.num_batches_tracked)
+
+
+@pytest.mark.parametrize("gating", ["stage", "block"])
+def test_forward_patterns_equals_separate_forwards_and_shares_the_first_conv(gating):
+    """ADN's super + base step on one graph: same logits, features and gradients as two forwards,
+    with the stem and (stage gating) the first base block's conv1 run once."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, gating=gating).train()
+    _randomize_bn(model)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    n = model.n_units
+    # stage gating: super + base; block gating: two patterns that both run unit 0 (stage 1's first block)
+    patterns = [SkipPattern.super_net(n), SkipPattern.base_net(n) if gating == "stage" else SkipPattern.parse("F" * (n - 1) + "T")]
+    calls = {"stem": 0, "conv1": 0}
+    first = model.stages[0].base[0] if len(model.stages[0].base) else model.stages[0].units[0][0]
+    model.stem.register_forward_hook(lambda *_: calls.__setitem__("stem", calls["stem"] + 1))
+    first.conv1.register_forward_hook(lambda *_: calls.__setitem__("conv1", calls["conv1"] + 1))
+    joint = model.forward_patterns(x, patterns, return_features=True)
+    assert calls == {"stem": 1, "conv1": 1 if gating == "stage" else 2}  # only a base block's conv1 is shared
+    loss = sum(torch.nn.functional.cross_entropy(logits, y) + feats[0].mean() for logits, feats in joint)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    separate = [model(x, p, return_features=True) for p in patterns]
+    loss_ref = sum(torch.nn.functional.cross_entropy(logits, y) + feats[0].mean() for logits, feats in separate)
+    grads_ref = torch.autograd.grad(loss_ref, list(model.parameters()))
+    for (logits, feats), (logits_ref, feats_ref) in zip(joint, separate):
+        torch.testing.assert_close(logits, logits_ref)
+        for f, f_ref in zip(feats, feats_ref):
+            torch.testing.assert_close(f, f_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref)
+
+
+def test_gate_pooling_gradient_is_the_mean_gradient():
+    torch.manual_seed(0)
+    gate = AIGGate(8)
+    x = torch.randn(5, 8, 4, 4, requires_grad=True)
+    (g,) = torch.autograd.grad(gate(x).square().sum(), x)
+    pooled = x.mean((2, 3), keepdim=True)
+    ref = gate.fc2(torch.nn.functional.relu(gate.bn(gate.fc1(pooled)))).flatten(1)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_binary_concrete_sample_is_the_two_class_gumbel_softmax():
+    """keep ~ Bernoulli(softmax(logits)[1]); the relaxed sample's mean at tau=1 matches the two-class
+    Gumbel-softmax's (drawn here with explicit Gumbel noise)."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.3, 1.4]]).expand(200_000, 2)
+    keep, prob = gumbel_gate(logits, tau=1.0)
+    soft, _ = gumbel_gate(logits, tau=1.0, hard=False)
+    gumbel = -torch.log(-torch.log(torch.rand(200_000, 2)))
+    soft_ref = torch.softmax(logits + gumbel, -1)[:, 1]
+    p = torch.softmax(logits[0], -1)[1]
+    torch.testing.assert_close(prob, p.expand(200_000))
+    assert abs(keep.mean() - p) < 0.005 and abs(soft.mean() - soft_ref.mean()) < 0.005
+    assert abs(soft.std() - soft_ref.std()) < 0.005

@@ -47,14 +47,16 @@ class ADN(Method):
         self, model: GatedResNet, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int, backward: Backward
     ) -> StepResult:
         a = self.opts.alpha
-        stem = model.stem(x)  # the same for both sub-networks: computed once (one backward) or twice
-        logits_s, feats_s = model.forward_from_stem(stem, self.super_net, return_features=True)  # [B, K], [B, C_s, H_s, W_s]
-        ce = F.cross_entropy(logits_s, y)
         if self.opts.two_backward:
-            backward(a * ce)  # frees the super-net graph (the stem's too) before the base-net runs
+            logits_s, feats_s = model(x, self.super_net, return_features=True)  # [B, K], [B, C_s, H_s, W_s]
+            ce = F.cross_entropy(logits_s, y)
+            backward(a * ce)  # frees the super-net graph before the base-net runs
             logits_s, feats_s = logits_s.detach(), [f.detach() for f in feats_s]
-            stem = model.stem(x)
-        logits_b, feats_b = model.forward_from_stem(stem, self.base_net, return_features=True)
+            logits_b, feats_b = model(x, self.base_net, return_features=True)
+        else:  # one graph: the stem and the first conv run once for both sub-networks
+            (logits_s, feats_s), (logits_b, feats_b) = model.forward_patterns(
+                x, [self.super_net, self.base_net], return_features=True)
+            ce = F.cross_entropy(logits_s, y)
         kd = self._distill(logits_s, feats_s, logits_b, feats_b)
         parts = {"ce": scalar(ce), "kd": scalar(kd)}
         if self.opts.two_backward:

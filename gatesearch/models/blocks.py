@@ -49,9 +49,11 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = Downsample(cin, cout, stride, norm) if stride != 1 or cin != cout else None
 
-    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON, conv1_out: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``conv1_out``: ``self.conv1(x)`` when the caller already has it (several sub-networks, one input)."""
         identity = x if self.downsample is None else self.downsample(x, which)
-        out = self.relu(self.bn1(self.conv1(x), which))
+        out = self.relu(self.bn1(self.conv1(x) if conv1_out is None else conv1_out, which))
         out = self.bn2(self.conv2(out), which)
         return self.relu(out + identity)
 
@@ -71,9 +73,11 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = Downsample(cin, cout, stride, norm) if stride != 1 or cin != cout else None
 
-    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON, conv1_out: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``conv1_out``: ``self.conv1(x)`` when the caller already has it (several sub-networks, one input)."""
         identity = x if self.downsample is None else self.downsample(x, which)
-        out = self.relu(self.bn1(self.conv1(x), which))
+        out = self.relu(self.bn1(self.conv1(x) if conv1_out is None else conv1_out, which))
         out = self.relu(self.bn2(self.conv2(out), which))
         out = self.bn3(self.conv3(out), which)
         return self.relu(out + identity)
