@@ -10,6 +10,7 @@ the last good one.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import random
 import sys
@@ -145,6 +146,25 @@ def _steps_per_epoch(cfg: Config, data: DataBundle) -> int:
     return min(n, cfg.train.max_steps_per_epoch or n)
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory in the process rather than hand it back to the kernel.
+
+    PyTorch's CPU tensors come straight from malloc, and glibc returns large freed blocks (mmap'd
+    ones, and heap top beyond ``M_TRIM_THRESHOLD``) to the kernel, so every training step faults
+    its activations in again, ADN's two sub-networks more than one (``benchmarks/train_step.py
+    --keep-freed-memory off|on``). Raising both thresholds keeps the
+    blocks for reuse, as CUDA's caching allocator does; the process holds its peak, which it
+    reaches every step anyway. Blocks over 32 MiB (glibc's cap) are still mapped per use.
+    Returns whether it took effect: glibc only, a no-op elsewhere; process-wide and idempotent.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
 class Trainer:
     """Holds what one training epoch needs: model, method, optimizer, scaler, autocast."""
 
@@ -154,6 +174,8 @@ class Trainer:
         cuda = device.type == "cuda"
         self.amp = cuda and cfg.train.amp
         self.channels_last = cfg.train.channels_last  # faster on CPU (oneDNN) as well as on CUDA
+        if device.type == "cpu" and cfg.train.keep_freed_memory:
+            keep_freed_memory()
         # bf16 autocast needs no loss scaling; fp16 (older GPUs) does
         self.amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
