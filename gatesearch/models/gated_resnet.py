@@ -182,7 +182,7 @@ class GatedResNet(nn.Module):
         """``[forward(x, p, return_features) for p in patterns]``, sharing what sees the same input in
         every sub-network: the stem, and the first convolution of the first stage's first base block
         (its BN already differs between switchable sets). Autograd sums their gradients, so each runs
-        one forward and one backward for all patterns (ADN's super + base step: ~5% of resnet20's step)."""
+        one forward and one backward for all patterns (ADN's super + base step)."""
         h = self.stem(x)
         first = self.stages[0].base
         conv1_out = first[0].conv1(h) if len(first) and len(patterns) > 1 else None
