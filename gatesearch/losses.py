@@ -15,8 +15,7 @@ def kl_logits(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 
     ``teacher``, ``student``: ``[..., K]`` logits; the teacher is detached here. Returns a scalar.
     """
-    t, s = _fp32(teacher.detach()).contiguous(), _fp32(student).contiguous()
-    return _SoftmaxKL.apply(t, s, -1) / (t.numel() // t.shape[-1])
+    return _kl_mean(teacher, student, -1)
 
 
 def kl_features(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -27,14 +26,17 @@ def kl_features(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
 
     ``teacher``, ``student``: ``[B, C, H, W]`` stage outputs; the teacher is detached. Scalar.
     """
-    t, s = _fp32(teacher.detach()), _fp32(student)
-    positions = t.numel() // t.shape[1]
-    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+    if teacher.is_contiguous(memory_format=torch.channels_last) and not teacher.is_contiguous():
         # channels-last memory: a position's C channels are adjacent, so the softmax runs over the
         # last dim of an NHWC view (no layout copy, the fast kernel)
-        t, s = t.permute(0, 2, 3, 1), s.permute(0, 2, 3, 1).contiguous()
-        return _SoftmaxKL.apply(t, s, -1) / positions
-    return _SoftmaxKL.apply(t.contiguous(), s.contiguous(), 1) / positions
+        return kl_logits(teacher.permute(0, 2, 3, 1), student.permute(0, 2, 3, 1))
+    return _kl_mean(teacher, student, 1)
+
+
+def _kl_mean(teacher: torch.Tensor, student: torch.Tensor, dim: int) -> torch.Tensor:
+    """KL along ``dim`` (teacher detached, at least fp32), averaged over every other position."""
+    t, s = _fp32(teacher.detach()).contiguous(), _fp32(student).contiguous()
+    return _SoftmaxKL.apply(t, s, dim) / (t.numel() // t.shape[dim])
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
