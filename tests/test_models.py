@@ -44,6 +44,48 @@ def test_pattern_path_equals_tensor_path(name, size, stem):
             assert torch.allclose(a, b, atol=1e-5), str(p)
 
 
+def _scaled_residual_reference(model, x, keep):
+    """The documented tensor-gate rule written out: each unit block computes relu(h + k * F(h))."""
+    h = model.stem(x)
+    for stage in model.stages:
+        which = keep[:, stage.switch_unit] if stage.switch_unit is not None else 0
+        for block in stage.base:
+            h = block(h, which)
+        for j, unit in enumerate(stage.units):
+            k = keep[:, stage.unit_offset + j].view(-1, 1, 1, 1)
+            for b in unit:
+                h = torch.relu(h + k * b.bn2(b.conv2(torch.relu(b.bn1(b.conv1(h))))))
+    return model.fc(torch.flatten(model.pool(h), 1))
+
+
+@pytest.mark.parametrize("name, gating", [("resnet56", "stage"), ("resnet20", "block")])
+def test_soft_keep_scales_each_unit_blocks_residual_branch(name, gating):
+    """Soft keep factors (calibration, relaxed gates): values and the keep gradient follow
+    relu(h + k * F(h)) per block of the unit (resnet56's stage units hold 4 blocks)."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, gating=gating)
+    _randomize_bn(model)
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    keep = torch.rand(3, model.n_units, requires_grad=True)
+    ref_keep = keep.detach().clone().requires_grad_()
+    out, ref = model(x, keep), _scaled_residual_reference(model, x, ref_keep)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(keep.grad, ref_keep.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_gated_units_must_keep_their_shape():
+    from gatesearch.models.blocks import BasicBlock
+    from gatesearch.models.gated_resnet import Stage
+    from gatesearch.models.norm import PlainNorm
+
+    with pytest.raises(ValueError, match="keep their input shape"):
+        Stage([], [[BasicBlock(16, 32, 2, PlainNorm)]], 0, False)
+
+
 def test_block_gating_units_are_shape_preserving_blocks():
     m20 = create_model("resnet20", 10, gating="block")
     assert m20.n_units == 3 + 2 + 2  # stage 1 keeps its shape from the first block on

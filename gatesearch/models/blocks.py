@@ -1,7 +1,8 @@
 """Residual blocks (torchvision layout) whose BatchNorms take a set switch.
 
 Every block's ``forward(x, which)`` passes ``which`` to its norms, so a mandatory block can
-use the BN set that matches its stage's gated unit (see ``norm.py``).
+use the BN set that matches its stage's gated unit (see ``norm.py``). A gated block also takes
+``scale``, a per-sample keep factor on its residual branch: ``relu(x + scale * F(x))``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ from torch import nn
 from gatesearch.models.norm import UNIT_ON
 
 NormFactory = Callable[[int], nn.Module]
+
+
+def _join(residual: torch.Tensor, identity: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``identity + residual``, or with ``scale [B]`` (a keep factor per sample, ``[1]`` broadcasts)
+    ``identity + scale * residual`` in one ``addcmul`` (its backward: one product for the branch,
+    one for the factor's gradient ``sum g * residual``)."""
+    if scale is None:
+        return residual + identity
+    return torch.addcmul(identity, residual, scale.view(-1, 1, 1, 1).to(residual.dtype))
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -49,13 +59,14 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = Downsample(cin, cout, stride, norm) if stride != 1 or cin != cout else None
 
-    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON, conv1_out: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """``conv1_out``: ``self.conv1(x)`` when the caller already has it (several sub-networks, one input)."""
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON, conv1_out: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``conv1_out``: ``self.conv1(x)`` when the caller already has it (several sub-networks, one input);
+        ``scale``: per-sample keep factors ``[B]`` on the residual branch (a gated unit's block)."""
         identity = x if self.downsample is None else self.downsample(x, which)
         out = self.relu(self.bn1(self.conv1(x) if conv1_out is None else conv1_out, which))
         out = self.bn2(self.conv2(out), which)
-        return self.relu(out + identity)
+        return self.relu(_join(out, identity, scale))
 
 
 class Bottleneck(nn.Module):
@@ -73,11 +84,12 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = Downsample(cin, cout, stride, norm) if stride != 1 or cin != cout else None
 
-    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON, conv1_out: torch.Tensor | None = None
-                ) -> torch.Tensor:
-        """``conv1_out``: ``self.conv1(x)`` when the caller already has it (several sub-networks, one input)."""
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON, conv1_out: torch.Tensor | None = None,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``conv1_out``: ``self.conv1(x)`` when the caller already has it (several sub-networks, one input);
+        ``scale``: per-sample keep factors ``[B]`` on the residual branch (a gated unit's block)."""
         identity = x if self.downsample is None else self.downsample(x, which)
         out = self.relu(self.bn1(self.conv1(x) if conv1_out is None else conv1_out, which))
         out = self.relu(self.bn2(self.conv2(out), which))
         out = self.bn3(self.conv3(out), which)
-        return self.relu(out + identity)
+        return self.relu(_join(out, identity, scale))

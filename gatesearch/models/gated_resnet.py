@@ -6,6 +6,11 @@ stage are mandatory, the remaining blocks form the stage's one gated unit. ``gat
 ``gating="none"``: a plain ResNet with the same modules (the no-gating reference).
 
 The active sub-network is the ``gates`` argument of ``forward`` — never module state.
+A keep factor ``k`` (tensor gates) scales the residual branch of each block of its unit,
+``h <- relu(h + k * F(h))``: AIG's gated residual (Veit & Belongie 2018) and stochastic depth's
+test-time rule (Huang et al. 2016). Unit blocks keep their input shape and every block input is
+a ReLU output (``h >= 0``), so ``k = 0`` returns ``h`` unchanged and 0/1 factors give exactly the
+numbers of the matching ``SkipPattern``.
 """
 
 from __future__ import annotations
@@ -35,11 +40,6 @@ def mandatory_blocks(n: int) -> int:
     return min(n - 1, math.ceil(n / 2))
 
 
-def _mix(keep: torch.Tensor, on: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
-    """``keep * on + (1 - keep) * off`` per sample (``keep [B]``), as one fused ``lerp``."""
-    return torch.lerp(off, on, keep.view(-1, 1, 1, 1).to(on.dtype))
-
-
 class Stage(nn.Module):
     """``base`` blocks (always run) followed by ``units`` (each a list of blocks, skippable)."""
 
@@ -47,6 +47,8 @@ class Stage(nn.Module):
         super().__init__()
         self.base = nn.ModuleList(base)
         self.units = nn.ModuleList(nn.ModuleList(u) for u in units)
+        if any(b.downsample is not None for u in units for b in u):
+            raise ValueError("a gated unit's blocks must keep their input shape (identity shortcut)")
         self.unit_offset = unit_offset
         # Switchable BN: the base's BN set follows this stage's (only) unit.
         self.switch_unit = unit_offset if switchable else None
@@ -70,14 +72,13 @@ class Stage(nn.Module):
             u = self.unit_offset + j
             if isinstance(gates, SkipPattern) and gates.skipped[u]:
                 continue  # skipped units are never computed
-            out = h
+            keep = None  # [B] keep factors on the unit's residual branches (module docstring)
+            if isinstance(gates, torch.Tensor):
+                keep = gates[:, u]
+            elif gates is not None and not isinstance(gates, SkipPattern):
+                keep = gates(u, h)
             for block in unit:
-                out = block(out)
-            if gates is None or isinstance(gates, SkipPattern):
-                h = out
-            else:
-                keep = gates[:, u] if isinstance(gates, torch.Tensor) else gates(u, h)
-                h = _mix(keep, out, h)
+                h = block(h, scale=keep)
         return h
 
 
