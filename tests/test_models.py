@@ -2,8 +2,10 @@ import pytest
 import torch
 
 from gatesearch.models import MODELS, create_model, mandatory_blocks
+from gatesearch.models.blocks import BasicBlock
+from gatesearch.models.gated_resnet import Stage
 from gatesearch.models.gates import AIGGate, BernoulliGate, LogitGate, gumbel_gate
-from gatesearch.models.norm import SwitchableBatchNorm2d
+from gatesearch.models.norm import PlainNorm, SwitchableBatchNorm2d
 from gatesearch.patterns import SkipPattern, all_patterns
 
 SMALL_INPUT = {"cifar": (2, 3, 32, 32), "imagenet": (2, 3, 64, 64)}
@@ -78,10 +80,6 @@ def test_soft_keep_scales_each_unit_blocks_residual_branch(name, gating):
 
 
 def test_gated_units_must_keep_their_shape():
-    from gatesearch.models.blocks import BasicBlock
-    from gatesearch.models.gated_resnet import Stage
-    from gatesearch.models.norm import PlainNorm
-
     with pytest.raises(ValueError, match="keep their input shape"):
         Stage([], [[BasicBlock(16, 32, 2, PlainNorm)]], 0, False)
 
