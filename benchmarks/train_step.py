@@ -48,8 +48,6 @@ def _setup(name: str, extra: dict, args: argparse.Namespace, device: torch.devic
     model = build_model(cfg, 10, (3, 32, 32)).to(device)
     m = METHODS.get(method)(cfg, model, steps_per_epoch=1000)
     trainer = Trainer(cfg, model, m, build_optimizer(cfg.optim, m.param_groups(model)), device, steps=1000)
-    if trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
     model.train()
     return trainer
 

@@ -166,7 +166,8 @@ def keep_freed_memory() -> bool:
 
 
 class Trainer:
-    """Holds what one training epoch needs: model, method, optimizer, scaler, autocast."""
+    """Holds what one training epoch needs: model (put in the configured memory layout), method,
+    optimizer, scaler, autocast."""
 
     def __init__(self, cfg: Config, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
                  device: torch.device, steps: int) -> None:
@@ -174,6 +175,8 @@ class Trainer:
         cuda = device.type == "cuda"
         self.amp = cuda and cfg.train.amp
         self.channels_last = cfg.train.channels_last  # faster on CPU (oneDNN) as well as on CUDA
+        if self.channels_last:  # in place: the optimizer keeps the same parameters
+            model.to(memory_format=torch.channels_last)
         if device.type == "cpu" and cfg.train.keep_freed_memory:
             keep_freed_memory()
         # bf16 autocast needs no loss scaling; fp16 (older GPUs) does
@@ -251,8 +254,6 @@ def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path
     start, history = _resume(resume_from, model, optimizer, method) if resume_from else (0, [])
     evaluator = _Evaluator(cfg, model, data, method, device)
     trainer = Trainer(cfg, model, method, optimizer, device, steps)
-    if trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
     path = Path(cfg.train.out_dir) / "last.pt"
     info = {"device": str(device), "steps_per_epoch": steps, "start_epoch": start, "n_units": model.n_units,
             "num_classes": data.num_classes, "input_shape": data.input_shape,
