@@ -7,8 +7,17 @@ round's two plain timings, so load that drifts between rounds cancels; the table
 median ratio over rounds with its interquartile range, the fastest round's ms/step, and the
 issue's target for each method (adn <= 1.7, gated_depth <= 1.15, probgates <= 1.2).
 
-    python benchmarks/train_step.py [--model resnet20] [--batch 64] [--rounds 9] [--steps 8] [--device auto]
-                                    [--only VARIANT ...] [--keep-freed-memory on|off]
+    python benchmarks/train_step.py [--model resnet20] [--stem cifar] [--resolution 32] [--batch 64] [--rounds 9]
+                                    [--steps 8] [--device auto] [--only VARIANT ...] [--keep-freed-memory on|off]
+                                    [--flush-denormal on|off]
+
+The header prints the base-net's share of the super-net's MACs for the model and input: adn's
+target assumes ~63% (ADN's ResNet-50: 2.56 / 4.09 G); resnet20's is 65%, resnet56's 55%.
+Every step trains on the same random batch, and as the steps go on subnormal floats appear
+(in the gradients, among others), which x86 CPUs compute many times slower: plain resnet50 at
+224 px slowed from ~0.95 to ~1.26 s/step within 15 steps, and adn, which trains slower, did
+not. ``--flush-denormal on`` (the default) flushes them to zero, so the times measure the
+work, not the underflow; resnet20 at 32 px times the same either way.
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ import torch
 
 from gatesearch.checkpoint import build_model
 from gatesearch.config import Config, from_flat
+from gatesearch.cost import count_macs
 from gatesearch.methods import METHODS
+from gatesearch.patterns import SkipPattern
 from gatesearch.train import Trainer, build_optimizer, resolve_device
 
 #: Step-time targets relative to plain (the training issue); ``adn``'s assumes a base-net of ~63% of the MACs.
@@ -41,15 +52,21 @@ VARIANTS: dict[str, dict] = {
 
 def _setup(name: str, extra: dict, args: argparse.Namespace, device: torch.device) -> Trainer:
     method = name.split(" ")[0]
-    cfg: Config = from_flat({"model.name": args.model, "method.name": method, "train.epochs": 1000,
+    cfg: Config = from_flat({"model.name": args.model, "model.stem": args.stem, "method.name": method, "train.epochs": 1000,
                              "train.device": str(device), "train.keep_freed_memory": args.keep_freed_memory == "on",
                              **extra})
     torch.manual_seed(0)
-    model = build_model(cfg, 10, (3, 32, 32)).to(device)
+    model = build_model(cfg, 10, (3, args.resolution, args.resolution)).to(device)
     m = METHODS.get(method)(cfg, model, steps_per_epoch=1000)
     trainer = Trainer(cfg, model, m, build_optimizer(cfg.optim, m.param_groups(model)), device, steps=1000)
     model.train()
     return trainer
+
+
+def _base_net_mac_share(name: str, stem: str, shape: tuple[int, ...]) -> float:
+    """MACs of ADN's base-net over the super-net's (switchable BN, as ``adn`` trains it)."""
+    model = build_model(from_flat({"model.name": name, "model.stem": stem, "method.name": "adn"}), 10, shape)
+    return count_macs(model, SkipPattern.base_net(model.n_units), (1, *shape)) / count_macs(model, None, (1, *shape))
 
 
 def _time(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int, start: int) -> float:
@@ -66,6 +83,8 @@ def _time(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int, start:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
+    p.add_argument("--stem", choices=["cifar", "imagenet"], default="cifar")
+    p.add_argument("--resolution", type=int, default=32, help="input height and width")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--steps", type=int, default=8, help="steps per round (multiple of 4 = gated_depth's k)")
@@ -74,13 +93,18 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="variants to run (plain always runs)")
     p.add_argument("--keep-freed-memory", choices=["on", "off"], default="on",
                    help="train.keep_freed_memory (CPU; process-wide, so compare two runs)")
+    p.add_argument("--flush-denormal", choices=["on", "off"], default="on",
+                   help="CPU: flush subnormal floats to zero (torch.set_flush_denormal; see the module docstring)")
     args = p.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu" and args.flush_denormal == "on":
+        torch.set_flush_denormal(True)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [n for n in VARIANTS if n == "plain" or not args.only or n in args.only]
     trainers = {n: _setup(n, VARIANTS[n], args, device) for n in names}
-    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    shape = (3, args.resolution, args.resolution)
+    x = torch.randn(args.batch, *shape, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
     for tr in trainers.values():  # warm-up (and cuDNN autotune)
         _time(tr, x, y, 4, 0)
@@ -95,9 +119,12 @@ def main() -> None:
         for n, t in round_times.items():
             times[n].append(t)
             ratios[n].append(t / round_times["plain"])
+    base_share = _base_net_mac_share(args.model, args.stem, shape)
     print(f"torch {torch.__version__}  threads {torch.get_num_threads()}  device {device}"
-          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}  model {args.model}  "
-          f"batch {args.batch}x3x32x32  rounds {args.rounds} x {args.steps} steps  keep_freed_memory {args.keep_freed_memory}")
+          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}  model {args.model} "
+          f"({args.stem} stem, base-net {base_share:.3f} of the MACs)  batch {args.batch}x{'x'.join(map(str, shape))}  "
+          f"rounds {args.rounds} x {args.steps} steps  keep_freed_memory {args.keep_freed_memory}"
+          f"  flush_denormal {args.flush_denormal}")
     print(f"{'method':<24} {'ms/step':>8} {'ratio to plain':>15} {'(IQR)':>13} {'target':>7}")
     for n in names:
         q1, med, q3 = statistics.quantiles(ratios[n], n=4) if len(ratios[n]) > 1 else [ratios[n][0]] * 3
