@@ -63,9 +63,8 @@ def _setup(name: str, extra: dict, args: argparse.Namespace, device: torch.devic
     return trainer
 
 
-def _base_net_mac_share(name: str, stem: str, shape: tuple[int, ...]) -> float:
-    """MACs of ADN's base-net over the super-net's (switchable BN, as ``adn`` trains it)."""
-    model = build_model(from_flat({"model.name": name, "model.stem": stem, "method.name": "adn"}), 10, shape)
+def _base_net_mac_share(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    """MACs of the base-net over the super-net's, for one input of ``shape`` (C, H, W)."""
     return count_macs(model, SkipPattern.base_net(model.n_units), (1, *shape)) / count_macs(model, None, (1, *shape))
 
 
@@ -119,7 +118,7 @@ def main() -> None:
         for n, t in round_times.items():
             times[n].append(t)
             ratios[n].append(t / round_times["plain"])
-    base_share = _base_net_mac_share(args.model, args.stem, shape)
+    base_share = _base_net_mac_share(trainers["plain"].model, shape)  # plain trains the same stage-gated model
     print(f"torch {torch.__version__}  threads {torch.get_num_threads()}  device {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}  model {args.model} "
           f"({args.stem} stem, base-net {base_share:.3f} of the MACs)  batch {args.batch}x{'x'.join(map(str, shape))}  "
