@@ -1,91 +1,172 @@
-"""Train plain (full and base depth), adn, gated_depth and probgates on CIFAR-10 from an npz
-directory with one budget, then print top-1 on the test set for the super / mid / base patterns
-and each pattern's MACs.
+"""Every recipe at its paper defaults on the full CIFAR-10 (issue budget: ResNet-20, stage gating,
+30 epochs, batch 128, SGD 0.1 cosine with 1 warm-up epoch, wd 5e-4, seed 0), resumable and incremental.
 
-    python benchmarks/reproduce_cifar.py --data-root /path/to/cifar10 [--epochs 2] [--train-subset 5000]
+    python benchmarks/reproduce_cifar.py --data-root ../shared/data/cifar10            # every run, in order
+    python benchmarks/reproduce_cifar.py --data-root ../shared/data/cifar10 --run adn  # one run
+    nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/reproduce_cifar.py ... &        # in the background
+
+Each run trains with ``train.fit`` into ``<work-dir>/<run>/last.pt`` (a checkpoint per epoch; a killed
+run resumes from it), then scores every candidate it deploys (all 8 patterns; the calibrated full
+network; probgates' inference strategies) on the validation split (5,000 images carved from train) and
+on the full 10,000-image test set with ``gatesearch.evaluate.candidate_table``, the one evaluation path
+training and the selector use, and writes ``<results-dir>/<run>.json``. A run whose JSON exists is
+skipped. ``benchmarks/render_results.py`` turns the JSON files into ``docs/RESULTS.md``'s table and plot.
+
+The evaluation happens in a fresh process (``--phase eval``, started by the training phase), so a
+long training run started before a code change is scored by the code of the tree at its end; the JSON
+records the git commit of both phases.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, Subset
+ROOT = Path(__file__).resolve().parent.parent
 
-from gatesearch.config import Config, from_flat
-from gatesearch.cost import count_macs
-from gatesearch.data import build_data
-from gatesearch.evaluate import evaluate
-from gatesearch.methods.probgates import strategy_gates
-from gatesearch.patterns import SkipPattern
-from gatesearch.train import fit
+#: The issue's budget (#16), shared by every run.
+COMMON: dict[str, Any] = {
+    "model.name": "resnet20", "model.gating": "stage", "data.name": "cifar10", "data.source": "npz",
+    "data.val_fraction": 0.1, "data.split_seed": 0, "data.batch_size": 128, "optim.name": "sgd", "optim.lr": 0.1,
+    "optim.momentum": 0.9, "optim.schedule": "cosine", "optim.warmup_epochs": 1, "optim.weight_decay": 5e-4,
+    "train.seed": 0, "train.epochs": 30, "train.eval_every": 5, "train.log_every": 50,
+}
 
-RUNS: dict[str, dict] = {
-    "plain (full depth)": {"method.name": "plain"},
-    "plain (base depth)": {"method.name": "plain", "method.plain.train_pattern": "TTT"},
+#: One entry per run: the method at its paper defaults (the config's defaults cite them).
+RUNS: dict[str, dict[str, Any]] = {
+    "plain_full": {"method.name": "plain"},
+    "plain_base": {"method.name": "plain", "method.plain.train_pattern": "TTT"},
+    "stochastic_depth": {"method.name": "stochastic_depth"},
     "adn": {"method.name": "adn"},
     "gated_depth": {"method.name": "gated_depth"},
-    "probgates (logit)": {"method.name": "probgates", "model.gate_head": "logit"},
+    # data-dependent gates (AIG head) decide inside a stage, after its base ran: one BN set (config rule)
+    "probgates_per_gate": {"method.name": "probgates", "model.gate_head": "aig", "model.switchable_bn": False,
+                           "method.probgates.loss": "per_gate", "method.probgates.target": 0.5,
+                           "method.probgates.inference": "threshold"},
+    "probgates_per_batch": {"method.name": "probgates", "model.gate_head": "aig", "model.switchable_bn": False,
+                            "method.probgates.loss": "per_batch", "method.probgates.target": 0.5,
+                            "method.probgates.inference": "threshold"},
 }
 
 
-def ladder(n: int) -> list[SkipPattern]:
-    """Super, then units skipped from the last one backwards, down to the base: FFF, FFT, FTT, TTT."""
-    return [SkipPattern(tuple(i >= n - k for i in range(n))) for k in range(n + 1)]
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
-def _test_loader(cfg: Config, limit: int) -> DataLoader:
-    """The test split, or a seeded random ``limit`` of it (the npz files are class-major)."""
-    test = build_data(cfg.data, cfg.train.seed).test
-    if not limit or limit >= len(test.dataset):
-        return test
-    idx = torch.randperm(len(test.dataset), generator=torch.Generator().manual_seed(0))[:limit].tolist()
-    return DataLoader(Subset(test.dataset, idx), batch_size=test.batch_size, collate_fn=test.collate_fn)
+def run_config(args: argparse.Namespace, run: str) -> dict[str, Any]:
+    flat = {**COMMON, **RUNS[run], "data.root": str(Path(args.data_root).resolve()), "train.epochs": args.epochs,
+            "train.out_dir": str(Path(args.work_dir).resolve() / run), "train.device": args.device,
+            "tracking.run_name": f"reproduce-{run}"}
+    if args.eval_every:
+        flat["train.eval_every"] = args.eval_every
+    return flat
+
+
+def train_phase(args: argparse.Namespace, run: str) -> None:
+    """Train ``run`` (or resume it from its last checkpoint) until its epoch budget is done."""
+    import torch
+
+    from gatesearch.checkpoint import load_checkpoint
+    from gatesearch.config import from_flat
+    from gatesearch.train import ConsoleReporter, fit
+
+    cfg = from_flat(run_config(args, run))
+    last = Path(cfg.train.out_dir) / "last.pt"
+    state_file = Path(cfg.train.out_dir) / "phase.json"
+    if last.is_file() and load_checkpoint(last).epoch + 1 >= cfg.train.epochs:
+        print(f"[{run}] already trained ({last})", flush=True)
+        return
+    torch.set_num_threads(args.threads)
+    resume = last if last.is_file() else None
+    print(f"[{run}] {'resuming from ' + str(resume) if resume else 'training'}: torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads", flush=True)
+    t0 = time.time()
+    fit(cfg, reporters=(ConsoleReporter(cfg.train.log_every),), resume_from=resume)
+    prev = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    state_file.write_text(json.dumps({"train_commit": git_commit(), "train_wall_s": prev.get("train_wall_s", 0.0)
+                                      + time.time() - t0, "command": " ".join(sys.argv)}))
+
+
+def eval_phase(args: argparse.Namespace, run: str, out: Path) -> None:
+    """Score every candidate of the trained ``run`` on validation and test; write its JSON."""
+    import torch
+
+    from gatesearch.checkpoint import load_checkpoint
+    from gatesearch.data import build_data
+    from gatesearch.evaluate import candidate_table, frontier_of
+    from gatesearch.methods import METHODS
+    from gatesearch.train import resolve_device
+
+    torch.set_num_threads(args.threads)
+    flat = run_config(args, run)
+    last = Path(flat["train.out_dir"]) / "last.pt"
+    ck = load_checkpoint(last)
+    cfg = ck.config
+    device = resolve_device(args.device)
+    model = ck.model.to(device)
+    data = build_data(cfg.data, cfg.train.seed)
+    method = METHODS.get(cfg.method.name)(cfg, model, len(data.train))
+    method.load_state_dict(ck.method_state)
+    t0 = time.time()
+    splits = {}
+    for split, loader in (("val", data.val), ("test", data.test)):
+        rows = candidate_table(model, method, loader, device, input_shape=ck.input_shape,
+                               bn_loader=data.train, bn_batches=cfg.train.bn_reestimate_batches)
+        splits[split] = {"candidates": [r.as_dict() for r in rows], "frontier_score": frontier_of(rows)}
+    phase = json.loads((last.parent / "phase.json").read_text()) if (last.parent / "phase.json").is_file() else {}
+    record = {
+        "run": run, "config": flat, "epochs": ck.epoch + 1, "n_units": model.n_units,
+        "history": ck.history, "train_time_s": ck.history[-1].get("train_time_s") if ck.history else None,
+        "train_wall_s": phase.get("train_wall_s"), "eval_time_s": time.time() - t0,
+        "train_commit": phase.get("train_commit"), "eval_commit": git_commit(),
+        "command": phase.get("command") or " ".join(sys.argv), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "device": str(device), **splits,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, out)
+    print(f"[{run}] wrote {out}: test frontier_score {splits['test']['frontier_score']:.4f}", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-root", required=True)
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--train-subset", type=int, default=5000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--val-fraction", type=float, default=0.02, help="of the 50k train images (0.02: 1000)")
-    p.add_argument("--test-limit", type=int, default=2000, help="score on this many random test images (0: all)")
-    p.add_argument("--out-dir", default="outputs/reproduce_cifar")
-    p.add_argument("--only", nargs="*", help="run only these rows")
+    p.add_argument("--data-root", required=True, help="npz directory with train.npz and test.npz")
+    p.add_argument("--run", action="append", choices=sorted(RUNS), help="only these runs (repeatable)")
+    p.add_argument("--epochs", type=int, default=COMMON["train.epochs"])
+    p.add_argument("--eval-every", type=int, default=0, help="validation every N epochs (0: the default, 5)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    p.add_argument("--work-dir", default="outputs/reproduce_cifar", help="checkpoints (resumable)")
+    p.add_argument("--results-dir", default=None, help="default docs/results/cifar10_resnet20[_e<epochs>]")
+    p.add_argument("--phase", choices=["all", "train", "eval"], default="all")
     args = p.parse_args()
-    common = {"model.name": args.model, "data.name": "cifar10", "data.root": args.data_root,
-              "data.train_subset": args.train_subset, "data.batch_size": args.batch, "optim.lr": args.lr,
-              "train.epochs": args.epochs, "train.eval_every": args.epochs, "data.val_fraction": args.val_fraction}
-    print(f"torch {torch.__version__}  threads {torch.get_num_threads()}  model {args.model}  epochs {args.epochs}  "
-          f"train_subset {args.train_subset}  batch {args.batch}  lr {args.lr}  test images {args.test_limit or 'all'}  "
-          f"data {args.data_root}")
-    rows, macs, patterns = [], {}, []
-    for name, extra in RUNS.items():
-        if args.only and name not in args.only:
+    suffix = "" if args.epochs == COMMON["train.epochs"] else f"_e{args.epochs}"
+    results = Path(args.results_dir or ROOT / "docs" / "results" / f"cifar10_resnet20{suffix}")
+    for run in args.run or list(RUNS):
+        out = results / f"{run}.json"
+        if out.is_file():
+            print(f"[{run}] done: {out}", flush=True)
             continue
-        t = time.perf_counter()
-        cfg = from_flat({**common, **extra, "train.out_dir": f"{args.out_dir}/{name.split(' ')[0]}_{len(rows)}"})
-        res = fit(cfg)
-        test = _test_loader(cfg, args.test_limit)
-        patterns = ladder(res.model.n_units)
-        dev = next(res.model.parameters()).device
-        accs = [evaluate(res.model, test, res.method.eval_gates(res.model, q), dev).top1 for q in patterns]
-        learned = ""
-        if cfg.method.name == "probgates":
-            g = strategy_gates(res.model, "threshold", cfg.method.probgates.threshold)
-            learned = f"{evaluate(res.model, test, g, dev).top1:.4f} @ {g}"
-        macs = {str(q): count_macs(res.model, q, (1, 3, 32, 32)) for q in patterns}
-        rows.append((name, accs, learned, time.perf_counter() - t))
-    header = " | ".join(f"{q} top-1" for q in patterns)
-    print(f"\n| run | {header} | learned gates (threshold) | time (s) |")
-    print("|---" * (len(patterns) + 3) + "|")
-    for name, accs, learned, secs in rows:
-        print(f"| {name} | " + " | ".join(f"{a:.4f}" for a in accs) + f" | {learned or '-'} | {secs:.0f} |")
-    print("| MMACs | " + " | ".join(f"{macs[str(q)] / 1e6:.2f}" for q in patterns) + " | | |")
+        if args.phase in ("all", "train"):
+            train_phase(args, run)
+        if args.phase == "all":  # score with the tree's code as it is now, in a fresh process
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--phase", "eval", "--run", run]
+            subprocess.run([c for c in cmd], check=True)
+        elif args.phase == "eval":
+            eval_phase(args, run, out)
 
 
 if __name__ == "__main__":

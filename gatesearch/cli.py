@@ -113,7 +113,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
     from gatesearch.selection.pareto import format_menu, pick
     from gatesearch.selection.select import SelectOptions, run_select
 
-    if args.reestimate_bn < 0 or args.batch < 1:
+    if (args.reestimate_bn is not None and args.reestimate_bn < 0) or args.batch < 1:
         raise UserError("--reestimate-bn must be >= 0 and --batch >= 1")
     menus, files = run_select(SelectOptions(
         devices=tuple(args.device), out=args.out, checkpoint=args.checkpoint, run=args.run,
@@ -140,8 +140,9 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="outputs/select", help="output directory (menus, figures)")
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (with --run)")
     p.add_argument("--data-root", default=None, help="override the checkpoint's data.root")
-    p.add_argument("--reestimate-bn", type=int, default=0, metavar="N",
-                   help="re-estimate BN statistics per pattern from N training batches (default: as trained)")
+    p.add_argument("--reestimate-bn", type=int, default=None, metavar="N",
+                   help="re-estimate BN statistics per candidate from N training batches "
+                        "(default: as the checkpoint was trained, train.bn_reestimate_batches)")
     p.add_argument("--batch", type=int, default=1, help="batch size the latencies are for")
     p.add_argument("--torch-device", default="cpu", help="where to score: cpu | cuda | auto")
     p.add_argument("--limit", type=int, default=40, help="rows printed per menu")

@@ -99,8 +99,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC activations (cuDNN on CUDA, oneDNN on CPU: ~19% faster training here)
     keep_freed_memory: bool = True  # CPU: malloc keeps freed activations for the next step (no page faults)
     eval_every: int = 1  # epochs
-    eval_all_patterns_max_units: int = 4  # evaluate every pattern when n_units <= this
-    bn_reestimate_batches: int = 0  # >0: re-estimate BN per pattern before evaluating it
+    eval_all_patterns_max_units: int = 4  # evaluate every pattern when n_units <= this, else the ladder
+    bn_reestimate_batches: int = 0  # >0: re-estimate BN per candidate before evaluating it
+    score_cost: str = "macs"  # cost axis of frontier_score: macs | latency:<device> (the selector's model)
     out_dir: str = "outputs"
     log_every: int = 20  # steps between progress updates
 
@@ -109,6 +110,18 @@ class TrainConfig:
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
         _check(self.bn_reestimate_batches >= 0, "train.bn_reestimate_batches", "must be >= 0")
+        _check_cost_axis(self.score_cost, "train.score_cost")
+
+
+def _check_cost_axis(axis: str, key: str) -> None:
+    """``macs`` or ``latency:<device>`` with a known device profile."""
+    if axis == "macs":
+        return
+    _check(axis.startswith("latency:"), key, f"must be macs or latency:<device>, got {axis!r}")
+    from gatesearch.selection.latency import DEVICES
+
+    name = axis.split(":", 1)[1]
+    _check(name in DEVICES, key, f"unknown device {name!r}; known: {', '.join(DEVICES.names())}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ so a skipped unit's weights and an unused switchable-BN set do not count.
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -48,3 +50,61 @@ def count_params(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
 def _device_of(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+
+class CandidateCosts:
+    """Costs of a model's candidates on one axis, relative to the super-net, cached per pattern.
+
+    ``axis`` is ``"macs"`` (per image, ``count_macs``) or ``"latency:<device>"`` (the selector's
+    roofline model of that device at batch 1, ``selection.latency.predict_ms``), the two cost axes
+    a study can score on (``train.score_cost``). A fixed pattern costs what it runs; an inference
+    strategy that runs unit ``u`` for a fraction ``rate_u`` of the samples costs, in expectation,
+    ``cost(base) + sum_u rate_u * (cost(super) - cost(super without u))``, times its forward passes.
+    """
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], axis: str = "macs") -> None:
+        self.model, self.shape, self.axis = model, (1, *input_shape), axis
+        self._macs: dict[str, int] = {}
+        self._axis: dict[str, float] = {}
+        self.profile = None
+        if axis.startswith("latency:"):
+            from gatesearch.selection.latency import get_device
+
+            self.profile = get_device(axis.split(":", 1)[1])
+        elif axis != "macs":
+            raise ValueError(f"cost axis must be 'macs' or 'latency:<device>', got {axis!r}")
+
+    def macs(self, pattern: str) -> int:
+        if pattern not in self._macs:
+            from gatesearch.patterns import SkipPattern
+
+            self._macs[pattern] = count_macs(self.model, SkipPattern.parse(pattern, len(pattern)), self.shape)
+        return self._macs[pattern]
+
+    def _value(self, pattern: str) -> float:
+        if self.profile is None:
+            return float(self.macs(pattern))
+        if pattern not in self._axis:
+            from gatesearch.patterns import SkipPattern
+            from gatesearch.selection.latency import predict_ms, trace_layers
+
+            p = SkipPattern.parse(pattern, len(pattern))
+            self._axis[pattern] = predict_ms(trace_layers(self.model, p, self.shape), self.profile)
+        return self._axis[pattern]
+
+    def expected(self, value: Callable[[str], float], rates: Sequence[float], passes: int = 1) -> float:
+        """``passes * (value(base) + sum_u rates[u] * (value(super) - value(super with u skipped)))``."""
+        n = len(rates)
+        sup, base = "F" * n, "T" * n
+        singles = [sup[:u] + "T" + sup[u + 1:] for u in range(n)]
+        return passes * (value(base) + sum(r * (value(sup) - value(s)) for r, s in zip(rates, singles)))
+
+    def price(self, pattern: str, rates: Sequence[float] | None = None, passes: int = 1) -> tuple[float, float]:
+        """``(macs per image, cost relative to the super-net on the axis)`` of a fixed ``pattern``
+        (``rates is None``) or of a strategy with per-unit ``rates`` and ``passes`` forward passes."""
+        n = len(pattern)
+        sup = "F" * n
+        if rates is None:
+            return float(self.macs(pattern)), self._value(pattern) / self._value(sup)
+        macs = self.expected(lambda p: float(self.macs(p)), rates, passes)
+        return macs, self.expected(self._value, rates, passes) / self._value(sup)

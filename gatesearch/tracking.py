@@ -218,7 +218,7 @@ def find_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: s
 
 # ---------------------------------------------------------------- selection (appended by the selector area)
 # The selector logs menus into the run that trained the model: the menu entries as an MLflow
-# table per device, the JSON/Parquet/PNG files as artifacts, hypervolume and per-pattern metrics.
+# table per device, the JSON/Parquet/PNG files as artifacts, frontier score and per-pattern metrics.
 
 
 def find_run_checkpoint(uri: str, run_id: str, dst_dir: str | Path) -> Path:
@@ -243,7 +243,7 @@ def log_selection(uri: str, run_id: str, menus: list[Any], out_dir: str | Path, 
     """Log ``menus`` (``selection.pareto.Menu``) and the files under ``out_dir`` to ``run_id``.
 
     Metrics: ``select_top1_<PATTERN>`` per fixed pattern (device-independent, up to
-    ``max_pattern_metrics``), ``select_<device>_hypervolume``, ``select_<device>_latency_ms_<PATTERN>``.
+    ``max_pattern_metrics``), ``select_<device>_frontier_score``, ``select_<device>_latency_ms_<PATTERN>``.
     """
     client = study_client(uri)
     now = int(time.time() * 1000)
@@ -254,7 +254,7 @@ def log_selection(uri: str, run_id: str, menus: list[Any], out_dir: str | Path, 
         table = {c: [e[c] for e in menu.entries] for c in columns}
         table["unit_rates"] = [",".join(f"{r:.4f}" for r in e["unit_rates"]) for e in menu.entries]
         _with_retries(client.log_table, run_id, table, f"selection/{menu.device}/menu_table.json")
-        metrics[f"select_{dev}_hypervolume"] = menu.hypervolume
+        metrics[f"select_{dev}_frontier_score"] = menu.frontier_score
         fixed = [e for e in menu.entries if e["strategy"] == "pattern"][:max_pattern_metrics]
         for e in fixed:
             metrics[f"select_top1_{e['pattern']}"] = e["top1"]

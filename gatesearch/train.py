@@ -26,15 +26,12 @@ from torch import nn
 
 from gatesearch.checkpoint import build_model, load_checkpoint, save_checkpoint
 from gatesearch.config import Config, OptimConfig
-from gatesearch.cost import count_macs
 from gatesearch.data import DataBundle, build_data, eval_loader
 from gatesearch.errors import UserError
-from gatesearch.evaluate import evaluate, kl_between, reestimate_bn
+from gatesearch.evaluate import kl_between
 from gatesearch.methods import METHODS, Method
 from gatesearch.patterns import SkipPattern, all_patterns
 from gatesearch.schedules import lr_factor
-from gatesearch.selection.pareto import hypervolume
-from gatesearch.selection.score import evaluate_patterns_trie
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,55 +85,53 @@ def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimiz
 
 
 class _Evaluator:
-    """Per-epoch evaluation: top-1 of the evaluated patterns, frontier hypervolume, KL(full||base)."""
+    """Per-epoch evaluation through ``evaluate.candidate_table`` (the path the selector uses too):
+    ``top1_<candidate>`` / ``cost_<candidate>`` of every candidate the model deploys (every pattern
+    up to ``train.eval_all_patterns_max_units`` units, else the ladder; the calibrated full network;
+    probgates' strategies), ``frontier_score`` over them, ``top1_super``/``top1_base``, ``kl_full_base``."""
 
     def __init__(self, cfg: Config, model: nn.Module, data: DataBundle, method: Method, device: torch.device) -> None:
+        from gatesearch.cost import CandidateCosts
+        from gatesearch.evaluate import ladder
+
         self.cfg, self.data, self.method, self.device = cfg, data, method, device
         n = model.n_units
-        few = n <= cfg.train.eval_all_patterns_max_units
-        self.patterns = all_patterns(n) if few else [SkipPattern.super_net(n), SkipPattern.base_net(n)]
-        self.named = few
-        shape = (1, *data.input_shape)
-        full = count_macs(model, None, shape)
-        self.mac_ratio = {str(p): count_macs(model, p, shape) / full for p in self.patterns}
+        self.patterns = all_patterns(n) if n <= cfg.train.eval_all_patterns_max_units else ladder(n)
+        self.costs = CandidateCosts(model, data.input_shape, cfg.train.score_cost)
 
-    def _top1(self, model: nn.Module, pattern: SkipPattern) -> float:
-        loader, n_bn = eval_loader(self.data), self.cfg.train.bn_reestimate_batches
-        if n_bn == 0:
-            return evaluate(model, loader, self.method.eval_gates(model, pattern), self.device).top1
-        saved = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
-        reestimate_bn(model, self.data.train, pattern, n_bn, self.device)
-        top1 = evaluate(model, loader, pattern, self.device).top1
-        model.load_state_dict(saved, strict=False)
-        return top1
+    def table(self, model: nn.Module) -> list:
+        from gatesearch.evaluate import candidate_table
 
-    def _accuracies(self, model: nn.Module) -> dict[str, float]:
-        """Top-1 of every evaluated pattern. Patterns the method evaluates as they are share work
-        through the selector's trie (exactly the per-pattern numbers, ~2x faster on resnet20);
-        calibrated gates and per-pattern BN re-estimation go one by one."""
-        shared = [p for p in self.patterns
-                  if self.cfg.train.bn_reestimate_batches == 0 and self.method.eval_gates(model, p) is p]
-        accs: dict[str, float] = {}
-        if shared:
-            was = model.training
-            scores = evaluate_patterns_trie(model, eval_loader(self.data), shared, self.device)
-            model.train(was)
-            accs = {s.pattern: s.top1 for s in scores}
-        return {str(p): accs[str(p)] if str(p) in accs else self._top1(model, p) for p in self.patterns}
+        return candidate_table(model, self.method, eval_loader(self.data), self.device,
+                               input_shape=self.data.input_shape, patterns=self.patterns, bn_loader=self.data.train,
+                               bn_batches=self.cfg.train.bn_reestimate_batches, seed=self.cfg.train.seed,
+                               costs=self.costs)
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        accs = self._accuracies(model)
+        from gatesearch.evaluate import table_metrics
+
+        rows = self.table(model)
         n = model.n_units
         sup, base = SkipPattern.super_net(n), SkipPattern.base_net(n)
-        m = {"top1_super": accs[str(sup)], "top1_base": accs[str(base)]}
-        if self.named and n > 0:
-            m.update({f"top1_{p}": a for p, a in accs.items()})
-        m["frontier_hv"] = hypervolume([self.mac_ratio[p] for p in accs], list(accs.values()))
+        m = table_metrics(rows)
+        m["top1_super"], m["top1_base"] = m[f"top1_{sup}"], m[f"top1_{base}"]
         loader = eval_loader(self.data)
         if n > 0:
             m["kl_full_base"] = kl_between(model, loader, self.method.eval_gates(model, sup), base, self.device)
         m.update(self.method.eval_metrics(model, loader, self.device))
+        opts = self.cfg.method.probgates
+        if model.gate_heads is not None:  # the configured inference strategy, from the same table
+            name = f"threshold_{opts.threshold:.2f}" if opts.inference == "threshold" else opts.inference
+            m["top1_gated"], m["cost_gated"] = m[f"top1_{name}"], m[f"cost_{name}"]
         return m
+
+
+def restore_method(cfg: Config, model: nn.Module, data: DataBundle, state: dict[str, float]) -> Method:
+    """The method object of a trained model (for ``eval_gates``, e.g. Gated Depth's calibration),
+    rebuilt as ``fit`` built it, with its saved ``state``."""
+    method = METHODS.get(cfg.method.name)(cfg, model, _steps_per_epoch(cfg, data))
+    method.load_state_dict(state)
+    return method
 
 
 def _steps_per_epoch(cfg: Config, data: DataBundle) -> int:
@@ -295,7 +290,7 @@ def _run_epoch(cfg: Config, trainer: Trainer, evaluator: _Evaluator, data: DataB
 class ConsoleReporter:
     """A tqdm progress bar per epoch and one line of metrics at each epoch's end (on stderr)."""
 
-    KEYS = ("train_loss", "top1_super", "top1_base", "frontier_hv", "kl_full_base", "gate_rate_mean", "top1_gated")
+    KEYS = ("train_loss", "top1_super", "top1_base", "frontier_score", "kl_full_base", "gate_rate_mean", "top1_gated")
 
     def __init__(self, log_every: int = 20) -> None:
         self.log_every, self.bar, self.steps, self.epochs = log_every, None, 0, 0

@@ -75,7 +75,7 @@ def test_select_through_mlflow_run(trained: dict, tmp_path: Path) -> None:
     _check_menu(out, "jetson-orin-nano")
     client = MlflowClient(tracking_uri=trained["uri"])
     run = client.get_run(trained["run_id"])
-    assert "select_jetson_orin_nano_hypervolume" in run.data.metrics
+    assert "select_jetson_orin_nano_frontier_score" in run.data.metrics
     assert "select_top1_FFF" in run.data.metrics
     paths = {f.path for f in client.list_artifacts(trained["run_id"], "selection/jetson-orin-nano")}
     assert {"selection/jetson-orin-nano/menu.json", "selection/jetson-orin-nano/menu.parquet",

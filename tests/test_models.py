@@ -47,10 +47,12 @@ def test_pattern_path_equals_tensor_path(name, size, stem):
 
 
 def _scaled_residual_reference(model, x, keep):
-    """The documented tensor-gate rule written out: each unit block computes relu(h + k * F(h))."""
+    """The documented tensor-gate rule written out: each unit block computes relu(h + k * F(h)); a
+    switchable base uses the "unit runs" set for every sample whose unit runs at all (k > 0), the
+    "unit skipped" set where k = 0 (ADN Sec. 3.4's switch is discrete; soft k only scales)."""
     h = model.stem(x)
     for stage in model.stages:
-        which = keep[:, stage.switch_unit] if stage.switch_unit is not None else 0
+        which = (keep[:, stage.switch_unit] > 0).float() if stage.switch_unit is not None else 0
         for block in stage.base:
             h = block(h, which)
         for j, unit in enumerate(stage.units):

@@ -8,13 +8,11 @@ import torch
 from _training import one_thread
 
 from gatesearch.models import create_model
-from gatesearch.patterns import SkipPattern, all_patterns
-from gatesearch.selection import score
+from gatesearch.patterns import all_patterns
 from gatesearch.selection.score import (
     beam_search,
     evaluate_patterns_naive,
     evaluate_patterns_trie,
-    score_model,
     score_strategies,
 )
 
@@ -62,21 +60,6 @@ def test_trie_shares_prefix_work() -> None:
     assert calls["last_base"] == 8  # 4 distinct two-unit prefixes x 2 switch states (naive: 8 too, but 8 stems)
 
 
-def test_score_model_exhaustive_and_beam(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = create_model("resnet20", 10, gating="block").eval()
-    data = _data(n_batches=1)
-    res = score_model(model, data)
-    assert res.search == "exhaustive" and len(res.scores) == 2**7 and res.bn_mode == "plain"
-    monkeypatch.setattr(score, "EXHAUSTIVE_MAX_UNITS", 4)
-    res = score_model(model, data, beam_width=2)
-    assert res.search == "beam(width=2)"
-    names = {s.pattern for s in res.scores}
-    assert "F" * 7 in names and "T" * 7 in names
-    assert len(names) < 2**7
-    direct = {s.pattern: s.correct1 for s in evaluate_patterns_naive(model, data, [SkipPattern.parse(p) for p in names])}
-    assert all(direct[s.pattern] == s.correct1 for s in res.scores)
-
-
 def test_beam_search_keeps_width() -> None:
     model = create_model("resnet20", 10, gating="block").eval()
     scores = beam_search(model, _data(n_batches=1), width=1)
@@ -104,11 +87,3 @@ def test_strategies(gate_head: str, gating: str) -> None:
         assert by["threshold:0.95"].unit_rates == (0.0,) * model.n_units
     again = score_strategies(model, data, thresholds=(0.3, 0.95), runs=3, seed=0)
     assert [s.top1 for s in again] == [s.top1 for s in out]  # seeded
-
-
-def test_reestimated_bn_restores_model() -> None:
-    model = create_model("resnet20", 10, gating="stage").eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = score_model(model, _data(n_batches=1), reestimate_batches=1, bn_loader=_data(n_batches=2, seed=1))
-    assert res.bn_mode == "reestimated" and len(res.scores) == 8
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

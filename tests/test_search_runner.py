@@ -96,7 +96,7 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     menu = json.loads((menu_dir / "jetson-orin-nano" / "menu.json").read_text())
     assert menu["device"] == "jetson-orin-nano" and len(menu["entries"]) == 8
     assert (menu_dir / "jetson-orin-nano" / "menu.parquet").is_file()
-    assert "select_jetson_orin_nano_hypervolume" in client.get_run(best["mlflow_run_id"]).data.metrics
+    assert "select_jetson_orin_nano_frontier_score" in client.get_run(best["mlflow_run_id"]).data.metrics
 
 
 @RAY_TIMING

@@ -52,7 +52,7 @@ def test_fit_reports_and_checkpoints(tmp_path):
     assert [e[1] for e in rec.events if e[0] == "step"] == list(range(6))
     assert res.checkpoint_path == tmp_path / "last.pt"
     assert res.history[1]["train_time_s"] >= res.history[0]["train_time_s"]
-    assert 0.0 <= res.metrics["frontier_hv"] <= 1.0 and res.metrics["kl_full_base"] >= 0.0
+    assert 0.0 <= res.metrics["frontier_score"] <= 1.0 and res.metrics["kl_full_base"] >= 0.0
     ck = load_checkpoint(res.checkpoint_path)
     assert ck.epoch == 1 and ck.metrics["top1_super"] == pytest.approx(res.metrics["top1_super"])
 
@@ -118,8 +118,10 @@ def test_bn_reestimation_and_many_units(tmp_path):
     cfg = quick_cfg(str(tmp_path), "gated_depth", model__gating="block", train__epochs=1,
                     train__max_steps_per_epoch=3, train__bn_reestimate_batches=2, train__eval_every=1)
     m = fit(cfg).metrics
-    assert {"top1_super", "top1_base", "frontier_hv"} <= set(m)
-    assert not any(k.startswith("top1_F") or k.startswith("top1_T") for k in m)  # 7 units: super/base only
+    assert {"top1_super", "top1_base", "frontier_score"} <= set(m)
+    # 7 units > train.eval_all_patterns_max_units: the ladder (super, then units skipped from the last)
+    ladder = ["FFFFFFF", "FFFFFFT", "FFFFFTT", "FFFFTTT", "FFFTTTT", "FFTTTTT", "FTTTTTT", "TTTTTTT"]
+    assert sorted(k[5:] for k in m if k[:5] == "top1_" and set(k[5:]) <= {"T", "F"}) == sorted(ladder)
 
 
 _FAULTS_SCRIPT = """

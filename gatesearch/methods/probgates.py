@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 import torch.nn.functional as F
 
-from gatesearch.evaluate import GateSource, PerBatch, evaluate, evaluate_ensemble, evaluate_stochastic
+from gatesearch.evaluate import GateSource, PerBatch
 from gatesearch.losses import RATE_LOSSES
 from gatesearch.methods.base import Backward, Method, StepResult, scalar
 from gatesearch.models import GatedResNet, Gates
@@ -140,17 +140,11 @@ class ProbGates(Method):
         return StepResult(ce + self.opts.weight * rate, parts)
 
     def eval_metrics(self, model: GatedResNet, loader: Iterable, device: torch.device) -> dict[str, float]:
+        """Mean keep probability per unit; the strategies' top-1 (``top1_gated`` for the configured one)
+        come from ``evaluate.candidate_table`` with every other candidate."""
         rates = gate_rates(model, loader, device)
         out = {f"gate_rate_{u}": r for u, r in enumerate(rates)}
         out["gate_rate_mean"] = sum(rates) / max(len(rates), 1)
-        o = self.opts
-        gates = strategy_gates(model, o.inference, o.threshold)
-        if o.inference == "stochastic":
-            out["top1_gated"], out["top1_gated_std"] = evaluate_stochastic(model, loader, gates, device, o.runs)
-        elif o.inference == "ensemble":
-            out["top1_gated"] = evaluate_ensemble(model, loader, gates, device, o.runs).top1
-        else:
-            out["top1_gated"] = evaluate(model, loader, gates, device).top1
         return out
 
     def state_dict(self) -> dict[str, float]:

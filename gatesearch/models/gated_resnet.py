@@ -53,19 +53,23 @@ class Stage(nn.Module):
         # Switchable BN: the base's BN set follows this stage's (only) unit.
         self.switch_unit = unit_offset if switchable else None
 
-    def _which(self, gates: Gates) -> int | torch.Tensor:
+    def _which(self, gates: Gates, batch: int) -> int | torch.Tensor:
         if self.switch_unit is None or gates is None:
             return UNIT_ON
         if isinstance(gates, SkipPattern):
             return UNIT_OFF if gates.skipped[self.switch_unit] else UNIT_ON
         if isinstance(gates, torch.Tensor):
-            return gates[:, self.switch_unit]
+            # The BN set follows whether the unit runs (keep > 0), not how much of its residual is
+            # added: a calibrated full network (keep p_s, Gated Depth Sec. 4) runs every unit, so its
+            # base uses the "unit runs" set and only the gated residual is scaled (ADN Sec. 3.4's
+            # switch is a discrete choice; a 0/1 keep routes each sample to its set).
+            return (gates[:, self.switch_unit] > 0).to(gates.dtype).expand(batch)  # [B]
         raise ValueError("switchable BN needs the gate decision before the stage runs: pass a SkipPattern or a "
                          "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")
 
     def forward(self, h: torch.Tensor, gates: Gates, conv1_out: torch.Tensor | None = None) -> torch.Tensor:
         """``conv1_out``: the first base block's ``conv1(h)``, when already computed."""
-        which = self._which(gates)
+        which = self._which(gates, h.shape[0])
         for i, block in enumerate(self.base):
             h = block(h, which, conv1_out if i == 0 else None)
         for j, unit in enumerate(self.units):

@@ -4,7 +4,7 @@ A space file is data only::
 
     study:
       name: cifar10_resnet20
-      objective: {metric: frontier_hv, mode: max}      # or a list of them (multi-objective)
+      objective: {metric: frontier_score, mode: max}   # or a list of them (multi-objective)
       budget: {trials: 32, epochs: 30, time_budget_s: 14400}
       max_concurrent_trials: 4
       resources: {cpu: 2, gpu: 0.25}
@@ -45,7 +45,7 @@ _STUDY_KEYS = {"name", "objective", "budget", "max_concurrent_trials", "resource
 
 @dataclass(frozen=True)
 class Objective:
-    metric: str  # a per-epoch metric of train.fit: top1_super, top1_base, frontier_hv, ...
+    metric: str  # a per-epoch metric of train.fit: top1_super, top1_base, frontier_score, ...
     mode: Literal["max", "min"] = "max"
 
 

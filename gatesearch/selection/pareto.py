@@ -1,10 +1,15 @@
-"""Pareto frontier and hypervolume of (cost, accuracy) points.
+"""Pareto frontier and the frontier score of (cost, accuracy) points; device menus.
 
-Both axes are normalised by the caller: cost as a fraction of the super-net (0..1, lower is
-better), accuracy as top-1 (0..1, higher is better). The hypervolume is the area dominated by
-the frontier inside the box cost in [0, 1], accuracy in [0, 1], with reference point
-(cost=1, accuracy=0): a model whose every sub-network is as good as its super-net and free
-scores 1.
+Both axes are normalised by the caller: cost as a fraction of the super-net's (MACs or modelled
+latency; the super-net is 1, lower is better), accuracy as top-1 (0..1, higher is better).
+
+The **frontier score** (``frontier_score``) is what a study maximises and what a menu reports: the
+mean, over ``k`` budgets spaced evenly from the cheapest point's cost to the super-net's cost 1
+*inclusive*, of the top-1 of the most accurate point that fits each budget. It reads as "the
+accuracy a user gets on average when the deployment budget is anywhere in the model's range", and
+every sub-network counts: the super-net decides the last budget, the cheapest point the first, a
+dominated point none (``docs/search.md`` gives the formula, a worked example, and why it replaced
+the reference-point hypervolume, which gave the super-net's accuracy zero weight).
 
 The second half builds **menus**: for one model and one device, every scored candidate with
 the Pareto set (top-1 vs latency) flagged, written as JSON and Parquet with the same columns.
@@ -16,6 +21,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+#: Budgets the frontier score averages over (evenly spaced, both ends included).
+FRONTIER_BUDGETS = 10
+#: Costs within this of a budget fit it (costs are ratios computed in floating point).
+_COST_TOL = 1e-9
 
 
 def pareto_mask(costs: Sequence[float], accs: Sequence[float]) -> list[bool]:
@@ -40,22 +50,34 @@ def pareto_mask(costs: Sequence[float], accs: Sequence[float]) -> list[bool]:
     return mask
 
 
-def hypervolume(costs: Sequence[float], accs: Sequence[float], ref_cost: float = 1.0) -> float:
-    """Area dominated by the points w.r.t. the reference (cost=ref_cost, acc=0)."""
-    pts = sorted((c, a) for c, a in zip(costs, accs) if c <= ref_cost)
-    area, best = 0.0, 0.0
-    # sweep from the highest cost down: each slab [c_i, c_{i+1}) is covered by the best acc at cost <= c_i
-    xs = [c for c, _ in pts] + [ref_cost]
-    for i, (c, a) in enumerate(pts):
-        best = max(best, a)
-        area += (xs[i + 1] - c) * best
-    return area
+def frontier_score(costs: Sequence[float], accs: Sequence[float], k: int = FRONTIER_BUDGETS) -> float:
+    """Mean top-1 of the best point within each of ``k`` budgets evenly spaced over [cheapest cost, 1].
+
+    ``costs``: each point's cost relative to the super-net (the super-net is 1.0; points costlier
+    than 1, e.g. a 5-pass ensemble, fit no budget); ``accs``: their top-1 in [0, 1]. Budget ``i`` of
+    ``k`` is ``b_i = c_min + (1 - c_min) * i / (k - 1)``; the score is ``mean_i max{acc_j : cost_j <= b_i}``.
+    A budget nothing fits counts 0 (only possible when no point costs <= 1). Empty input scores 0.
+    """
+    if k < 2:
+        raise ValueError(f"frontier_score needs k >= 2 budgets, got {k}")
+    pts = sorted((float(c), float(a)) for c, a in zip(costs, accs))
+    if not pts or pts[0][0] > 1.0 + _COST_TOL:
+        return 0.0
+    low = pts[0][0]
+    total, best, j = 0.0, 0.0, 0
+    for i in range(k):
+        budget = 1.0 if i == k - 1 else low + (1.0 - low) * i / (k - 1)
+        while j < len(pts) and pts[j][0] <= budget + _COST_TOL:
+            best = max(best, pts[j][1])
+            j += 1
+        total += best
+    return total / k
 
 
 # ----------------------------------------------------------------- menus
 # A menu: for one trained model and one device, every scored candidate with the Pareto set
 # (top-1 vs latency) flagged. JSON and Parquet carry the same entry columns; the Parquet file
-# keeps the menu-level fields (model, device, hypervolume, ...) in its schema metadata.
+# keeps the menu-level fields (model, device, frontier_score, ...) in its schema metadata.
 
 #: Entry columns, in order. ``latency_ms`` is at ``batch`` (menu field); ``bytes`` are weights +
 #: activations moved at the device's precision; ``activation`` the mean fraction of units run;
@@ -76,7 +98,7 @@ class Menu:
     search: str  # exhaustive | beam(width=W)
     batch: int
     entries: list[dict[str, Any]]
-    hypervolume: float = 0.0
+    frontier_score: float = 0.0  # on this device's latency axis (relative to the super-net's latency)
     top1_mean: float = 0.0  # over fixed patterns (the Gated Depth paper's distribution)
     top1_std: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +110,7 @@ class Menu:
 
 
 def build_menu(entries: list[dict[str, Any]], **fields: Any) -> Menu:
-    """Flag the Pareto set (top-1 vs latency) and compute the hypervolume with latency
+    """Flag the Pareto set (top-1 vs latency) and compute the frontier score with latency
     normalised by the super-net's (the all-``F`` pattern; the slowest entry when absent)."""
     rows = [{c: e.get(c) for c in MENU_COLUMNS} for e in entries]
     lat = [float(r["latency_ms"]) for r in rows]
@@ -97,13 +119,13 @@ def build_menu(entries: list[dict[str, Any]], **fields: Any) -> Menu:
         r["pareto"] = bool(flag)
     ref = next((float(r["latency_ms"]) for r in rows if r["strategy"] == "pattern" and set(r["pattern"]) <= {"F"}),
                max(lat, default=1.0))
-    hv = hypervolume([v / ref for v in lat], acc) if rows else 0.0
+    score = frontier_score([v / ref for v in lat], acc) if rows else 0.0
     fixed = [float(r["top1"]) for r in rows if r["strategy"] == "pattern"]
     mean = sum(fixed) / len(fixed) if fixed else 0.0
     std = (sum((a - mean) ** 2 for a in fixed) / (len(fixed) - 1)) ** 0.5 if len(fixed) > 1 else 0.0
     sources = {r["latency_source"] for r in rows}
     fields.setdefault("latency_source", sources.pop() if len(sources) == 1 else "mixed")
-    return Menu(entries=rows, hypervolume=hv, top1_mean=mean, top1_std=std, **fields)
+    return Menu(entries=rows, frontier_score=score, top1_mean=mean, top1_std=std, **fields)
 
 
 def pick(menu: Menu, budget_ms: float) -> dict[str, Any] | None:
@@ -155,7 +177,7 @@ def format_menu(menu: Menu, limit: int | None = 40, budget_ms: float | None = No
     order = sorted(menu.entries, key=lambda e: (not e["pareto"], e["latency_ms"]))
     chosen = pick(menu, budget_ms) if budget_ms is not None else None
     lines = [f"{menu.model} on {menu.dataset} -> {menu.device}  (bn={menu.bn_mode}, latency={menu.latency_source}, "
-             f"batch={menu.batch}, search={menu.search}, hypervolume={menu.hypervolume:.4f}, "
+             f"batch={menu.batch}, search={menu.search}, frontier score={menu.frontier_score:.4f}, "
              f"top-1 over patterns {menu.top1_mean:.4f} +- {menu.top1_std:.4f})"]
     w = max([8] + [len(e["pattern"]) for e in order])
     lines.append(f"  {'pattern':<{w}}  {'strategy':<15} {'top1':>7} {'+-':>6} {'top5':>7} {'MMACs':>9} "

@@ -37,7 +37,7 @@ def pareto_figure(menus: Sequence[Menu]) -> Figure:
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"{menu.device} (HV {menu.hypervolume:.3f}, {menu.latency_source})", fontsize=9)
+        ax.set_title(f"{menu.device} (frontier score {menu.frontier_score:.3f}, {menu.latency_source})", fontsize=9)
         ax.set_xlabel(f"latency (ms, batch {menu.batch})")
         ax.set_ylabel("top-1")
         ax.grid(alpha=0.3)

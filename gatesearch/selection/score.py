@@ -7,8 +7,9 @@ the first k units are therefore computed once per distinct prefix instead of onc
 and because every pattern still runs exactly the same ops in the same order on the same batch,
 the numbers are identical to evaluating ``model(x, pattern)`` pattern by pattern (tested).
 
-Above ``EXHAUSTIVE_MAX_UNITS`` units, 2^N is too many: ``beam_search`` skips one more unit per
-level from the super-net, keeping the ``width`` most accurate patterns of each level.
+Above ``evaluate.EXHAUSTIVE_MAX_UNITS`` units, 2^N is too many: ``beam_search`` skips one more unit
+per level from the super-net, keeping the ``width`` most accurate patterns of each level.
+``evaluate.candidate_table`` puts these pieces together (the one evaluation path).
 
 Probabilistic-gate models (``model.gate_heads``) also get their *inference strategies* scored
 (Herrmann et al.): threshold tau sweep, always-on, stochastic (mean +- std over R runs) and
@@ -17,11 +18,10 @@ ensemble (softmax averaged over R runs), each with its measured per-unit activat
 
 from __future__ import annotations
 
-import copy
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,8 @@ from torch import nn
 from gatesearch.models import GatedResNet
 from gatesearch.models.gates import gumbel_gate
 from gatesearch.models.norm import UNIT_OFF, UNIT_ON
-from gatesearch.patterns import SkipPattern, all_patterns
+from gatesearch.patterns import SkipPattern
 
-EXHAUSTIVE_MAX_UNITS = 12
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -52,6 +51,8 @@ class PatternScore:
     top1_std: float = 0.0
     unit_rates: tuple[float, ...] = ()
     passes: int = 1  # forward passes per input (ensemble: R)
+    macs: float = 0.0  # per image; expected for strategies (filled by evaluate.candidate_table)
+    cost: float = 0.0  # relative to the super-net on the score's cost axis (idem)
 
 
 @dataclass(frozen=True)
@@ -198,60 +199,6 @@ def beam_search(
     return list(scored.values())
 
 
-def _reestimated_scores(
-    model: GatedResNet, loader: Iterable, bn_loader: Iterable, patterns: Sequence[SkipPattern],
-    n_batches: int, device: torch.device | str,
-) -> list[PatternScore]:
-    """Per pattern: re-estimate BN statistics on ``n_batches`` of ``bn_loader``, then evaluate.
-    BN statistics differ per pattern everywhere downstream, so no prefix sharing; the model's
-    own statistics are restored afterwards."""
-    from gatesearch.evaluate import reestimate_bn
-
-    saved = copy.deepcopy(model.state_dict())
-    out = []
-    try:
-        for p in patterns:
-            reestimate_bn(model, bn_loader, p, n_batches, device)
-            out.extend(evaluate_patterns_trie(model, loader, [p], device))
-            model.load_state_dict(saved)
-    finally:
-        model.load_state_dict(saved)
-    return out
-
-
-def score_model(
-    model: GatedResNet,
-    loader: Iterable,
-    device: torch.device | str = "cpu",
-    reestimate_batches: int = 0,
-    bn_loader: Iterable | None = None,
-    beam_width: int = 8,
-    strategies: bool = True,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    runs: int = 10,
-    seed: int = 0,
-) -> ScoreResult:
-    """Score every pattern (exhaustive up to 12 units, else beam search) and, for probgates
-    models, the inference strategies. ``reestimate_batches > 0`` re-estimates BN per pattern
-    on ``bn_loader`` (default: ``loader``) — recorded as ``bn_mode="reestimated"``."""
-    model.eval()
-    n = model.n_units
-    exhaustive = n <= EXHAUSTIVE_MAX_UNITS
-    if reestimate_batches > 0:
-        patterns = all_patterns(n) if exhaustive else [SkipPattern.parse(s.pattern) for s in
-                                                       beam_search(model, loader, beam_width, device)]
-        scores = _reestimated_scores(model, loader, bn_loader or loader, patterns, reestimate_batches, device)
-        bn_mode = "reestimated"
-    else:
-        scores = (evaluate_patterns_trie(model, loader, all_patterns(n), device) if exhaustive
-                  else beam_search(model, loader, beam_width, device))
-        bn_mode = "switchable" if model.switchable_bn else "plain"
-    search = "exhaustive" if exhaustive else f"beam(width={beam_width})"
-    if strategies and model.gate_heads is not None:
-        scores = scores + score_strategies(model, loader, device, thresholds, runs, seed)
-    return ScoreResult(scores, search, bn_mode)
-
-
 # ----------------------------------------------------------------- probgates strategies
 
 
@@ -283,18 +230,36 @@ def _forward_strategy(model: GatedResNet, x: torch.Tensor, fn: Callable) -> torc
     return model(x, keep)
 
 
+def strategy_source(model: GatedResNet, mode: str, tau: float, seed: int) -> Any:
+    """The gates of one strategy as ``forward`` (or ``evaluate.PerBatch``) takes them, for BN
+    re-estimation under that strategy: ``threshold`` at ``tau``, ``always_on``, or ``sampled`` (one
+    draw per sample and unit from the gate's keep probability, seeded)."""
+    from gatesearch.evaluate import PerBatch
+
+    sink = [[0.0, 0] for _ in range(model.n_units)]
+    gen = None
+    if mode == "sampled":
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    fn = _gate_fn(model, "stochastic" if mode == "sampled" else mode, tau, gen, sink)
+    if not model.switchable_bn:
+        return fn
+    return PerBatch(lambda x: torch.stack([fn(u, x.new_zeros(x.shape[0], c, 1, 1))
+                                           for u, c in enumerate(model.unit_channels)], 1))
+
+
 @torch.no_grad()
 def score_strategies(
     model: GatedResNet, loader: Iterable, device: torch.device | str = "cpu",
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS, runs: int = 10, seed: int = 0,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS, runs: int = 10, seed: int = 0, always_on: bool = True,
 ) -> list[PatternScore]:
     """Threshold sweep, always-on, stochastic (mean +- std of top-1 over ``runs`` draws) and
-    ensemble (softmax averaged over the same draws) for a model with ``gate_heads``."""
+    ensemble (softmax averaged over the same draws) for a model with ``gate_heads``; ``runs=0``
+    leaves out the two sampled strategies, ``always_on=False`` that one."""
     if model.gate_heads is None:
         raise ValueError("inference strategies need a model with gate heads (probgates)")
     model.eval()
     n = model.n_units
-    modes = [("threshold", t) for t in thresholds] + [("always_on", 0.0)]
+    modes = [("threshold", t) for t in thresholds] + ([("always_on", 0.0)] if always_on else [])
     det = {m: {"c": [0, 0, 0], "r": [[0.0, 0] for _ in range(n)]} for m in modes}
     sto_c = [[0, 0, 0] for _ in range(runs)]
     ens_c = [0, 0, 0]
@@ -316,14 +281,17 @@ def score_strategies(
             sto_c[r][1] += c5
             sto_c[r][2] += y.numel()
             prob_sum = prob_sum + F.softmax(logits, dim=-1)
-        c1, c5 = _topk_correct(prob_sum, y)
-        ens_c = [ens_c[0] + c1, ens_c[1] + c5, ens_c[2] + y.numel()]
+        if runs:
+            c1, c5 = _topk_correct(prob_sum, y)
+            ens_c = [ens_c[0] + c1, ens_c[1] + c5, ens_c[2] + y.numel()]
     out = []
     for (mode, tau), d in det.items():
         c1, c5, cnt = d["c"]
         rates = tuple(k / max(m, 1) for k, m in d["r"])
         name = f"threshold:{tau:.2f}" if mode == "threshold" else mode
         out.append(PatternScore(_majority(rates), name, c1 / cnt, c5 / cnt, c1, c5, cnt, unit_rates=rates))
+    if runs == 0:
+        return out
     rates = tuple(k / max(m, 1) for k, m in sto_r)
     accs = [c1 / max(m, 1) for c1, _, m in sto_c]
     std = statistics.stdev(accs) if len(accs) > 1 else 0.0

@@ -65,6 +65,11 @@ class PatternCosts:
         return self.layers[pattern]
 
 
+def is_fixed(strategy: str) -> bool:
+    """A fixed sub-network (a pattern as it is, or the calibrated full network), not a gate strategy."""
+    return strategy in ("pattern", "calibrated")
+
+
 def _unit_patterns(n: int) -> tuple[str, str, list[str]]:
     """Super-net, base-net and 'only unit u skipped' patterns: what expected costs are built from."""
     sup = "F" * n
@@ -98,8 +103,8 @@ def device_menu(
     lut_rows = _lut_for(lut, profile, devices or [device])
     lut_map = lut_lookup(lut_rows, n, costs.batch)
     latency: dict[str, tuple[float, float, str]] = {p: (r.median_ms, r.p90_ms, "lut") for p, r in lut_map.items()}
-    needed = {s.pattern for s in scores.scores if s.strategy == "pattern"}
-    if any(s.strategy != "pattern" for s in scores.scores):
+    needed = {s.pattern for s in scores.scores if is_fixed(s.strategy)}
+    if any(not is_fixed(s.strategy) for s in scores.scores):
         sup, base, singles = _unit_patterns(n)
         needed |= {sup, base, *singles}
     todo = sorted(needed - set(latency))
@@ -130,7 +135,7 @@ def device_menu(
 def _entry(s: PatternScore, costs: PatternCosts, lat: Callable, nbytes: Callable, n: int) -> dict:
     e = {"pattern": s.pattern, "strategy": s.strategy, "top1": s.top1, "top5": s.top5, "top1_std": s.top1_std,
          "unit_rates": list(s.unit_rates), "activation": sum(s.unit_rates) / n if n else 1.0}
-    if s.strategy == "pattern":
+    if is_fixed(s.strategy):
         macs, params = costs.of(s.pattern)
         med, p90, src = lat(s.pattern)
         return {**e, "macs": macs, "params": params, "bytes": nbytes(s.pattern), "latency_ms": med,
@@ -187,7 +192,7 @@ class SelectOptions:
     budget_ms: float | None = None
     lut: str | None = None
     data_root: str | None = None
-    reestimate_bn: int = 0
+    reestimate_bn: int | None = None  # BN re-estimation batches; None: as the checkpoint was trained
     batch: int = 1
     torch_device: str = "cpu"
     beam_width: int = 8
@@ -200,10 +205,11 @@ def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
     from gatesearch.checkpoint import load_checkpoint
     from gatesearch.config import with_overrides
     from gatesearch.data import build_data, eval_loader
+    from gatesearch.evaluate import EXHAUSTIVE_MAX_UNITS, candidate_table, frontier_of
     from gatesearch.selection.latency import read_lut
     from gatesearch.selection.pareto import write_menu
     from gatesearch.selection.plots import save_figures
-    from gatesearch.selection.score import score_model
+    from gatesearch.train import restore_method
 
     devices = validate_devices(o.devices)
     if o.threads > 0:
@@ -222,11 +228,21 @@ def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
     cfg = with_overrides(ck.config, {"data.root": o.data_root}) if o.data_root else ck.config
     data = build_data(cfg.data, cfg.train.seed)
     split = "val" if data.val is not None else "test"
-    scores = score_model(ck.model, Progress(eval_loader(data), f"scoring on {split}"), dev, o.reestimate_bn,
-                         data.train, o.beam_width, runs=cfg.method.probgates.runs, seed=cfg.train.seed)
+    if cfg.train.channels_last:  # the memory layout training evaluated in: the same numbers, bit for bit
+        ck.model.to(memory_format=torch.channels_last)
+    method = restore_method(cfg, ck.model, data, ck.method_state)
+    n_bn = cfg.train.bn_reestimate_batches if o.reestimate_bn is None else o.reestimate_bn
+    table = candidate_table(ck.model, method, Progress(eval_loader(data), f"scoring on {split}"), dev,
+                            input_shape=tuple(ck.input_shape), bn_loader=data.train, bn_batches=n_bn,
+                            seed=cfg.train.seed, beam_width=o.beam_width, cost=cfg.train.score_cost)
+    n = ck.model.n_units
+    search = "exhaustive" if n <= EXHAUSTIVE_MAX_UNITS else f"beam(width={o.beam_width})"
+    bn_mode = "reestimated" if n_bn > 0 else "switchable" if ck.model.switchable_bn else "plain"
+    scores = ScoreResult(table, search, bn_mode)
     costs = PatternCosts(ck.model, tuple(ck.input_shape), o.batch)
     meta = {"model": cfg.model.name, "dataset": cfg.data.name, "checkpoint": str(path),
             "extras": {"method": cfg.method.name, "run_id": o.run, "split": split, "input_shape": list(ck.input_shape),
+                       "score_cost": cfg.train.score_cost, "frontier_score_on_score_cost": frontier_of(table),
                        "torch": torch.__version__, "threads": torch.get_num_threads()}}
     menus = [device_menu(scores, costs, d, lut=rows, devices=devices, meta=meta) for d in devices]
     files: dict[str, Path] = {}
