@@ -170,3 +170,17 @@ def test_cli_reports_a_bad_space_in_one_line_before_ray_starts(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "search.optim.lr.loguniform" in err
     assert not (tmp_path / "rr").exists()
+
+
+def test_study_cost_sets_the_score_axis() -> None:
+    from gatesearch.search.space import parse
+
+    base = {"name": "s", "objective": "frontier_score"}
+    assert parse({"study": base}).fixed["train.score_cost"] == "macs"
+    assert parse({"study": {**base, "cost": "latency:jetson"}}).fixed["train.score_cost"] == "latency:jetson"
+    with pytest.raises(ConfigError, match="study.cost: unknown device 'tpu9'"):
+        parse({"study": {**base, "cost": "latency:tpu9"}})
+    with pytest.raises(ConfigError, match="study.cost"):
+        parse({"study": {**base, "cost": "flops"}})
+    with pytest.raises(ConfigError, match="set the cost axis with study.cost"):
+        parse({"study": {**base, "cost": "macs"}, "fixed": {"train.score_cost": "macs"}})

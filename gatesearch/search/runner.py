@@ -104,7 +104,10 @@ def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Pa
               "study.trials": s.trials, "study.epochs": s.epochs, "study.time_budget_s": s.time_budget_s,
               "study.max_concurrent_trials": s.max_concurrent_trials, "study.cpu": s.cpu, "study.gpu": s.gpu,
               "study.devices": ",".join(s.devices), "study.searched": ",".join(p.key for p in space.params),
-              "study.overrides": " ".join(space.overrides)}
+              "study.overrides": " ".join(space.overrides), "study.cost": s.cost,
+              "study.frontier_score": "mean over 10 budgets, evenly spaced from the cheapest candidate's cost to the "
+                                      "super-net's (inclusive), of the best candidate top-1 within the budget "
+                                      "(replaces frontier_hv; docs/search.md)"}
     # method/model/dataset tags name what every trial shares ("searched" where the space varies it)
     searched = {p.key for p in space.params}
     tags = {tag: "searched" if key in searched else str(value) for tag, key, value in (

@@ -40,7 +40,7 @@ from gatesearch.config import ConfigError, flat_keys, from_flat, parse_override
 KINDS = ("choice", "uniform", "loguniform", "int")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STUDY_KEYS = {"name", "objective", "budget", "max_concurrent_trials", "resources", "devices", "seed",
-               "max_failures", "asha"}
+               "max_failures", "asha", "cost"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Study:
     max_failures: int = 2  # retries of a trial whose worker died (resumes from its last checkpoint)
     asha_grace_period: int = 1  # epochs before ASHA may stop a trial (single objective only)
     asha_reduction_factor: float = 2.0
+    cost: str = "macs"  # the frontier score's cost axis: macs | latency:<device> (sets train.score_cost)
 
     @property
     def multi_objective(self) -> bool:
@@ -254,6 +255,7 @@ def _parse_study(raw: Any) -> Study:
         asha_grace_period=integer(asha.get("grace_period", Study.asha_grace_period), "study.asha.grace_period", 1),
         asha_reduction_factor=_number(asha.get("reduction_factor", Study.asha_reduction_factor),
                                       "study.asha.reduction_factor"),
+        cost=_cost_axis(raw.get("cost", Study.cost)),
     )
     if study.time_budget_s is not None and study.time_budget_s <= 0:
         raise ConfigError(f"study.budget.time_budget_s: must be > 0, got {study.time_budget_s}")
@@ -264,6 +266,15 @@ def _parse_study(raw: Any) -> Study:
     if study.asha_reduction_factor <= 1:
         raise ConfigError(f"study.asha.reduction_factor: must be > 1, got {study.asha_reduction_factor}")
     return study
+
+
+def _cost_axis(value: Any) -> str:
+    from gatesearch.config import _check_cost_axis
+
+    if not isinstance(value, str):
+        raise ConfigError(f"study.cost: must be macs or latency:<device>, got {value!r}")
+    _check_cost_axis(value, "study.cost")
+    return value
 
 
 def _parse_param(key: str, spec: Any, known: set[str]) -> Param:
@@ -321,6 +332,9 @@ def parse(raw: Any, overrides: list[str] | tuple[str, ...] = (), source: str = "
     if "train.epochs" in fixed:
         raise ConfigError("fixed.train.epochs: set the budget with study.budget.epochs instead")
     fixed["train.epochs"] = study.epochs
+    if "train.score_cost" in fixed and "cost" in _mapping(raw.get("study"), "study"):
+        raise ConfigError("fixed.train.score_cost: set the cost axis with study.cost instead")
+    fixed.setdefault("train.score_cost", study.cost)
     searched = _mapping(raw.get("search"), "search")
     over = dict(parse_override(o) for o in overrides)
     for k in over:
