@@ -18,10 +18,12 @@ from _training import one_thread, quick_cfg  # noqa: E402
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
-CASES = {
-    "adn": {},
-    "gated_depth": {"method__gated_depth__p_schedule": "units"},
-    "probgates": {"method__probgates__runs": 3},
+CASES = {  # case -> (method, config overrides)
+    "adn": ("adn", {}),
+    "gated_depth": ("gated_depth", {"method__gated_depth__p_schedule": "units"}),
+    "probgates_logit": ("probgates", {"method__probgates__runs": 3}),
+    "probgates_aig": ("probgates", {"method__probgates__runs": 3, "model__gate_head": "aig",
+                                    "model__switchable_bn": False}),
 }
 
 
@@ -36,15 +38,16 @@ def _score_by_hand(metrics: dict[str, float], k: int = 10) -> float:
 
 
 @pytest.mark.parametrize("bn", [0, 2])
-@pytest.mark.parametrize("method", sorted(CASES))
-def test_select_reproduces_the_trials_metrics(method: str, bn: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_select_reproduces_the_trials_metrics(case: str, bn: int, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     from gatesearch.tracking import MLflowReporter
     from gatesearch.train import fit
 
+    method, extra = CASES[case]
     cfg = quick_cfg(str(tmp_path / "run"), method, train__epochs=1, train__max_steps_per_epoch=4,
-                    data__train_subset=256, train__bn_reestimate_batches=bn, **CASES[method])
+                    data__train_subset=256, train__bn_reestimate_batches=bn, **extra)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     reporter = MLflowReporter(uri, "one-path")
     result = fit(cfg, [reporter])
@@ -57,7 +60,8 @@ def test_select_reproduces_the_trials_metrics(method: str, bn: int, tmp_path: Pa
     out = tmp_path / "menus"
     assert main(["select", "--checkpoint", str(result.checkpoint_path), "--device", "jetson", "--out", str(out)]) == 0
     menu = json.loads((out / "jetson-orin-nano" / "menu.json").read_text())
-    assert menu["bn_mode"] == ("reestimated" if bn else "switchable")
+    assert menu["bn_mode"] == ("reestimated" if bn else "switchable" if cfg.model.gating == "stage"
+                               and cfg.model.switchable_bn is not False else "plain")
     kinds = {e["strategy"] for e in menu["entries"]}
     if method == "gated_depth":
         assert "calibrated" in kinds  # the deployed full network is the calibrated one, in both places
