@@ -40,12 +40,19 @@ class ModelConfig:
     stem: Literal["cifar", "imagenet"] = "cifar"
     switchable_bn: bool | None = None  # None: on for gating="stage"
     gate_head: Literal["none", "logit", "aig"] = "none"  # learned gates (probgates) need one
+    # keep probability every gate head starts at (ConvNet-AIG: fc2 biases [0.1, 2], ~0.87)
+    gate_init_keep: float = 0.9
+    # block gating: the shape-changing first block of a stage is a unit too, shortcut(x) + z * F(x)
+    # (AIG and 002_...txt Sec. 4.2.1 "ResNet-50 (16 gates)"); None: on for model.gating=block
+    gate_downsample: bool | None = None
 
     def __post_init__(self) -> None:
         from gatesearch.models import MODELS
 
         _check(self.name in MODELS, "model.name", f"unknown model {self.name!r}; known: {', '.join(MODELS.names())}")
         _check(not (self.switchable_bn and self.gating != "stage"), "model.switchable_bn", "needs model.gating=stage")
+        _check(0.0 < self.gate_init_keep < 1.0, "model.gate_init_keep", f"must be in (0, 1), got {self.gate_init_keep}")
+        _check(not (self.gate_downsample and self.gating != "block"), "model.gate_downsample", "needs model.gating=block")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def test_pattern_path_equals_tensor_path(name, size, stem):
 
 
 def _scaled_residual_reference(model, x, keep):
-    """The documented tensor-gate rule written out: each unit block computes relu(h + k * F(h))."""
+    """The documented tensor-gate rule written out: each unit block computes relu(shortcut(h) + k * F(h))."""
     h = model.stem(x)
     for stage in model.stages:
         which = keep[:, stage.switch_unit] if stage.switch_unit is not None else 0
@@ -56,7 +56,8 @@ def _scaled_residual_reference(model, x, keep):
         for j, unit in enumerate(stage.units):
             k = keep[:, stage.unit_offset + j].view(-1, 1, 1, 1)
             for b in unit:
-                h = torch.relu(h + k * b.bn2(b.conv2(torch.relu(b.bn1(b.conv1(h))))))
+                shortcut = h if b.downsample is None else b.downsample.bn(b.downsample.conv(h))
+                h = torch.relu(shortcut + k * b.bn2(b.conv2(torch.relu(b.bn1(b.conv1(h))))))
     return model.fc(torch.flatten(model.pool(h), 1))
 
 
@@ -84,11 +85,63 @@ def test_gated_units_must_keep_their_shape():
         Stage([], [[BasicBlock(16, 32, 2, PlainNorm)]], 0, False)
 
 
-def test_block_gating_units_are_shape_preserving_blocks():
-    m20 = create_model("resnet20", 10, gating="block")
-    assert m20.n_units == 3 + 2 + 2  # stage 1 keeps its shape from the first block on
-    m50 = create_model("resnet50", 10, gating="block", stem="imagenet")
-    assert m50.n_units == 2 + 3 + 5 + 2  # every stage's first bottleneck changes shape
+@pytest.mark.parametrize("name, stem, every_block, shape_preserving", [
+    ("resnet20", "cifar", 9, 3 + 2 + 2),  # stage 1 keeps its shape from the first block on
+    ("resnet110", "cifar", 54, 18 + 17 + 17),
+    ("resnet50", "imagenet", 16, 2 + 3 + 5 + 2),  # every stage's first bottleneck changes shape
+    ("resnet101", "imagenet", 33, 2 + 3 + 22 + 2),
+])
+def test_block_gating_unit_counts(name, stem, every_block, shape_preserving):
+    """AIG and 002_...txt Sec. 4.2.1 ("ResNet-50 (16 gates)"): a gate on every block by default;
+    ``gate_downsample=False`` keeps each stage's shape-changing first block mandatory."""
+    assert create_model(name, 10, gating="block", stem=stem).n_units == every_block
+    assert create_model(name, 10, gating="block", stem=stem, gate_downsample=False).n_units == shape_preserving
+    with pytest.raises(ValueError, match="gate_downsample needs gating='block'"):
+        create_model(name, 10, gating="stage", stem=stem, gate_downsample=True)
+
+
+def _sample_patterns(n_units: int, k: int, seed: int = 0) -> list[SkipPattern]:
+    g = torch.Generator().manual_seed(seed)
+    drawn = [SkipPattern(tuple(bool(b) for b in torch.rand(n_units, generator=g) < 0.5)) for _ in range(k)]
+    return [SkipPattern.super_net(n_units), SkipPattern.base_net(n_units), *drawn]
+
+
+@pytest.mark.parametrize("name, size, stem", [("resnet20", 32, "cifar"), ("resnet50", 64, "imagenet")])
+def test_gated_downsampling_unit_pattern_tensor_and_gate_fn_paths_agree(name, size, stem):
+    """Block gating with downsampling units: a skipped unit is ``relu(shortcut(h))``; the pattern
+    path, 0/1 keep tensors and a GateFn returning the same 0/1 decisions give the same logits."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, gating="block", stem=stem)
+    _randomize_bn(model)
+    model.eval()
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        for p in _sample_patterns(model.n_units, 6):
+            a = model(x, p)
+            keep = p.keep_tensor(3)
+            torch.testing.assert_close(model(x, keep), a, atol=1e-5, rtol=1e-5, msg=str(p))
+            torch.testing.assert_close(model(x, lambda u, h, keep=keep: keep[:, u]), a, atol=1e-5, rtol=1e-5)
+
+
+def test_skipped_downsampling_unit_runs_its_shortcut_only():
+    model = create_model("resnet20", 10, gating="block").eval()
+    stage = model.stages[1]
+    block = stage.units[0][0]
+    assert block.downsample is not None and len(stage.base) == 0
+    called: list[str] = []
+    block.conv1.register_forward_hook(lambda *_: called.append("conv1"))
+    block.downsample.register_forward_hook(lambda *_: called.append("shortcut"))
+    u = stage.unit_offset
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x, SkipPattern(tuple(i == u for i in range(model.n_units))))
+        assert called == ["shortcut"]
+        h = model.stages[0](model.stem(x), None)
+        out = model.stages[1](h, SkipPattern(tuple(i == u for i in range(model.n_units))))
+        ref = torch.relu(block.downsample(h))  # written out: shortcut(x) + 0 * F(x), then ReLU
+        for b in stage.units[1:]:
+            ref = b[0](ref)
+    torch.testing.assert_close(out, ref)
 
 
 def test_skipped_units_run_no_code():
@@ -133,6 +186,29 @@ def test_features_per_stage():
     model = create_model("resnet20", 10).eval()
     logits, feats = model(torch.randn(2, 3, 32, 32), None, return_features=True)
     assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+
+def test_gate_heads_start_at_the_configured_keep_rate():
+    """ConvNet-AIG's head init (tiny final-layer weights, biases for the initial rate): on random
+    input every gate of a freshly built model keeps with probability ~init_keep, nearly constant."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, gating="block", gate_head="aig", gate_init_keep=0.9).train()
+    x = torch.randn(16, 3, 32, 32)
+    probs = []
+
+    def fn(u: int, h: torch.Tensor) -> torch.Tensor:
+        probs.append(torch.softmax(model.gate_heads[u](h), -1)[:, 1])
+        return torch.ones(h.shape[0])
+
+    with torch.no_grad():
+        model(x, fn)
+    p = torch.stack(probs)  # [n_units, B]
+    assert p.shape == (model.n_units, 16)
+    assert (p.mean(1) - 0.9).abs().max() < 0.01  # every gate's mean
+    assert p.std(1).max() < 0.01  # spread over inputs
+    logit = create_model("resnet20", 10, gating="block", gate_head="logit", gate_init_keep=0.8)
+    for head in logit.gate_heads:
+        torch.testing.assert_close(torch.softmax(head(x[:1]), -1)[0, 1], torch.tensor(0.8))
 
 
 def test_gate_fn_is_called_with_unit_input():

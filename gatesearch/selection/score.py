@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gatesearch.models import GatedResNet
+from gatesearch.models.gated_resnet import skip_unit
 from gatesearch.models.gates import gumbel_gate
 from gatesearch.models.norm import UNIT_OFF, UNIT_ON
 from gatesearch.patterns import SkipPattern, all_patterns
@@ -118,8 +119,8 @@ def _walk(
     for p in patterns:
         groups[_key(level, p)].append(p)
     for key, group in groups.items():
-        skip_unit = level[0] == "unit" and key
-        out = h if skip_unit else _run_level(level, h, group[0])
+        skipping = level[0] == "unit" and key
+        out = skip_unit(level[2], h) if skipping else _run_level(level, h, group[0])
         _walk(model, levels, depth + 1, out, group, visit)
 
 
