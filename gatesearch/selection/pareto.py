@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from gatesearch.stats import sample_std
+
 
 def pareto_mask(costs: Sequence[float], accs: Sequence[float]) -> list[bool]:
     """True where no other point has cost <= and acc >= with at least one strict.
@@ -100,7 +102,7 @@ def build_menu(entries: list[dict[str, Any]], **fields: Any) -> Menu:
     hv = hypervolume([v / ref for v in lat], acc) if rows else 0.0
     fixed = [float(r["top1"]) for r in rows if r["strategy"] == "pattern"]
     mean = sum(fixed) / len(fixed) if fixed else 0.0
-    std = (sum((a - mean) ** 2 for a in fixed) / (len(fixed) - 1)) ** 0.5 if len(fixed) > 1 else 0.0
+    std = sample_std(fixed)
     sources = {r["latency_source"] for r in rows}
     fields.setdefault("latency_source", sources.pop() if len(sources) == 1 else "mixed")
     return Menu(entries=rows, hypervolume=hv, top1_mean=mean, top1_std=std, **fields)
