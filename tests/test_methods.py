@@ -143,8 +143,10 @@ def test_probgates_rate_loss_acts_on_sampled_gates_by_default(tmp_path):
     sample = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target=0.5), model, 10)
     prob = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target=0.5,
                                method__probgates__rate_on="prob"), model, 10)
-    parts = sample.train_step(model, x, y, 0, 0, None).parts
+    res = sample.train_step(model, x, y, 0, 0, None)
+    parts = res.parts
     assert parts["rate_loss"] == pytest.approx((parts["act"] - 0.5) ** 2) and parts["rate_loss"] > 0
+    assert res.loss.item() == pytest.approx(parts["ce"] + parts["rate_loss"])  # L = L_MC + L_target (weight 1)
     assert prob.train_step(model, x, y, 0, 0, None).parts["rate_loss"] == 0.0
 
 
