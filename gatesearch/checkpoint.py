@@ -98,4 +98,5 @@ def build_model(cfg: Config, num_classes: int, input_shape: tuple[int, ...]) -> 
     return create_model(
         m.name, num_classes, gating=m.gating, stem=m.stem, switchable_bn=m.switchable_bn,
         gate_head=None if m.gate_head == "none" else m.gate_head, in_channels=input_shape[0],
+        gate_init_keep=m.gate_init_keep, gate_downsample=m.gate_downsample,
     )

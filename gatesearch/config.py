@@ -40,12 +40,19 @@ class ModelConfig:
     stem: Literal["cifar", "imagenet"] = "cifar"
     switchable_bn: bool | None = None  # None: on for gating="stage"
     gate_head: Literal["none", "logit", "aig"] = "none"  # learned gates (probgates) need one
+    # keep probability every gate head starts at (ConvNet-AIG: fc2 biases [0.1, 2], ~0.87)
+    gate_init_keep: float = 0.9
+    # block gating: the shape-changing first block of a stage is a unit too, shortcut(x) + z * F(x)
+    # (AIG and 002_...txt Sec. 4.2.1 "ResNet-50 (16 gates)"); None: on for model.gating=block
+    gate_downsample: bool | None = None
 
     def __post_init__(self) -> None:
         from gatesearch.models import MODELS
 
         _check(self.name in MODELS, "model.name", f"unknown model {self.name!r}; known: {', '.join(MODELS.names())}")
         _check(not (self.switchable_bn and self.gating != "stage"), "model.switchable_bn", "needs model.gating=stage")
+        _check(0.0 < self.gate_init_keep < 1.0, "model.gate_init_keep", f"must be in (0, 1), got {self.gate_init_keep}")
+        _check(not (self.gate_downsample and self.gating != "block"), "model.gate_downsample", "needs model.gating=block")
 
 
 @dataclass(frozen=True)
@@ -170,29 +177,47 @@ class GatedDepthConfig:
 
 @dataclass(frozen=True)
 class ProbGatesConfig:
-    loss: Literal["per_gate", "per_batch", "const_quad"] = "per_batch"
-    target: float = 0.7  # target activation rate (fraction of units kept)
+    """Probabilistic gates; paper = ``../shared/papers/002_7f2a293bb907def9.txt`` (Herrmann, Bowen & Zabih),
+    AIG = ConvNet-AIG's code. ``docs/training.md`` maps each key to its statement and test."""
+
+    loss: Literal["per_gate", "per_batch", "const_quad"] = "per_batch"  # paper Sec. 3.1: its proposal
+    target: float = 0.5  # target activation rate t; paper Sec. 4.1.1 runs t in {0.4, 0.5, 0.6}, CIFAR at 0.5
     target_schedule: Literal["constant", "annealed", "variable"] = "constant"
-    targets: tuple[float, ...] = ()  # annealed: target per epoch, last one held (e.g. 1.0, 0.9, 0.8)
-    target_ema: float = 0.9  # variable: EMA momentum of the observed activation
-    weight: float = 2.0  # lambda on the target-rate loss
-    tau_start: float = 5.0  # Gumbel temperature, annealed geometrically to tau_end
-    tau_end: float = 0.5
-    gate_lr_mult: float = 1.0
-    gate_weight_decay: float = 0.0
-    inference: Literal["threshold", "always_on", "stochastic", "ensemble"] = "threshold"
-    threshold: float = 0.5  # keep a unit when keep_prob >= threshold
-    runs: int = 10  # stochastic / ensemble: forward passes
+    targets: tuple[float, ...] = ()  # annealed: explicit target per epoch, last one held (overrides the steps)
+    anneal_start: float = 1.0  # annealed: start here (paper Sec. 6, "down from 1") ...
+    anneal_step: float = 0.05  # ... and decrease by a = 0.05 ...
+    anneal_every: int = 5  # ... every k = 5 epochs, down to `target` (paper supplement S2.1)
+    variable_update: Literal["moving_average", "ema"] = "moving_average"  # supplement S2.2: both named
+    target_ema: float = 0.9  # variable + ema: momentum per batch (no value in the paper)
+    unit_targets: tuple[float, ...] = ()  # per_gate: one target per unit; units at 1 leave the loss (AIG)
+    rate_on: Literal["sample", "prob"] = "sample"  # the loss acts on sampled z (paper Sec. 2.1, AIG) or keep_prob
+    weight: float = 1.0  # lambda on the target-rate loss: paper Sec. 2.1 L = L_target + L_MC
+    tau_start: float = 1.0  # Gumbel temperature, annealed geometrically to tau_end; AIG fixes 1
+    tau_end: float = 1.0
+    gate_lr_mult: float = 1.0  # AIG --lrfact 1
+    gate_weight_decay: float | None = None  # None: optim.weight_decay, as AIG (one decay for all groups)
+    inference: Literal["threshold", "always_on", "stochastic", "ensemble"] = "threshold"  # paper Sec. 4.1.2
+    threshold: float = 0.5  # keep a unit when keep_prob >= threshold; paper Sec. 3.2 "we set tau = 1/2"
+    runs: int = 5  # stochastic / ensemble passes; paper Fig. 4: "we run the test set 5 times"
 
     def __post_init__(self) -> None:
         key = "method.probgates."
         _check(0.0 < self.target <= 1.0, key + "target", f"must be in (0, 1], got {self.target}")
         _check(all(0.0 < t <= 1.0 for t in self.targets), key + "targets", "each must be in (0, 1]")
-        _check(self.target_schedule != "annealed" or len(self.targets) > 0, key + "targets", "annealed needs a list")
+        _check(0.0 < self.anneal_start <= 1.0, key + "anneal_start", f"must be in (0, 1], got {self.anneal_start}")
+        _check(self.target_schedule != "annealed" or self.targets or self.anneal_start >= self.target,
+               key + "anneal_start", f"annealing goes down: {self.anneal_start} < target {self.target}")
+        _check(self.anneal_step > 0, key + "anneal_step", "must be > 0")
+        _check(self.anneal_every >= 1, key + "anneal_every", "must be >= 1")
         _check(0.0 <= self.target_ema < 1.0, key + "target_ema", "must be in [0, 1)")
+        _check(all(0.0 < t <= 1.0 for t in self.unit_targets), key + "unit_targets", "each must be in (0, 1]")
+        _check(not self.unit_targets or self.loss == "per_gate", key + "unit_targets", "needs loss=per_gate")
+        _check(not self.unit_targets or self.target_schedule == "constant", key + "unit_targets",
+               "needs target_schedule=constant")
         _check(self.weight >= 0, key + "weight", "must be >= 0")
         _check(0 < self.tau_end <= self.tau_start, key + "tau_end", "need 0 < tau_end <= tau_start")
         _check(self.gate_lr_mult > 0, key + "gate_lr_mult", "must be > 0")
+        _check(self.gate_weight_decay is None or self.gate_weight_decay >= 0, key + "gate_weight_decay", "must be >= 0")
         _check(0.0 <= self.threshold <= 1.0, key + "threshold", "must be in [0, 1]")
         _check(self.runs >= 1, key + "runs", "must be >= 1")
 

@@ -10,7 +10,6 @@ for every batch (stochastic inference).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -21,6 +20,7 @@ from torch import nn
 from gatesearch.losses import kl_logits
 from gatesearch.models import Gates
 from gatesearch.patterns import SkipPattern, all_patterns
+from gatesearch.stats import sample_std
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,8 @@ def evaluate_stochastic(
 ) -> tuple[float, float]:
     """Mean and standard deviation of top-1 over ``runs`` full passes with freshly drawn gates."""
     accs = [evaluate(model, loader, gates, device).top1 for _ in range(runs)]
-    mean = sum(accs) / runs
-    return mean, math.sqrt(sum((a - mean) ** 2 for a in accs) / runs)
+    return sum(accs) / runs, sample_std(accs)
+
 
 
 def kl_between(

@@ -1,7 +1,8 @@
 """Skip pattern -> a physically pruned network -> TorchScript or ONNX.
 
 ``prune`` builds a plain ``nn.Module`` that holds only the blocks the pattern runs, in order,
-with each mandatory block's switchable BN reduced to the one set the pattern selects. Its
+with each mandatory block's switchable BN reduced to the one set the pattern selects; a skipped
+downsampling unit (``model.gate_downsample``) leaves its shortcut, ``relu(shortcut(x))``. Its
 forward has no gates and no Python branch on tensors, so tracing captures it exactly, and
 its parameter count is ``count_params(model, pattern)``.
 """
@@ -37,6 +38,18 @@ class PrunedResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
 
 
+class _Shortcut(nn.Module):
+    """A skipped downsampling block: ``relu(shortcut(x))``, its residual branch removed."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.downsample = block.downsample
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.downsample(x))
+
+
 def _bake(block: nn.Module, which: int) -> nn.Module:
     """A copy of ``block`` whose switchable norms are plain norms holding BN set ``which``."""
     block = copy.deepcopy(block)
@@ -61,6 +74,8 @@ def prune(model: GatedResNet, pattern: SkipPattern) -> PrunedResNet:
         for j, unit in enumerate(stage.units):
             if not pattern.skipped[stage.unit_offset + j]:
                 blocks += [_bake(b, UNIT_ON) for b in unit]
+            else:  # a skipped downsampling unit still changes the shape: keep its shortcut only
+                blocks += [_Shortcut(_bake(b, UNIT_ON)) for b in unit if b.downsample is not None]
     net = PrunedResNet(copy.deepcopy(model.stem), blocks, copy.deepcopy(model.pool), copy.deepcopy(model.fc))
     return net.eval()
 

@@ -63,23 +63,33 @@ class _SoftmaxKL(torch.autograd.Function):
         return None, torch.exp(log_q).sub_(p).mul_(g), None
 
 
-def rate_per_gate(keep: torch.Tensor, target: float) -> torch.Tensor:
-    """AIG target-rate loss (Veit & Belongie 2018, Eq. 6): ``sum_u (mean_b keep[b, u] - t)^2``.
+def rate_per_gate(keep: torch.Tensor, target: float | torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+    """AIG's per-gate target-rate loss (Veit & Belongie 2018), as 002_...txt Sec. 2.1 / 3.1 writes it:
+    ``L_G = 1/|G| sum_g (t_g - 1/|B| sum_i z_{g,i})^2``, the MEAN over gates.
 
-    ``keep``: ``[B, n_units]`` keep factors or probabilities. Each unit is held to the target.
+    ``keep``: ``[B, n_units]`` gates ``z`` (sampled straight-through gates, or keep probabilities);
+    ``target``: a float, or ``[n_units]`` per-unit targets; ``active``: ``[n_units]`` bool, the units
+    in the sum (AIG's schedules leave the units whose target is 1 out: ConvNet-AIG ``train_img.py``
+    sums over ``target_rates[j] < 1`` and still divides by the number of all gates). Scalar.
     """
-    return ((keep.float().mean(0) - target) ** 2).sum()
+    z = keep.float().mean(0)  # [n_units]: the batch's rate of each gate
+    per_gate = (torch.as_tensor(target, dtype=z.dtype, device=z.device) - z) ** 2
+    if active is not None:
+        per_gate = per_gate * active.to(device=z.device, dtype=z.dtype)
+    return per_gate.sum() / z.numel()
 
 
 def rate_per_batch(keep: torch.Tensor, target: float) -> torch.Tensor:
-    """Per-batch target-rate loss (Herrmann, Bowen & Zabih 2020): ``(mean_{b,u} keep - t)^2``;
-    only the overall rate is held, so units may specialise (some always on, some rarely)."""
+    """Per-batch target-rate loss (002_...txt Sec. 3.1): ``L_B = (t - 1/(|G||B|) sum_{g,i} z_{g,i})^2``;
+    only the overall rate is held, so units may specialise (some always on, some rarely).
+    ``keep``: ``[B, n_units]``. Scalar."""
     return (keep.float().mean() - target) ** 2
 
 
 def rate_const_quad(keep: torch.Tensor, target: float) -> torch.Tensor:
-    """Constant-then-quadratic (Herrmann et al. 2020): ``0`` while ``mean_{b,u} keep <= t``,
-    ``(mean - t)^2`` above; it only penalises computing too much."""
+    """Constant-then-quadratic (002_...txt supplement Sec. S2.2, ``L_CQ,B``): ``0`` while the batch's
+    rate ``1/(|G||B|) sum z <= t``, ``(t - rate)^2`` above; it only penalises computing too much.
+    ``keep``: ``[B, n_units]``. Scalar."""
     return F.relu(keep.float().mean() - target) ** 2
 
 

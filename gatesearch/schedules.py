@@ -52,8 +52,37 @@ def geometric_temperature(tau_start: float, tau_end: float, progress: float) -> 
 
 
 def annealed_target(targets: Sequence[float], epoch: int) -> float:
-    """Target rate of ``epoch`` (0-based) from a per-epoch list; the last one is held."""
+    """Target rate of ``epoch`` (0-based) from an explicit per-epoch list; the last one is held."""
     return float(targets[min(epoch, len(targets) - 1)])
+
+
+def stepped_target(start: float, floor: float, step: float, every: int, epoch: int) -> float:
+    """Annealed target rate (002_...txt supplement Sec. S2.1): "a step-wise annealing target rate which
+    decreases ``a`` amount after ``k`` epochs. Typical values are a = .05 and k = 5", from ``start``
+    (Sec. 6: "annealing the target rate down from 1") to ``floor`` (the run's target), held there:
+    ``max(floor, start - step * (epoch // every))`` for 0-based ``epoch``."""
+    return max(floor, start - step * (epoch // every))
+
+
+VARIABLE_UPDATES = ("moving_average", "ema")
+
+
+def variable_target(previous: float, observed: float, n_observed: int, update: str, momentum: float) -> float:
+    """Variable target rate (002_...txt supplement Sec. S2.2): "for each epoch, the target rate starts at
+    a specific hyperparameter ... and then is allowed to change according to the batch's activation
+    rate", by a moving average or an exponential moving average of the observed rates.
+
+    ``previous``: the target so far this epoch (the hyperparameter before the first batch);
+    ``observed``: this batch's activation rate; ``n_observed``: batches observed this epoch, this one
+    included (1-based). ``moving_average``: the mean of the hyperparameter and the ``n_observed``
+    rates, ``previous + (observed - previous) / (n_observed + 1)``; ``ema``: ``momentum * previous +
+    (1 - momentum) * observed``.
+    """
+    if update == "moving_average":
+        return previous + (observed - previous) / (n_observed + 1)
+    if update == "ema":
+        return ema(previous, observed, momentum)
+    raise ValueError(f"unknown variable-target update {update!r}; use one of {VARIABLE_UPDATES}")
 
 
 def ema(previous: float, observed: float, momentum: float) -> float:

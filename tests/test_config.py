@@ -35,3 +35,14 @@ def test_load_yaml_with_overrides(tmp_path):
     assert cfg.method.probgates.targets == (1.0, 0.8)
     with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "missing.yaml")
+
+
+def test_probgates_defaults_are_the_papers():
+    """002_...txt and ConvNet-AIG, cited per key in ``docs/training.md``."""
+    o = Config().method.probgates
+    assert (o.loss, o.target, o.weight, o.rate_on) == ("per_batch", 0.5, 1.0, "sample")  # Sec. 3.1, 4.1.1, 2.1
+    assert (o.tau_start, o.tau_end) == (1.0, 1.0)  # AIG's fixed Gumbel temperature
+    assert (o.anneal_start, o.anneal_step, o.anneal_every) == (1.0, 0.05, 5)  # Sec. 6, supplement S2.1
+    assert (o.inference, o.threshold, o.runs) == ("threshold", 0.5, 5)  # Sec. 3.2, 4.1.2, Fig. 4
+    assert (o.gate_lr_mult, o.gate_weight_decay) == (1.0, None)  # AIG: one lr and decay for all groups
+    assert Config().model.gate_init_keep == 0.9

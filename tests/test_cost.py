@@ -38,3 +38,20 @@ def test_macs_scale_with_batch():
     one = count_macs(m, None, (1, 3, 32, 32))
     assert count_macs(m, None, (4, 3, 32, 32)) == 4 * one
     assert one == pytest.approx(40.8e6, rel=0.02)  # CIFAR ResNet-20: ~41 M MACs
+
+
+def test_resnet50_every_block_gated_macs():
+    """Block gating with the downsampling blocks gated (16 units): the super-net is the plain
+    ResNet-50; the base-net runs the stem, the four 1x1 shortcuts and the classifier, written out:
+    7x7x3x64 at 112^2, 64x256 at 56^2, 256x512 / 512x1024 / 1024x2048 at 28^2 / 14^2 / 7^2, 2048x1000."""
+    m = create_model("resnet50", 1000, gating="block", stem="imagenet")
+    assert m.n_units == 16
+    shape = (1, 3, 224, 224)
+    base = 7 * 7 * 3 * 64 * 112 * 112 + 64 * 256 * 56 * 56 + 256 * 512 * 28 * 28 + 512 * 1024 * 14 * 14 \
+        + 1024 * 2048 * 7 * 7 + 2048 * 1000
+    assert count_macs(m, SkipPattern.base_net(16), shape) == base
+    plain = create_model("resnet50", 1000, gating="none", stem="imagenet")
+    assert count_macs(m, SkipPattern.super_net(16), shape) == count_macs(plain, None, shape)
+    first = SkipPattern(tuple(u == 0 for u in range(16)))  # skip stage 1's downsampling block only
+    branch = 64 * 64 * 56 * 56 + 64 * 64 * 9 * 56 * 56 + 64 * 256 * 56 * 56  # its 1x1, 3x3, 1x1 convs
+    assert count_macs(m, first, shape) == count_macs(plain, None, shape) - branch

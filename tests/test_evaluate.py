@@ -62,7 +62,7 @@ def test_candidate_table_exhaustive_and_beam(monkeypatch: pytest.MonkeyPatch) ->
     from gatesearch.selection.score import evaluate_patterns_naive
 
     torch.manual_seed(0)
-    model = create_model("resnet20", 10, gating="block").eval()
+    model = create_model("resnet20", 10, gating="block", gate_downsample=False).eval()  # 7 units
     data = _tiny(n_batches=1)
     rows = ev.candidate_table(model, None, data, "cpu", input_shape=(3, 8, 8))
     assert len(rows) == 2**7 and {r.strategy for r in rows} == {"pattern"}

@@ -45,6 +45,26 @@ def test_pruned_matches_and_counts(model: torch.nn.Module, pattern: str) -> None
     assert len(net.blocks) == n_blocks
 
 
+@pytest.mark.parametrize("pattern", ["FFFTFFFFF", "FFFTFFTFF", "TTTTTTTTT", "FTFTTFTFT"])
+def test_pruned_skipping_a_downsampling_unit_matches(pattern: str) -> None:
+    """Block gating gates each stage's first block (units 3 and 6 of resnet20 change the shape): the
+    pruned network keeps a skipped one's shortcut and matches the gated model; params match too."""
+    torch.manual_seed(0)
+    m = create_model("resnet20", 10, gating="block").eval()
+    g = torch.Generator().manual_seed(2)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.2)
+            mod.weight.data.copy_(1 + 0.3 * torch.randn(mod.num_features, generator=g))
+    p = SkipPattern.parse(pattern)
+    net = prune(m, p)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), m(x, p), atol=1e-5, rtol=1e-5)
+    assert sum(t.numel() for t in net.parameters()) == count_params(m, p, (1, 3, 32, 32))
+    assert len(net.blocks) == p.skipped.count(False) + sum(p.skipped[u] for u in (3, 6))
+
+
 def test_onnx_every_pattern_matches_onnxruntime(model: torch.nn.Module, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     x = torch.randn(3, 3, 32, 32)

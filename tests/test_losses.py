@@ -69,7 +69,8 @@ def test_kl_logits_gradient_equals_autograd():
 def test_rate_losses_follow_their_formulas():
     # unit 0 always on, unit 1 always off: the batch mean is exactly the target 0.5
     keep = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    assert float(rate_per_gate(keep, 0.5)) == pytest.approx((1 - 0.5) ** 2 + (0 - 0.5) ** 2)
+    # 002_...txt Sec. 2.1: L_G = 1/|G| sum_g (t - 1/|B| sum_i z_gi)^2 = ((1 - .5)^2 + (0 - .5)^2) / 2
+    assert float(rate_per_gate(keep, 0.5)) == pytest.approx(((1 - 0.5) ** 2 + (0 - 0.5) ** 2) / 2)
     assert float(rate_per_batch(keep, 0.5)) == pytest.approx(0.0)
     assert float(rate_const_quad(keep, 0.5)) == pytest.approx(0.0)
 
@@ -83,9 +84,32 @@ def test_const_quad_is_zero_below_and_quadratic_above():
     assert float(rate_per_batch(above, 0.5)) == pytest.approx(0.16)
 
 
-def test_per_gate_sums_over_units_per_batch_averages():
-    keep = torch.tensor([[0.9, 0.5, 0.1], [0.7, 0.5, 0.3]])  # unit means 0.8, 0.5, 0.2
-    assert float(rate_per_gate(keep, 0.5)) == pytest.approx(0.09 + 0.0 + 0.09)
-    assert float(rate_per_batch(keep, 0.5)) == pytest.approx(0.0)
+def test_per_gate_is_the_mean_over_gates_per_batch_the_overall_rate():
+    """Sampled 0/1 gates z [B=3, 3 units]: unit rates 2/3, 1/3, 1; overall rate 2/3."""
+    z = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    t = 0.5
+    per_gate = ((t - 2 / 3) ** 2 + (t - 1 / 3) ** 2 + (t - 1) ** 2) / 3  # 1/|G| sum_g (t - E_B z_g)^2
+    assert float(rate_per_gate(z, t)) == pytest.approx(per_gate)
+    assert float(rate_per_batch(z, t)) == pytest.approx((t - 2 / 3) ** 2)  # (t - E_{G,B} z)^2
     assert set(RATE_LOSSES) == {"per_gate", "per_batch", "const_quad"}
-    assert not math.isnan(float(rate_per_gate(keep, 1.0)))
+    assert not math.isnan(float(rate_per_gate(z, 1.0)))
+
+
+def test_per_gate_with_unit_targets_leaves_the_units_at_one_out():
+    """AIG's schedules (ConvNet-AIG train_img.py): per-unit targets; a unit whose target is 1 is not in
+    the sum, which is still divided by the number of all gates."""
+    z = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])  # unit rates 1, 0.5, 0.5, 0
+    t = torch.tensor([1.0, 0.8, 1.0, 0.4])
+    expected = ((0.8 - 0.5) ** 2 + (0.4 - 0.0) ** 2) / 4
+    assert float(rate_per_gate(z, t, active=t < 1)) == pytest.approx(expected)
+    all_in = ((1 - 1) ** 2 + (0.8 - 0.5) ** 2 + (1 - 0.5) ** 2 + (0.4 - 0) ** 2) / 4
+    assert float(rate_per_gate(z, t)) == pytest.approx(all_in)
+
+
+def test_rate_losses_pass_the_straight_through_gradient():
+    """On z = hard + (soft - soft.detach()) the gradient of L_B w.r.t. the relaxed sample is
+    2 (rate - t) / (|G||B|) per entry, the formula's derivative."""
+    soft = torch.tensor([[0.8, 0.3], [0.6, 0.1]], requires_grad=True)
+    z = (soft > 0.5).float() + soft - soft.detach()  # forward values [[1, 0], [1, 0]]
+    (g,) = torch.autograd.grad(rate_per_batch(z, 0.25), soft)
+    torch.testing.assert_close(g, torch.full((2, 2), 2 * (0.5 - 0.25) / 4))

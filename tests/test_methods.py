@@ -2,6 +2,7 @@ import pytest
 import torch
 from _training import one_thread, quick_cfg
 
+from gatesearch.config import ConfigError
 from gatesearch.methods import METHODS
 from gatesearch.methods.adn import ADN
 from gatesearch.methods.gated_depth import GatedDepth
@@ -28,8 +29,10 @@ def test_method_trains_resnet20_on_digits(method, tmp_path):
 
 
 def test_probgates_reaches_target_rate(tmp_path):
+    # 250 steps instead of the paper's 100 epochs: a stronger pull than the paper's weight 1
     cfg = quick_cfg(str(tmp_path), "probgates", method__probgates__target=0.6, model__gating="block",
-                    train__eval_all_patterns_max_units=2, method__probgates__gate_lr_mult=5.0)
+                    train__eval_all_patterns_max_units=2, method__probgates__gate_lr_mult=5.0,
+                    method__probgates__weight=4.0)
     m = fit(cfg).metrics
     assert abs(m["gate_rate_mean"] - 0.6) <= 0.05, m["gate_rate_mean"]
     assert m["top1_gated"] > 5 * CHANCE
@@ -89,6 +92,8 @@ def test_probgates_param_groups_and_strategies(tmp_path):
     model = create_model("resnet20", 10, in_channels=1, gate_head="logit")
     groups = ProbGates(cfg, model, 10).param_groups(model)
     assert groups[1]["lr_mult"] == 10.0 and groups[1]["weight_decay"] == 0.0
+    default = ProbGates(quick_cfg(str(tmp_path), "probgates"), model, 10).param_groups(model)
+    assert "weight_decay" not in default[1]  # the optimizer's decay, as ConvNet-AIG
     assert len(groups[1]["params"]) == 3
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     with torch.no_grad():  # logit gates start at keep 0.9; push unit 1 below the threshold
@@ -105,14 +110,58 @@ def test_registry_lists_all_methods():
 
 def test_probgates_target_schedules(tmp_path):
     model = create_model("resnet20", 10, in_channels=1, gate_head="logit")
-    annealed = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target_schedule="annealed",
-                                   method__probgates__targets=[1.0, 0.8]), model, 10)
-    assert [annealed.target(e) for e in range(3)] == [1.0, 0.8, 0.8]
+    listed = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target_schedule="annealed",
+                                 method__probgates__targets=[1.0, 0.8]), model, 10)
+    assert [listed.target(e) for e in range(3)] == [1.0, 0.8, 0.8]
+    stepped = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target_schedule="annealed",
+                                  method__probgates__target=0.9), model, 10)  # paper: -0.05 every 5 epochs from 1
+    assert [stepped.target(e) for e in (0, 4, 5, 9, 10, 15, 40)] == pytest.approx([1.0, 1.0, 0.95, 0.95, 0.9, 0.9, 0.9])
     variable = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target_schedule="variable",
-                                   method__probgates__target=0.5, method__probgates__target_ema=0.5), model, 10)
+                                   method__probgates__target=0.5, method__probgates__variable_update="ema",
+                                   method__probgates__target_ema=0.5), model, 10)
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
     act = variable.train_step(model, x, y, 0, 0, None).parts["act"]
     assert variable.target(0) == pytest.approx(0.5 * 0.5 + 0.5 * act)
+    assert variable.target(1) == 0.5  # every epoch restarts at the hyperparameter (supplement S2.2)
+    res = variable.train_step(model, x, y, 1, 1, None).parts
+    assert res["target"] == 0.5 and variable.target(1) == pytest.approx(0.5 * 0.5 + 0.5 * res["act"])
+    mean = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target_schedule="variable",
+                               method__probgates__target=0.5), model, 10)  # moving average (default)
+    acts = [mean.train_step(model, x, y, s, 0, None).parts["act"] for s in range(2)]
+    assert mean.target(0) == pytest.approx((0.5 + acts[0] + acts[1]) / 3)
+
+
+def test_probgates_rate_loss_acts_on_sampled_gates_by_default(tmp_path):
+    """Keep probability exactly 0.5 everywhere, target 0.5: the noise-free loss is 0, the loss on the
+    sampled z (3 samples x 3 units: a rate in ninths, never 1/2) is not."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, in_channels=1, gate_head="logit")
+    with torch.no_grad():
+        for head in model.gate_heads:
+            head.logit.zero_()
+    x, y = torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,))
+    sample = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target=0.5), model, 10)
+    prob = ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__target=0.5,
+                               method__probgates__rate_on="prob"), model, 10)
+    res = sample.train_step(model, x, y, 0, 0, None)
+    parts = res.parts
+    assert parts["rate_loss"] == pytest.approx((parts["act"] - 0.5) ** 2) and parts["rate_loss"] > 0
+    assert res.loss.item() == pytest.approx(parts["ce"] + parts["rate_loss"])  # L = L_MC + L_target (weight 1)
+    assert prob.train_step(model, x, y, 0, 0, None).parts["rate_loss"] == 0.0
+
+
+def test_probgates_unit_targets(tmp_path):
+    model = create_model("resnet20", 10, in_channels=1, gate_head="logit")
+    cfg = quick_cfg(str(tmp_path), "probgates", method__probgates__loss="per_gate",
+                    method__probgates__unit_targets=[1.0, 0.6, 0.4])
+    z = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])  # unit rates 0.5, 1, 0.5
+    rate = ProbGates(cfg, model, 10).rate(z, torch.full_like(z, 0.5), 0.5)
+    assert float(rate) == pytest.approx(((0.6 - 1.0) ** 2 + (0.4 - 0.5) ** 2) / 3)
+    with pytest.raises(ConfigError, match="unit_targets: 2 targets for a model with 3 units"):
+        ProbGates(quick_cfg(str(tmp_path), "probgates", method__probgates__loss="per_gate",
+                            method__probgates__unit_targets=[1.0, 0.5]), model, 10)
+    with pytest.raises(ConfigError, match="unit_targets: needs loss=per_gate"):
+        quick_cfg(str(tmp_path), "probgates", method__probgates__unit_targets=[1.0, 0.6, 0.4])
 
 
 def test_probgates_aig_step_has_gate_gradients(tmp_path):
@@ -121,4 +170,4 @@ def test_probgates_aig_step_has_gate_gradients(tmp_path):
     res = ProbGates(cfg, model, 10).train_step(model, torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)), 0, 0, None)
     res.loss.backward()
     assert all(p.grad is not None for p in model.gate_heads.parameters() if p.dim() > 1)
-    assert 0.0 <= res.parts["act"] <= 1.0 and res.parts["tau"] == pytest.approx(5.0)
+    assert 0.0 <= res.parts["act"] <= 1.0 and res.parts["tau"] == 1.0  # AIG's fixed temperature

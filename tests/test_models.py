@@ -47,7 +47,7 @@ def test_pattern_path_equals_tensor_path(name, size, stem):
 
 
 def _scaled_residual_reference(model, x, keep):
-    """The documented tensor-gate rule written out: each unit block computes relu(h + k * F(h)); a
+    """The documented tensor-gate rule written out: each unit block computes relu(shortcut(h) + k * F(h)); a
     switchable base uses the "unit runs" set for every sample whose unit runs at all (k > 0), the
     "unit skipped" set where k = 0 (ADN Sec. 3.4's switch is discrete; soft k only scales)."""
     h = model.stem(x)
@@ -58,7 +58,8 @@ def _scaled_residual_reference(model, x, keep):
         for j, unit in enumerate(stage.units):
             k = keep[:, stage.unit_offset + j].view(-1, 1, 1, 1)
             for b in unit:
-                h = torch.relu(h + k * b.bn2(b.conv2(torch.relu(b.bn1(b.conv1(h))))))
+                shortcut = h if b.downsample is None else b.downsample.bn(b.downsample.conv(h))
+                h = torch.relu(shortcut + k * b.bn2(b.conv2(torch.relu(b.bn1(b.conv1(h))))))
     return model.fc(torch.flatten(model.pool(h), 1))
 
 
@@ -86,11 +87,63 @@ def test_gated_units_must_keep_their_shape():
         Stage([], [[BasicBlock(16, 32, 2, PlainNorm)]], 0, False)
 
 
-def test_block_gating_units_are_shape_preserving_blocks():
-    m20 = create_model("resnet20", 10, gating="block")
-    assert m20.n_units == 3 + 2 + 2  # stage 1 keeps its shape from the first block on
-    m50 = create_model("resnet50", 10, gating="block", stem="imagenet")
-    assert m50.n_units == 2 + 3 + 5 + 2  # every stage's first bottleneck changes shape
+@pytest.mark.parametrize("name, stem, every_block, shape_preserving", [
+    ("resnet20", "cifar", 9, 3 + 2 + 2),  # stage 1 keeps its shape from the first block on
+    ("resnet110", "cifar", 54, 18 + 17 + 17),
+    ("resnet50", "imagenet", 16, 2 + 3 + 5 + 2),  # every stage's first bottleneck changes shape
+    ("resnet101", "imagenet", 33, 2 + 3 + 22 + 2),
+])
+def test_block_gating_unit_counts(name, stem, every_block, shape_preserving):
+    """AIG and 002_...txt Sec. 4.2.1 ("ResNet-50 (16 gates)"): a gate on every block by default;
+    ``gate_downsample=False`` keeps each stage's shape-changing first block mandatory."""
+    assert create_model(name, 10, gating="block", stem=stem).n_units == every_block
+    assert create_model(name, 10, gating="block", stem=stem, gate_downsample=False).n_units == shape_preserving
+    with pytest.raises(ValueError, match="gate_downsample needs gating='block'"):
+        create_model(name, 10, gating="stage", stem=stem, gate_downsample=True)
+
+
+def _sample_patterns(n_units: int, k: int, seed: int = 0) -> list[SkipPattern]:
+    g = torch.Generator().manual_seed(seed)
+    drawn = [SkipPattern(tuple(bool(b) for b in torch.rand(n_units, generator=g) < 0.5)) for _ in range(k)]
+    return [SkipPattern.super_net(n_units), SkipPattern.base_net(n_units), *drawn]
+
+
+@pytest.mark.parametrize("name, size, stem", [("resnet20", 32, "cifar"), ("resnet50", 64, "imagenet")])
+def test_gated_downsampling_unit_pattern_tensor_and_gate_fn_paths_agree(name, size, stem):
+    """Block gating with downsampling units: a skipped unit is ``relu(shortcut(h))``; the pattern
+    path, 0/1 keep tensors and a GateFn returning the same 0/1 decisions give the same logits."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, gating="block", stem=stem)
+    _randomize_bn(model)
+    model.eval()
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        for p in _sample_patterns(model.n_units, 6):
+            a = model(x, p)
+            keep = p.keep_tensor(3)
+            torch.testing.assert_close(model(x, keep), a, atol=1e-5, rtol=1e-5, msg=str(p))
+            torch.testing.assert_close(model(x, lambda u, h, keep=keep: keep[:, u]), a, atol=1e-5, rtol=1e-5)
+
+
+def test_skipped_downsampling_unit_runs_its_shortcut_only():
+    model = create_model("resnet20", 10, gating="block").eval()
+    stage = model.stages[1]
+    block = stage.units[0][0]
+    assert block.downsample is not None and len(stage.base) == 0
+    called: list[str] = []
+    block.conv1.register_forward_hook(lambda *_: called.append("conv1"))
+    block.downsample.register_forward_hook(lambda *_: called.append("shortcut"))
+    u = stage.unit_offset
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model(x, SkipPattern(tuple(i == u for i in range(model.n_units))))
+        assert called == ["shortcut"]
+        h = model.stages[0](model.stem(x), None)
+        out = model.stages[1](h, SkipPattern(tuple(i == u for i in range(model.n_units))))
+        ref = torch.relu(block.downsample(h))  # written out: shortcut(x) + 0 * F(x), then ReLU
+        for b in stage.units[1:]:
+            ref = b[0](ref)
+    torch.testing.assert_close(out, ref)
 
 
 def test_skipped_units_run_no_code():
@@ -135,6 +188,29 @@ def test_features_per_stage():
     model = create_model("resnet20", 10).eval()
     logits, feats = model(torch.randn(2, 3, 32, 32), None, return_features=True)
     assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+
+
+def test_gate_heads_start_at_the_configured_keep_rate():
+    """ConvNet-AIG's head init (tiny final-layer weights, biases for the initial rate): on random
+    input every gate of a freshly built model keeps with probability ~init_keep, nearly constant."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, gating="block", gate_head="aig", gate_init_keep=0.9).train()
+    x = torch.randn(16, 3, 32, 32)
+    probs = []
+
+    def fn(u: int, h: torch.Tensor) -> torch.Tensor:
+        probs.append(torch.softmax(model.gate_heads[u](h), -1)[:, 1])
+        return torch.ones(h.shape[0])
+
+    with torch.no_grad():
+        model(x, fn)
+    p = torch.stack(probs)  # [n_units, B]
+    assert p.shape == (model.n_units, 16)
+    assert (p.mean(1) - 0.9).abs().max() < 0.01  # every gate's mean
+    assert p.std(1).max() < 0.01  # spread over inputs
+    logit = create_model("resnet20", 10, gating="block", gate_head="logit", gate_init_keep=0.8)
+    for head in logit.gate_heads:
+        torch.testing.assert_close(torch.softmax(head(x[:1]), -1)[0, 1], torch.tensor(0.8))
 
 
 def test_gate_fn_is_called_with_unit_input():
@@ -191,37 +267,144 @@ def _randomize_bn(model: torch.nn.Module) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("training", [True, False])
-def test_switchable_bn_tensor_path_equals_mixing_two_batchnorms(training, layout):
-    """The fused tensor path (one normalisation + per-sample affine) is the two-BN mix it replaces:
-    same outputs, same gradients (keep included: the straight-through path), same running stats."""
-    torch.manual_seed(0)
-    sbn = SwitchableBatchNorm2d(8).train(training)
+def _switchable_and_references(c: int, momentum: float | None = 0.1) -> tuple[SwitchableBatchNorm2d, list]:
+    """A switchable BN with random affine and running statistics, and two plain BatchNorm2d copies of its sets."""
+    sbn = SwitchableBatchNorm2d(c)
     for bn in sbn.bns:
         torch.nn.init.normal_(bn.weight)
         torch.nn.init.normal_(bn.bias)
         bn.running_mean.normal_()
         bn.running_var.uniform_(0.5, 2.0)
-    ref = [torch.nn.BatchNorm2d(8).train(training) for _ in range(2)]
+        bn.momentum = momentum
+    ref = [torch.nn.BatchNorm2d(c, momentum=momentum) for _ in range(2)]
     for r, bn in zip(ref, sbn.bns):
         r.load_state_dict(bn.state_dict())
-    x = torch.randn(6, 8, 5, 5).contiguous(memory_format=layout).requires_grad_(True)
-    keep = torch.tensor([1.0, 0.0, 1.0, 0.3, 0.0, 1.0], requires_grad=True)
-    y = sbn(x, keep)
-    k = keep.view(-1, 1, 1, 1)
-    y_ref = k * ref[0](x) + (1 - k) * ref[1](x)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    params = [p for bn in sbn.bns for p in bn.parameters()]
-    params_ref = [p for r in ref for p in r.parameters()]
-    grads = torch.autograd.grad(y.square().sum(), [x, keep, *params])
-    grads_ref = torch.autograd.grad(y_ref.square().sum(), [x, keep, *params_ref])
-    for g, g_ref in zip(grads, grads_ref):
-        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+    return sbn, ref
+
+
+def _bn_with(x: torch.Tensor, bn: torch.nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """BatchNorm written out: ``w * (x - mean) / sqrt(var + eps) + b`` with the given ``[C]`` statistics."""
+    c = (1, -1, 1, 1)
+    return bn.weight.view(c) * (x - mean.view(c)) / torch.sqrt(var.view(c) + bn.eps) + bn.bias.view(c)
+
+
+def _assert_same_buffers(sbn: SwitchableBatchNorm2d, ref: list) -> None:
     for r, bn in zip(ref, sbn.bns):
         torch.testing.assert_close(bn.running_mean, r.running_mean)
         torch.testing.assert_close(bn.running_var, r.running_var)
         assert int(bn.num_batches_tracked) == int(r.num_batches_tracked)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_switchable_bn_routes_each_sample_to_its_set(layout, momentum):
+    """ADN Sec. 3.4: keep=1 samples use (and train) the "unit runs" set, keep=0 samples the "unit
+    skipped" set. Reference: two plain BatchNorm2d, each run on its own sub-batch — outputs,
+    gradients (input and affine), running statistics over two batches (momentum and cumulative)."""
+    torch.manual_seed(0)
+    sbn, ref = _switchable_and_references(8, momentum)
+    sbn.train()
+    for keep_list in ([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]):
+        keep = torch.tensor(keep_list, requires_grad=True)
+        on, off = keep.detach().bool().nonzero().flatten(), (~keep.detach().bool()).nonzero().flatten()
+        x = torch.randn(6, 8, 5, 5).contiguous(memory_format=layout).requires_grad_(True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        gw = torch.randn(6, 8, 5, 5)  # a fixed upstream gradient
+        y = sbn(x, keep)
+        assert y.is_contiguous(memory_format=layout)
+        y_on, y_off = ref[0](x_ref[on]), ref[1](x_ref[off])
+        torch.testing.assert_close(y[on], y_on, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y[off], y_off, rtol=1e-5, atol=1e-5)
+        params = [p for bn in sbn.bns for p in bn.parameters()]
+        params_ref = [p for r in ref for p in r.parameters()]
+        grads = torch.autograd.grad((y * gw).sum(), [x, *params])
+        grads_ref = torch.autograd.grad((y_on * gw[on]).sum() + (y_off * gw[off]).sum(), [x_ref, *params_ref])
+        for g, g_ref in zip(grads, grads_ref):
+            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+        _assert_same_buffers(sbn, ref)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_switchable_bn_keep_gradient_is_the_switch_of_one_sample(layout):
+    """Straight-through keep gradient: ``dL/dk_b = sum g_b * (BN_on(x_b) - BN_off(x_b))`` with each
+    set's statistics of this batch (its own sub-batch's) held fixed, written out here."""
+    torch.manual_seed(1)
+    sbn, _ = _switchable_and_references(4)
+    sbn.train()
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0], requires_grad=True)
+    x = torch.randn(5, 4, 3, 3).contiguous(memory_format=layout)
+    gw = torch.randn(5, 4, 3, 3)
+    (g_keep,) = torch.autograd.grad((sbn(x, keep) * gw).sum(), keep)
+    m = keep.detach().bool()
+    var_on, mean_on = torch.var_mean(x[m], dim=(0, 2, 3), correction=0)
+    var_off, mean_off = torch.var_mean(x[~m], dim=(0, 2, 3), correction=0)
+    diff = _bn_with(x, sbn.bns[0], mean_on, var_on) - _bn_with(x, sbn.bns[1], mean_off, var_off)
+    torch.testing.assert_close(g_keep, (gw * diff).sum((1, 2, 3)).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_switchable_bn_set_without_batch_statistics_uses_its_running_ones():
+    """A set that receives no sample (or one sample of a 1x1 map: one value per channel) is not
+    trained by the batch: its buffers stay, and the keep gradient normalises with its running stats."""
+    torch.manual_seed(2)
+    sbn, ref = _switchable_and_references(4)
+    sbn.train()
+    before = {k: v.clone() for k, v in sbn.bns[1].state_dict().items()}
+    keep = torch.ones(6, requires_grad=True)
+    x, gw = torch.randn(6, 4, 3, 3), torch.randn(6, 4, 3, 3)
+    y = sbn(x, keep)
+    torch.testing.assert_close(y, ref[0](x), rtol=1e-5, atol=1e-5)
+    for k, v in sbn.bns[1].state_dict().items():
+        assert torch.equal(v, before[k]), k
+    (g_keep,) = torch.autograd.grad((y * gw).sum(), keep)
+    var_on, mean_on = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+    off = sbn.bns[1]
+    diff = _bn_with(x, sbn.bns[0], mean_on, var_on) - _bn_with(x, off, off.running_mean, off.running_var)
+    torch.testing.assert_close(g_keep, (gw * diff).sum((1, 2, 3)).detach(), rtol=1e-4, atol=1e-4)
+    # 1x1 maps, one sample skipped: the OFF set has one value per channel
+    x1 = torch.randn(4, 4, 1, 1, requires_grad=True)
+    y1 = sbn(x1, torch.tensor([1.0, 1.0, 0.0, 1.0]))
+    torch.testing.assert_close(y1[[0, 1, 3]], ref[0](x1[[0, 1, 3]]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y1[2:3], _bn_with(x1[2:3], off, off.running_mean, off.running_var))
+    (g_x,) = torch.autograd.grad(y1[2].sum(), x1)  # eval-style normalisation: a per-channel factor only
+    torch.testing.assert_close(g_x[2].flatten(), (off.weight / torch.sqrt(off.running_var + off.eps)).detach())
+    for k, v in sbn.bns[1].state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_switchable_bn_soft_keep_is_fractional_membership():
+    """Soft k (documented meaning): weighted per-set statistics (weights k and 1 - k), output
+    ``k * BN_on + (1 - k) * BN_off``, running variance ``weighted var * n / (n - 1)``, n = H*W*sum(weights)."""
+    torch.manual_seed(3)
+    sbn, _ = _switchable_and_references(3)
+    sbn.train()
+    old = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in sbn.bns]
+    keep = torch.tensor([0.2, 1.0, 0.0, 0.7])
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    y = sbn(x, keep)
+    y_ref, k = 0.0, keep.view(-1, 1, 1, 1)
+    for i, w in enumerate((k, 1 - k)):
+        n = w.sum() * 4
+        mean = (w * x).sum((0, 2, 3)) / n
+        var = (w * (x - mean.view(1, -1, 1, 1)) ** 2).sum((0, 2, 3)) / n
+        y_ref = y_ref + w * _bn_with(x, sbn.bns[i], mean, var)
+        torch.testing.assert_close(sbn.bns[i].running_mean, 0.9 * old[i][0] + 0.1 * mean.detach())
+        torch.testing.assert_close(sbn.bns[i].running_var, 0.9 * old[i][1] + 0.1 * var.detach() * n / (n - 1))
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    gw = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad((y * gw).sum(), x)[0], torch.autograd.grad((y_ref * gw).sum(), x)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_switchable_bn_eval_tensor_path_mixes_the_two_sets(layout):
+    """Eval: ``k * bn_on(x) + (1 - k) * bn_off(x)`` with running statistics (exact at 0/1)."""
+    torch.manual_seed(0)
+    sbn, ref = _switchable_and_references(8)
+    sbn.eval()
+    x = torch.randn(6, 8, 5, 5).contiguous(memory_format=layout)
+    keep = torch.tensor([1.0, 0.0, 1.0, 0.3, 0.0, 1.0])
+    k = keep.view(-1, 1, 1, 1)
+    torch.testing.assert_close(sbn(x, keep), k * ref[0].eval()(x) + (1 - k) * ref[1].eval()(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("gating", ["stage", "block"])

@@ -7,7 +7,9 @@ from gatesearch.schedules import (
     geometric_temperature,
     linear_over_units,
     lr_factor,
+    stepped_target,
     stochastic_depth_keep,
+    variable_target,
 )
 
 
@@ -45,6 +47,29 @@ def test_geometric_temperature():
 
 def test_annealed_target_holds_last():
     assert [annealed_target([1.0, 0.9, 0.8], e) for e in range(5)] == [1.0, 0.9, 0.8, 0.8, 0.8]
+
+
+def test_stepped_target_is_the_papers_annealing():
+    """002_...txt supplement S2.1: decrease by a = 0.05 after every k = 5 epochs, from 1 down to t."""
+    got = [stepped_target(1.0, 0.8, 0.05, 5, e) for e in range(0, 30)]
+    expected = [1.0] * 5 + [0.95] * 5 + [0.9] * 5 + [0.85] * 5 + [0.8] * 10
+    assert got == pytest.approx(expected)
+
+
+def test_variable_target_moving_average_and_ema():
+    """Supplement S2.2: the target starts at the hyperparameter (0.5) and follows the batches' rates
+    (0.8, 0.2, 0.9): moving average (0.5+0.8)/2, (0.5+0.8+0.2)/3, (0.5+0.8+0.2+0.9)/4; EMA with m=0.5."""
+    t_ma, t_ema = 0.5, 0.5
+    ma, em = [], []
+    for n, a in enumerate([0.8, 0.2, 0.9], start=1):
+        t_ma = variable_target(t_ma, a, n, "moving_average", 0.9)
+        t_ema = variable_target(t_ema, a, n, "ema", 0.5)
+        ma.append(t_ma)
+        em.append(t_ema)
+    assert ma == pytest.approx([0.65, 0.5, 0.6])
+    assert em == pytest.approx([0.65, 0.425, 0.6625])
+    with pytest.raises(ValueError):
+        variable_target(0.5, 0.5, 1, "median", 0.9)
 
 
 def test_ema():

@@ -37,8 +37,10 @@ def _data(n_batches: int = 2, batch: int = 8, classes: int = 10, seed: int = 0) 
 
 @pytest.mark.parametrize("gating", ["stage", "block"])
 def test_trie_equals_naive(gating: str) -> None:
+    """Block gating gates the downsampling blocks too (9 units): a skipped one is its shortcut."""
     torch.manual_seed(0)
     model = create_model("resnet20", 10, gating=gating).eval()
+    assert model.n_units == (3 if gating == "stage" else 9)
     _randomise_bn(model)
     assert model.switchable_bn == (gating == "stage")
     data = _data()
@@ -61,7 +63,7 @@ def test_trie_shares_prefix_work() -> None:
 
 
 def test_beam_search_keeps_width() -> None:
-    model = create_model("resnet20", 10, gating="block").eval()
+    model = create_model("resnet20", 10, gating="block", gate_downsample=False).eval()  # 7 units
     scores = beam_search(model, _data(n_batches=1), width=1)
     # width 1: one pattern per level, each level expands it by one unit -> 1 + sum_{k} (7 - k) evaluated
     assert len(scores) == 1 + sum(range(1, 8))

@@ -119,8 +119,8 @@ def test_bn_reestimation_and_many_units(tmp_path):
                     train__max_steps_per_epoch=3, train__bn_reestimate_batches=2, train__eval_every=1)
     m = fit(cfg).metrics
     assert {"top1_super", "top1_base", "frontier_score"} <= set(m)
-    # 7 units > train.eval_all_patterns_max_units: the ladder (super, then units skipped from the last)
-    ladder = ["FFFFFFF", "FFFFFFT", "FFFFFTT", "FFFFTTT", "FFFTTTT", "FFTTTTT", "FTTTTTT", "TTTTTTT"]
+    # 9 units > train.eval_all_patterns_max_units: the ladder (super, then units skipped from the last)
+    ladder = ["F" * (9 - k) + "T" * k for k in range(10)]
     assert sorted(k[5:] for k in m if k[:5] == "top1_" and set(k[5:]) <= {"T", "F"}) == sorted(ladder)
 
 

@@ -1,16 +1,20 @@
-"""``probgates``: learned probabilistic gates (Herrmann, Bowen & Zabih, "Channel Selection Using
-Gumbel Softmax", ECCV 2020; AIG, Veit & Belongie, ECCV 2018).
+"""``probgates``: learned probabilistic gates (Herrmann, Bowen & Zabih, "Deep networks with
+probabilistic gates", ``../shared/papers/002_7f2a293bb907def9.txt``; built on ConvNet-AIG, Veit &
+Belongie, "Convolutional Networks with Adaptive Inference Graphs", ECCV 2018).
 
 Every unit has a gate that yields ``[B, 2]`` logits: ``model.gate_head=logit`` (one learned
 logit per unit, data-independent: the ``[B, n_units]`` keep tensor is computed before the
-forward) or ``aig`` (a small head on the unit's input, data-dependent: passed as a ``GateFn``).
-Training samples straight-through Gumbel gates at temperature ``tau`` (annealed geometrically
-``tau_start -> tau_end``) and adds ``weight * rate_loss(keep_prob, target)``, with the
-noise-free keep probabilities ``keep_prob [B, n_units]`` (``losses.RATE_LOSSES``). The target is
-constant, annealed (per-epoch list, last held) or variable (EMA of the observed activation,
-starting at ``target``). Inference: ``threshold`` (keep where keep_prob >= threshold),
-``always_on``, ``stochastic`` (top-1 mean and std over ``runs`` sampled passes), ``ensemble``
-(mean softmax of ``runs`` sampled passes).
+forward) or ``aig`` (AIG's head on the unit's input, data-dependent: passed as a ``GateFn``).
+Training samples straight-through Gumbel gates ``z`` at temperature ``tau`` (paper Sec. 2.1, AIG:
+fixed at 1; a geometric ``tau_start -> tau_end`` annealing is an option) and minimises
+``L_MC + weight * L_target`` (Sec. 2.1) with ``L_target`` one of ``losses.RATE_LOSSES`` acting on
+the sampled ``z`` (``rate_on=sample``, as the paper and AIG; ``prob``: the noise-free keep
+probabilities). The target is constant, annealed (supplement S2.1: down by ``anneal_step`` every
+``anneal_every`` epochs, or an explicit per-epoch list) or variable (S2.2: restarts at ``target``
+each epoch, then a moving average or EMA of the observed batch activation); ``unit_targets`` gives
+the per-gate loss one target per unit (AIG's schedules; units at 1 leave the loss). Inference
+(Sec. 3.2): ``threshold`` (keep where keep_prob >= threshold), ``always_on``, ``stochastic`` (top-1
+mean and std over ``runs`` sampled passes), ``ensemble`` (mean softmax of ``runs`` sampled passes).
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 import torch.nn.functional as F
 
+from gatesearch.config import ConfigError
 from gatesearch.evaluate import GateSource, PerBatch
-from gatesearch.losses import RATE_LOSSES
+from gatesearch.losses import RATE_LOSSES, rate_per_gate
 from gatesearch.methods.base import Backward, Method, StepResult, scalar
 from gatesearch.models import GatedResNet, Gates
 from gatesearch.models.gates import gumbel_gate
 from gatesearch.patterns import SkipPattern
-from gatesearch.schedules import annealed_target, ema, geometric_temperature
+from gatesearch.schedules import annealed_target, geometric_temperature, stepped_target, variable_target
 
 if TYPE_CHECKING:
     from gatesearch.config import Config
@@ -108,22 +113,41 @@ def gate_rates(model: GatedResNet, loader: Iterable, device: torch.device, max_b
 class ProbGates(Method):
     def __init__(self, cfg: Config, model: GatedResNet, steps_per_epoch: int) -> None:
         super().__init__(cfg, model, steps_per_epoch)
-        self.opts = cfg.method.probgates
-        self.variable_target = self.opts.target
-        self.rate_loss = RATE_LOSSES[self.opts.loss]
+        self.opts = o = cfg.method.probgates
+        self.rate_loss = RATE_LOSSES[o.loss]
+        if o.unit_targets and len(o.unit_targets) != model.n_units:
+            raise ConfigError(f"method.probgates.unit_targets: {len(o.unit_targets)} targets for a model with "
+                              f"{model.n_units} units")
+        # variable target (supplement S2.2): the target so far in epoch `_epoch`, after `_seen` batches
+        self.variable_target, self._epoch, self._seen = o.target, 0, 0
 
     def target(self, epoch: int) -> float:
+        """The scalar target rate of the current batch in ``epoch`` (0-based)."""
         o = self.opts
         if o.target_schedule == "annealed":
-            return annealed_target(o.targets, epoch)
-        return self.variable_target if o.target_schedule == "variable" else o.target
+            if o.targets:
+                return annealed_target(o.targets, epoch)
+            return stepped_target(o.anneal_start, o.target, o.anneal_step, o.anneal_every, epoch)
+        if o.target_schedule == "variable":
+            return self.variable_target if epoch == self._epoch else o.target  # a new epoch restarts
+        return o.target
 
     def param_groups(self, model: GatedResNet) -> list[dict]:
         gate_ids = {id(p) for p in model.gate_parameters()}
         rest = [p for p in model.parameters() if id(p) not in gate_ids]
-        gates = {"params": model.gate_parameters(), "lr_mult": self.opts.gate_lr_mult,
-                 "weight_decay": self.opts.gate_weight_decay}
+        gates = {"params": model.gate_parameters(), "lr_mult": self.opts.gate_lr_mult}
+        if self.opts.gate_weight_decay is not None:  # else the optimizer's, as ConvNet-AIG
+            gates["weight_decay"] = self.opts.gate_weight_decay
         return [{"params": rest}, gates]
+
+    def rate(self, keeps: torch.Tensor, probs: torch.Tensor, target: float) -> torch.Tensor:
+        """``L_target`` on the sampled gates ``keeps`` or the probabilities ``probs`` (``rate_on``), both
+        ``[B, n_units]``; per-unit targets leave the units whose target is 1 out (AIG)."""
+        z = keeps if self.opts.rate_on == "sample" else probs
+        if self.opts.unit_targets:
+            t = torch.tensor(self.opts.unit_targets, device=z.device)
+            return rate_per_gate(z, t, active=t < 1)
+        return self.rate_loss(z, target)
 
     def train_step(
         self, model: GatedResNet, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int, backward: Backward
@@ -132,10 +156,15 @@ class ProbGates(Method):
         gates, keeps, probs = sample_gates(model, x, tau)
         ce = F.cross_entropy(model(x, gates), y)
         target = self.target(epoch)
-        rate = self.rate_loss(torch.stack(probs, 1), target)  # keep_prob [B, n_units]
-        act = scalar(torch.stack(keeps, 1).mean())
+        z = torch.stack(keeps, 1)  # [B, n_units]
+        rate = self.rate(z, torch.stack(probs, 1), target)
+        act = scalar(z.mean())  # the batch's activation rate
         if self.opts.target_schedule == "variable":
-            self.variable_target = ema(self.variable_target, act, self.opts.target_ema)
+            if epoch != self._epoch:
+                self._epoch, self._seen = epoch, 0
+            self._seen += 1
+            self.variable_target = variable_target(target, act, self._seen, self.opts.variable_update,
+                                                   self.opts.target_ema)
         parts = {"ce": scalar(ce), "rate_loss": scalar(rate), "act": act, "target": target, "tau": tau}
         return StepResult(ce + self.opts.weight * rate, parts)
 
@@ -148,7 +177,8 @@ class ProbGates(Method):
         return out
 
     def state_dict(self) -> dict[str, float]:
-        return {"variable_target": self.variable_target}
+        return {"variable_target": self.variable_target, "variable_epoch": self._epoch, "variable_seen": self._seen}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.variable_target = float(state.get("variable_target", self.opts.target))
+        self._epoch, self._seen = int(state.get("variable_epoch", 0)), int(state.get("variable_seen", 0))

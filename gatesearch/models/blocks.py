@@ -2,7 +2,8 @@
 
 Every block's ``forward(x, which)`` passes ``which`` to its norms, so a mandatory block can
 use the BN set that matches its stage's gated unit (see ``norm.py``). A gated block also takes
-``scale``, a per-sample keep factor on its residual branch: ``relu(x + scale * F(x))``.
+``scale``, a per-sample keep factor on its residual branch: ``relu(shortcut(x) + scale * F(x))``
+(``shortcut`` the identity, or the downsampling 1x1 conv + BN); ``skipped`` is its value at 0.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ def _join(residual: torch.Tensor, identity: torch.Tensor, scale: torch.Tensor | 
     if scale is None:
         return residual + identity
     return torch.addcmul(identity, residual, scale.view(-1, 1, 1, 1).to(residual.dtype))
+
+
+def skipped(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A block's output with its residual branch skipped (keep factor 0): ``relu(shortcut(x))``, the
+    residual branch never computed. For an identity shortcut that is ``x`` itself (block inputs are
+    ReLU outputs); a downsampling block still runs its 1x1 conv + BN shortcut (AIG, Veit & Belongie
+    2018, ``out = shortcut(x) + z * F(x)`` then ReLU)."""
+    return x if block.downsample is None else block.relu(block.downsample(x))
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:

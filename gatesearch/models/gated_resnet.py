@@ -2,15 +2,17 @@
 
 ``gating="stage"`` (Adaptive Depth Networks): the first ``min(n-1, ceil(n/2))`` blocks of a
 stage are mandatory, the remaining blocks form the stage's one gated unit. ``gating="block"``
-(probabilistic-gates layout): every block that keeps its input shape is its own unit.
+(probabilistic-gates layout): every block is its own unit; with ``gate_downsample=False`` the
+shape-changing first block of a stage stays mandatory (resnet50: 12 units instead of AIG's 16).
 ``gating="none"``: a plain ResNet with the same modules (the no-gating reference).
 
 The active sub-network is the ``gates`` argument of ``forward`` — never module state.
 A keep factor ``k`` (tensor gates) scales the residual branch of each block of its unit,
-``h <- relu(h + k * F(h))``: AIG's gated residual (Veit & Belongie 2018) and stochastic depth's
-test-time rule (Huang et al. 2016). Unit blocks keep their input shape and every block input is
-a ReLU output (``h >= 0``), so ``k = 0`` returns ``h`` unchanged and 0/1 factors give exactly the
-numbers of the matching ``SkipPattern``.
+``h <- relu(shortcut(h) + k * F(h))``: AIG's gated residual (Veit & Belongie 2018; 002_...txt
+Sec. 2.1, ``x_l = x_{l-1} + z_l F_l(x_{l-1})``) and stochastic depth's test-time rule (Huang et
+al. 2016). A skipped unit (``SkipPattern``) never computes a residual branch: an identity block
+returns ``h`` (block inputs are ReLU outputs, ``h >= 0``), a downsampling block ``relu(shortcut(h))``
+(``blocks.skipped``), so 0/1 factors give exactly the numbers of the matching ``SkipPattern``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import nn
 
-from gatesearch.models.blocks import BasicBlock, Bottleneck
+from gatesearch.models.blocks import BasicBlock, Bottleneck, skipped
 from gatesearch.models.gates import build_gate
 from gatesearch.models.norm import UNIT_OFF, UNIT_ON, PlainNorm, SwitchableBatchNorm2d
 from gatesearch.patterns import SkipPattern
@@ -43,12 +45,14 @@ def mandatory_blocks(n: int) -> int:
 class Stage(nn.Module):
     """``base`` blocks (always run) followed by ``units`` (each a list of blocks, skippable)."""
 
-    def __init__(self, base: list[nn.Module], units: list[list[nn.Module]], unit_offset: int, switchable: bool):
+    def __init__(self, base: list[nn.Module], units: list[list[nn.Module]], unit_offset: int, switchable: bool,
+                 gate_downsample: bool = False):
         super().__init__()
         self.base = nn.ModuleList(base)
         self.units = nn.ModuleList(nn.ModuleList(u) for u in units)
-        if any(b.downsample is not None for u in units for b in u):
-            raise ValueError("a gated unit's blocks must keep their input shape (identity shortcut)")
+        if any(b.downsample is not None for u in units for b in (u[1:] if gate_downsample else u)):
+            raise ValueError("a gated unit's blocks must keep their input shape (identity shortcut)"
+                             + ("" if gate_downsample else "; gate_downsample=True allows it for a unit's first block"))
         self.unit_offset = unit_offset
         # Switchable BN: the base's BN set follows this stage's (only) unit.
         self.switch_unit = unit_offset if switchable else None
@@ -75,7 +79,8 @@ class Stage(nn.Module):
         for j, unit in enumerate(self.units):
             u = self.unit_offset + j
             if isinstance(gates, SkipPattern) and gates.skipped[u]:
-                continue  # skipped units are never computed
+                h = skip_unit(unit, h)  # no residual branch is computed (a downsampling shortcut is)
+                continue
             keep = None  # [B] keep factors on the unit's residual branches (module docstring)
             if isinstance(gates, torch.Tensor):
                 keep = gates[:, u]
@@ -84,6 +89,14 @@ class Stage(nn.Module):
             for block in unit:
                 h = block(h, scale=keep)
         return h
+
+
+def skip_unit(unit: Sequence[nn.Module], h: torch.Tensor) -> torch.Tensor:
+    """A skipped unit's output on its input ``h [B, C, H, W]``: ``h`` for identity blocks, the
+    shortcut (then ReLU) of a downsampling first block (``blocks.skipped``)."""
+    for block in unit:
+        h = skipped(block, h)
+    return h
 
 
 class GatedResNet(nn.Module):
@@ -100,10 +113,18 @@ class GatedResNet(nn.Module):
         switchable_bn: bool | None = None,
         gate_head: str | None = None,
         in_channels: int = 3,
+        gate_init_keep: float = 0.9,
+        gate_downsample: bool | None = None,
     ) -> None:
+        """``gate_downsample``: block gating also makes each stage's shape-changing first block a unit
+        (``None``: on for ``gating="block"``, the papers' layout); it needs ``gating="block"``."""
         super().__init__()
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+        if gate_downsample is None:
+            gate_downsample = gating == "block"
+        if gate_downsample and gating != "block":
+            raise ValueError("gate_downsample needs gating='block'")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         if switchable_bn is None:
@@ -111,6 +132,7 @@ class GatedResNet(nn.Module):
         if switchable_bn and gating != "stage":
             raise ValueError("switchable_bn needs gating='stage' (one BN set per state of the stage's unit)")
         self.gating, self.stem_kind, self.switchable_bn = gating, stem, switchable_bn
+        self.gate_downsample = gate_downsample
         stem_width = widths[0]
         if stem == "cifar":
             self.stem = nn.Sequential(
@@ -129,25 +151,26 @@ class GatedResNet(nn.Module):
             stride = 1 if s == 0 else 2
             cout = planes * block.expansion
             n_base = {"stage": mandatory_blocks(n), "block": 0, "none": n}[gating]
-            if gating == "block" and (stride != 1 or cin != cout):
-                n_base = 1  # the shape-changing first block cannot be skipped
+            if gating == "block" and (stride != 1 or cin != cout) and not gate_downsample:
+                n_base = 1  # the shape-changing first block stays mandatory
             base_norm = SwitchableBatchNorm2d if switchable_bn else PlainNorm
             base = [block(cin if i == 0 else cout, planes, stride if i == 0 else 1, base_norm) for i in range(n_base)]
             rest = [block(cin if i == 0 else cout, planes, stride if i == 0 else 1, PlainNorm) for i in range(n_base, n)]
             units = [rest] if gating == "stage" and rest else [[b] for b in rest] if gating == "block" else []
-            stages.append(Stage(base, units, len(unit_channels), switchable_bn))
-            unit_channels += [cout] * len(units)
+            stages.append(Stage(base, units, len(unit_channels), switchable_bn, gate_downsample))
+            unit_channels += [u[0].conv1.in_channels for u in units]  # each unit's input (what its gate sees)
             cin = cout
         self.stages = nn.ModuleList(stages)
         self.n_units = len(unit_channels)
         self.unit_channels = tuple(unit_channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
-        self.gate_heads = nn.ModuleList(build_gate(gate_head, c) for c in unit_channels) if gate_head else None
+        self.gate_heads = nn.ModuleList(build_gate(gate_head, c, gate_init_keep) for c in unit_channels) if gate_head else None
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
+        # the network's convolutions only: the gate heads keep their own (ConvNet-AIG's) initialisation
+        for m in [*self.stem.modules(), *self.stages.modules()]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         for stage in self.stages:  # zero-init the last BN of each residual branch (Goyal et al. 2017)
@@ -236,5 +259,6 @@ MODELS.add("resnet101", _imagenet(Bottleneck, [3, 4, 23, 3], 101))
 
 
 def create_model(name: str, num_classes: int, gating: str = "stage", stem: str = "cifar", **kw) -> GatedResNet:
-    """Build a registered model. ``kw``: ``switchable_bn``, ``gate_head`` (``logit``/``aig``), ``in_channels``."""
+    """Build a registered model. ``kw``: ``switchable_bn``, ``gate_head`` (``logit``/``aig``), ``gate_init_keep``,
+    ``in_channels``."""
     return MODELS.get(name)(num_classes=num_classes, gating=gating, stem=stem, **kw)

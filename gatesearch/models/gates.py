@@ -54,6 +54,7 @@ class LogitGate(nn.Module):
 
     def __init__(self, init_keep: float = 0.9) -> None:
         super().__init__()
+        _check_init_keep(init_keep)
         self.logit = nn.Parameter(torch.tensor(math.log(init_keep / (1 - init_keep))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,14 +64,24 @@ class LogitGate(nn.Module):
 
 class AIGGate(nn.Module):
     """Data-dependent gate (AIG, Veit & Belongie 2018): global pool -> 1x1 conv -> BN -> ReLU
-    -> 1x1 conv to 2 logits, on the unit's input ``[B, C, H, W]``."""
+    -> 1x1 conv to 2 logits, on the unit's input ``[B, C, H, W]``.
+
+    Initialised as ConvNet-AIG (``convnet_aig.py``, ``ResNet_ImageNet.__init__``): ``fc1`` He-normal
+    with fan-out (``std = sqrt(2 / hidden)``), ``fc2``'s weights ``N(0, 0.001)`` so the logits hardly
+    depend on the input at first, and ``fc2``'s biases set so every gate starts at keep probability
+    ``init_keep`` (AIG: biases ``[0.1, 2]``, ``sigmoid(1.9) = 0.87``, "about 85%"; here
+    ``[0, logit(init_keep)]``): early training sees nearly the full network.
+    """
 
     def __init__(self, channels: int, hidden: int = 16, init_keep: float = 0.9) -> None:
         super().__init__()
+        _check_init_keep(init_keep)
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.bn = nn.BatchNorm2d(hidden)
         self.fc2 = nn.Conv2d(hidden, 2, 1)
-        with torch.no_grad():  # start near "keep", as AIG does, so early training sees the full net
+        with torch.no_grad():
+            nn.init.normal_(self.fc1.weight, 0.0, math.sqrt(2.0 / hidden))
+            nn.init.normal_(self.fc2.weight, 0.0, 0.001)
             self.fc2.bias.copy_(torch.tensor([0.0, math.log(init_keep / (1 - init_keep))]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,9 +112,15 @@ class _GlobalAvgPool(torch.autograd.Function):
         return (g / (h * w)).expand(b, c, h, w)
 
 
-def build_gate(kind: str, channels: int) -> nn.Module:
+def _check_init_keep(p: float) -> None:
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"initial keep probability must be in (0, 1), got {p}")
+
+
+def build_gate(kind: str, channels: int, init_keep: float = 0.9) -> nn.Module:
+    """A gate head for a unit whose input has ``channels`` channels, starting at keep probability ``init_keep``."""
     if kind == "logit":
-        return LogitGate()
+        return LogitGate(init_keep)
     if kind == "aig":
-        return AIGGate(channels)
+        return AIGGate(channels, init_keep=init_keep)
     raise ValueError(f"unknown gate head {kind!r}; use 'logit' or 'aig'")

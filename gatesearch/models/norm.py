@@ -1,8 +1,9 @@
 """Switchable (skip-aware) BatchNorm.
 
-Adaptive Depth Networks (Kang & Lee, Sec. 3.2) give the mandatory blocks of a stage two BN
-sets: the features that reach them differ in distribution depending on whether the stage's
-gated unit runs after them, so one set is used for each case.
+Adaptive Depth Networks (Kang & Lee, ``../shared/papers/001_...txt`` Sec. 3.4) give the mandatory
+blocks of a stage two BN sets that "are switched depending on whether its skippable sub-path is
+skipped": the features that reach them differ in distribution depending on whether the stage's
+gated unit runs after them, so each case has its own statistics and affine parameters.
 """
 
 from __future__ import annotations
@@ -17,12 +18,29 @@ UNIT_ON, UNIT_OFF = 0, 1
 class SwitchableBatchNorm2d(nn.Module):
     """Two BatchNorm2d sets; ``forward(x, which)`` picks one.
 
-    ``which`` is ``UNIT_ON`` / ``UNIT_OFF`` (pattern path: one set, the other is not touched),
-    or a ``[B]`` float tensor of keep factors (tensor path: each sample uses the ON set where
-    its factor is 1 and the OFF set where it is 0; soft factors interpolate). The tensor path
-    equals ``keep * bn_on(x) + (1 - keep) * bn_off(x)``; in training it normalises once (both
-    sets see the same batch statistics, and both running averages are updated, as two BN calls
-    would) and applies a per-sample affine in one ``addcmul``.
+    ``which`` is ``UNIT_ON`` / ``UNIT_OFF`` (pattern path: one set, the other is not touched), or a
+    ``[B]`` (or broadcast ``[1]``) float tensor of keep factors ``k`` (tensor path).
+
+    Training, tensor path — each sample is routed to the set of its unit's state: with ``k`` in
+    {0, 1} the ON set's batch statistics, output and running averages come only from the samples
+    with ``k = 1``, the OFF set's only from those with ``k = 0``, exactly as two ``BatchNorm2d`` run
+    on the two sub-batches (tested). A soft ``k`` is a fractional membership: sample ``b`` counts
+    with weight ``k_b`` in the ON set's (weighted) mean and variance and ``1 - k_b`` in the OFF
+    set's, and its output is ``k_b * BN_on(x_b) + (1 - k_b) * BN_off(x_b)``; the running variance
+    takes the weighted variance times ``n / (n - 1)``, ``n = H * W * sum_b weight_b``.
+
+    A set with ``n <= 1`` values per channel in the batch (no sample routed to it, or one sample of
+    a 1x1 map) has no usable batch statistics: it normalises with its running statistics (as in
+    eval) and its running averages and ``num_batches_tracked`` stay as they are (as a BatchNorm
+    that was not called).
+
+    Gradient w.r.t. ``k`` (the straight-through path of hard Gumbel gates):
+    ``dL/dk_b = sum_{c,h,w} g_b * (BN_on(x_b) - BN_off(x_b))``, both sets' normalisation taken
+    with this batch's statistics (running ones for a set without batch statistics) held fixed:
+    what switching one sample would change in its own output. Gradients w.r.t. ``x`` and the
+    affine parameters are the exact ones of the routed (weighted) BatchNorm.
+
+    Eval, tensor path: ``lerp(bn_off(x), bn_on(x), k)`` with the running statistics (exact at 0/1).
     """
 
     def __init__(self, num_features: int) -> None:
@@ -35,73 +53,111 @@ class SwitchableBatchNorm2d(nn.Module):
         on, off = self.bns[UNIT_ON], self.bns[UNIT_OFF]
         if not self.training:  # lerp is exact at 0 and 1: a 0/1 tensor gives the pattern path's numbers
             return torch.lerp(off(x), on(x), which.to(x.dtype).view(-1, 1, 1, 1))
-        y, mean, invstd = _SwitchedBatchNorm.apply(x, which.to(on.weight.dtype), on.weight, off.weight,
-                                                   on.bias, off.bias, on.eps)
-        self._update_running_stats(x, mean, invstd)
+        keep = which.to(on.weight.dtype).reshape(-1).expand(x.shape[0])  # [B]
+        stats = _routed_stats(x, keep, on, off)
+        y = _RoutedBatchNorm.apply(x, keep, on.weight, off.weight, on.bias, off.bias, *stats[:4], on.eps)
+        self._update_running_stats(*stats)
         return y
 
     @torch.no_grad()
-    def _update_running_stats(self, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor) -> None:
-        """What two BatchNorm2d calls would do to their buffers: both sets take this batch's statistics."""
-        n = x.numel() // x.shape[1]
-        var = (invstd.double().pow(-2) - self.bns[UNIT_ON].eps).clamp_min(0) * (n / max(n - 1, 1))  # unbiased
-        for bn in self.bns:
-            bn.num_batches_tracked.add_(1)
-            factor = _factor(bn)
+    def _update_running_stats(self, mean_on: torch.Tensor, var_on: torch.Tensor, mean_off: torch.Tensor,
+                              var_off: torch.Tensor, n_on: torch.Tensor, n_off: torch.Tensor) -> None:
+        """What a BatchNorm2d called on each set's samples does to its buffers (none if it had < 2 values)."""
+        for bn, mean, var, n in ((self.bns[UNIT_ON], mean_on, var_on, n_on), (self.bns[UNIT_OFF], mean_off, var_off, n_off)):
+            used = n > 1  # 0-dim bool: no host sync, the update is masked instead of skipped
+            bn.num_batches_tracked.add_(used.to(bn.num_batches_tracked.dtype))
+            if bn.momentum is None:  # cumulative average: this batch weighs 1 / (batches so far)
+                factor = 1.0 / bn.num_batches_tracked.clamp_min(1).to(bn.running_mean.dtype)
+            else:
+                factor = torch.tensor(bn.momentum, dtype=bn.running_mean.dtype, device=mean.device)
+            factor = torch.where(used, factor, torch.zeros_like(factor))
+            unbiased = var * (n / (n - 1).clamp_min(1e-12))
             bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
-            bn.running_var.lerp_(var.to(bn.running_var.dtype), factor)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
 
 
-class _SwitchedBatchNorm(torch.autograd.Function):
-    """Training-mode BN with a per-sample affine: ``y = xhat * scale[b, c] + shift[b, c]``, where
-    ``xhat`` is ``x [B, C, H, W]`` normalised with its batch statistics and ``scale = lerp(w_off,
-    w_on, keep[b])`` (``shift`` likewise from the biases).
+def _routed_stats(x: torch.Tensor, keep: torch.Tensor, on: nn.BatchNorm2d, off: nn.BatchNorm2d) -> tuple[torch.Tensor, ...]:
+    """Each set's batch statistics over its samples (weights ``keep`` / ``1 - keep``, ``[B]``):
+    ``(mean_on [C], var_on [C], mean_off, var_off, n_on, n_off)``, ``var`` biased, ``n`` the number
+    of values per channel (0-dim). A set with ``n <= 1`` gets its running statistics instead.
 
-    Written out because autograd's version (``native_batch_norm`` then ``addcmul``) walks the
-    activation ~8 times in backward; the affine's gradients already hold the two per-channel sums
-    BN's backward needs (``sum g_xhat = sum_b scale * sum_hw g``, ``sum g_xhat * xhat = sum_b scale *
-    sum_hw g * xhat``), so here it is 5 walks, and ``x`` itself is not kept for backward.
-    Returns ``(y, mean [C], invstd [C])``; the statistics are for the running averages.
+    Per-sample moments ``[B, C]`` are combined with the parallel-variance rule (Chan et al. 1979):
+    ``M2_set = sum_b w_b (M2_b + hw * (mean_b - mean_set)^2)``, stable and one pass over ``x``."""
+    with torch.no_grad():
+        hw = x.shape[2] * x.shape[3]
+        xs = x if x.dtype in (torch.float32, torch.float64) else x.float()  # AMP: statistics in fp32
+        var_b, mean_b = torch.var_mean(xs, dim=(2, 3), correction=0)  # [B, C]
+        out: list[torch.Tensor] = []
+        ns: list[torch.Tensor] = []
+        for w, bn in ((keep, on), (1 - keep, off)):
+            w = w.to(mean_b.dtype)[:, None]  # [B, 1]
+            total = w.sum()
+            mean = (w * mean_b).sum(0) / total.clamp_min(1e-12)  # [C]
+            var = (w * (var_b + (mean_b - mean) ** 2)).sum(0) / total.clamp_min(1e-12)
+            n = total * hw
+            used = n > 1
+            out += [torch.where(used, mean, bn.running_mean.to(mean.dtype)), torch.where(used, var, bn.running_var.to(var.dtype))]
+            ns.append(n)
+        return (*out, *ns)
+
+
+class _RoutedBatchNorm(torch.autograd.Function):
+    """``y[b] = x[b] * S[b] + T[b]`` with ``S[b] = lerp(S_off, S_on, k_b)``, ``S_set = w_set * r_set``,
+    ``T_set = b_set - mean_set * S_set``, ``r_set = (var_set + eps)^-1/2``; the statistics are those of
+    ``_routed_stats`` (functions of ``x`` through the weights ``k`` / ``1 - k`` unless a set fell back
+    to its running statistics, which are constants).
+
+    Written out because every gradient comes from two per-(sample, channel) sums of the upstream
+    gradient ``g``, ``G1 = sum_hw g`` and ``GX = sum_hw g * x``: the affine's (``dS_set = sum_b w_b GX``,
+    ``dT_set = sum_b w_b G1``), the keep's (``sum_c dS_diff GX + dT_diff G1``, statistics fixed), and
+    BatchNorm's own backward through each set's mean and variance, which makes ``g_x = g * S[b] +
+    x * beta[b] + gamma[b]``: two walks over the activation, with ``x`` the only tensor kept.
     """
 
     @staticmethod
-    def forward(ctx, x, keep, w_on, w_off, b_on, b_off, eps):  # type: ignore[override]
-        xhat, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+    def forward(ctx, x, keep, w_on, w_off, b_on, b_off, mean_on, var_on, mean_off, var_off, eps):  # type: ignore[override]
+        r_on, r_off = torch.rsqrt(var_on + eps), torch.rsqrt(var_off + eps)
+        s_on, s_off = w_on * r_on, w_off * r_off  # [C]
+        t_on, t_off = b_on - mean_on * s_on, b_off - mean_off * s_off
         k = keep.view(-1, 1)  # [B, 1]
-        scale, shift = torch.lerp(w_off, w_on, k), torch.lerp(b_off, b_on, k)  # [B, C]
-        y = torch.addcmul(shift.to(xhat.dtype)[:, :, None, None], xhat, scale.to(xhat.dtype)[:, :, None, None])
-        ctx.save_for_backward(xhat, invstd, keep, w_on - w_off, b_on - b_off, scale)
-        ctx.mark_non_differentiable(mean, invstd)
-        return y, mean, invstd
+        scale, shift = torch.lerp(s_off, s_on, k), torch.lerp(t_off, t_on, k)  # [B, C]
+        y = torch.addcmul(shift.to(x.dtype)[:, :, None, None], x, scale.to(x.dtype)[:, :, None, None])
+        ctx.save_for_backward(x, keep, w_on, w_off, mean_on, mean_off, r_on, r_off, s_on, s_off, t_on, t_off)
+        ctx.hw = x.shape[2] * x.shape[3]
+        return y
 
     @staticmethod
-    def backward(ctx, g, _gm, _gi):  # type: ignore[override]
-        xhat, invstd, keep, dw, db, scale = ctx.saved_tensors
-        g_scale = (g * xhat).sum((2, 3), dtype=torch.float32)  # [B, C]
-        g_shift = g.sum((2, 3), dtype=torch.float32)
-        k = keep.view(-1, 1).to(g_scale.dtype)  # [B, 1]
+    def backward(ctx, g):  # type: ignore[override]
+        x, keep, w_on, w_off, mean_on, mean_off, r_on, r_off, s_on, s_off, t_on, t_off = ctx.saved_tensors
+        f32 = torch.promote_types(s_on.dtype, torch.float32)
+        g1 = g.sum((2, 3), dtype=f32)  # [B, C]
+        gx = (g * x).sum((2, 3), dtype=f32)
+        k = keep.view(-1, 1).to(f32)  # [B, 1]
         g_x = g_keep = None
+        grads = []
+        beta = torch.zeros_like(g1)
+        gamma = torch.zeros_like(g1)
+        for wk, w, mean, r, s in ((k, w_on, mean_on, r_on, s_on), (1 - k, w_off, mean_off, r_off, s_off)):
+            w, mean, r, s = (t.to(f32) for t in (w, mean, r, s))
+            d_s, d_t = (wk * gx).sum(0), (wk * g1).sum(0)  # [C]: dL/dS_set, dL/dT_set
+            grads += [r * (d_s - mean * d_t), d_t]  # dL/dweight, dL/dbias
+            # BN's backward through this set's batch mean and variance (none for running statistics;
+            # masked, not branched on, so no host sync)
+            n = wk.sum() * ctx.hw
+            used = (n > 1).to(f32)
+            d_mean = -d_t * s / n.clamp_min(1) * used  # per value of the set, from T = b - mean * S
+            d_var = -(r ** 3) * w * (d_s - mean * d_t) / n.clamp_min(1) * used  # 2 * dL/dvar / n, via S = w * r
+            beta += wk * d_var
+            gamma += wk * (d_mean - d_var * mean)
         if ctx.needs_input_grad[0]:
-            n = g.numel() // g.shape[1]
-            s = scale.to(g_scale.dtype)
-            mean_g = (s * g_shift).sum(0) / n  # [C]: mean over (b, h, w) of g_xhat
-            mean_gx = (s * g_scale).sum(0) / n  # [C]: mean of g_xhat * xhat
-            inv = invstd.to(g_scale.dtype)
-            # g_x = invstd * (g * scale - mean_g - xhat * mean_gx), in two walks
-            g_x = torch.addcmul((-inv * mean_g).to(xhat.dtype)[None, :, None, None], xhat,
-                                (-inv * mean_gx).to(xhat.dtype)[None, :, None, None])
-            g_x.addcmul_(g, (s * inv).to(g.dtype)[:, :, None, None])
+            scale = torch.lerp(s_off.to(f32), s_on.to(f32), k)
+            g_x = torch.addcmul(gamma.to(x.dtype)[:, :, None, None], x, beta.to(x.dtype)[:, :, None, None])
+            g_x.addcmul_(g, scale.to(g.dtype)[:, :, None, None])
         if ctx.needs_input_grad[1]:
-            g_keep = (g_scale * dw.to(g_scale.dtype) + g_shift * db.to(g_scale.dtype)).sum(1).to(keep.dtype)
-        on, off = k, 1 - k  # each sample's share of the two sets
-        g_w_on, g_w_off = ((on * g_scale).sum(0).to(dw.dtype), (off * g_scale).sum(0).to(dw.dtype))
-        g_b_on, g_b_off = ((on * g_shift).sum(0).to(db.dtype), (off * g_shift).sum(0).to(db.dtype))
-        return g_x, g_keep, g_w_on, g_w_off, g_b_on, g_b_off, None
-
-
-def _factor(bn: nn.BatchNorm2d) -> float:
-    """BatchNorm's running-average weight of this batch (``momentum=None``: cumulative average)."""
-    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            d_scale, d_shift = (s_on - s_off).to(f32), (t_on - t_off).to(f32)
+            g_keep = (gx * d_scale + g1 * d_shift).sum(1).to(keep.dtype)
+        g_w_on, g_b_on, g_w_off, g_b_off = (t.to(w_on.dtype) for t in grads)
+        return g_x, g_keep, g_w_on, g_w_off, g_b_on, g_b_off, None, None, None, None, None
 
 
 class PlainNorm(nn.Module):

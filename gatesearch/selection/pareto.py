@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from gatesearch.stats import sample_std
+
 #: Budgets the frontier score averages over (evenly spaced, both ends included).
 FRONTIER_BUDGETS = 10
 #: Costs within this of a budget fit it (costs are ratios computed in floating point).
@@ -117,12 +119,13 @@ def build_menu(entries: list[dict[str, Any]], **fields: Any) -> Menu:
     acc = [float(r["top1"]) for r in rows]
     for r, flag in zip(rows, pareto_mask(lat, acc)):
         r["pareto"] = bool(flag)
-    ref = next((float(r["latency_ms"]) for r in rows if r["strategy"] == "pattern" and set(r["pattern"]) <= {"F"}),
+    fixed_kinds = ("pattern", "calibrated")  # fixed sub-networks (the calibrated full network is one)
+    ref = next((float(r["latency_ms"]) for r in rows if r["strategy"] in fixed_kinds and set(r["pattern"]) <= {"F"}),
                max(lat, default=1.0))
     score = frontier_score([v / ref for v in lat], acc) if rows else 0.0
-    fixed = [float(r["top1"]) for r in rows if r["strategy"] == "pattern"]
+    fixed = [float(r["top1"]) for r in rows if r["strategy"] in fixed_kinds]
     mean = sum(fixed) / len(fixed) if fixed else 0.0
-    std = (sum((a - mean) ** 2 for a in fixed) / (len(fixed) - 1)) ** 0.5 if len(fixed) > 1 else 0.0
+    std = sample_std(fixed)
     sources = {r["latency_source"] for r in rows}
     fields.setdefault("latency_source", sources.pop() if len(sources) == 1 else "mixed")
     return Menu(entries=rows, frontier_score=score, top1_mean=mean, top1_std=std, **fields)

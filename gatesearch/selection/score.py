@@ -28,9 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gatesearch.models import GatedResNet
+from gatesearch.models.gated_resnet import skip_unit
 from gatesearch.models.gates import gumbel_gate
 from gatesearch.models.norm import UNIT_OFF, UNIT_ON
 from gatesearch.patterns import SkipPattern
+from gatesearch.stats import sample_std
 
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -119,8 +121,8 @@ def _walk(
     for p in patterns:
         groups[_key(level, p)].append(p)
     for key, group in groups.items():
-        skip_unit = level[0] == "unit" and key
-        out = h if skip_unit else _run_level(level, h, group[0])
+        skipping = level[0] == "unit" and key
+        out = skip_unit(level[2], h) if skipping else _run_level(level, h, group[0])
         _walk(model, levels, depth + 1, out, group, visit)
 
 
@@ -250,11 +252,11 @@ def strategy_source(model: GatedResNet, mode: str, tau: float, seed: int) -> Any
 @torch.no_grad()
 def score_strategies(
     model: GatedResNet, loader: Iterable, device: torch.device | str = "cpu",
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS, runs: int = 10, seed: int = 0, always_on: bool = True,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS, runs: int = 5, seed: int = 0, always_on: bool = True,
 ) -> list[PatternScore]:
-    """Threshold sweep, always-on, stochastic (mean +- std of top-1 over ``runs`` draws) and
-    ensemble (softmax averaged over the same draws) for a model with ``gate_heads``; ``runs=0``
-    leaves out the two sampled strategies, ``always_on=False`` that one."""
+    """Threshold sweep, always-on, stochastic (mean +- ``sample_std`` of top-1 over ``runs`` draws; 5 as
+    002_...txt Fig. 4) and ensemble (softmax averaged over the same draws) for a model with
+    ``gate_heads``; ``runs=0`` leaves out the two sampled strategies, ``always_on=False`` that one."""
     if model.gate_heads is None:
         raise ValueError("inference strategies need a model with gate heads (probgates)")
     model.eval()
@@ -294,7 +296,7 @@ def score_strategies(
         return out
     rates = tuple(k / max(m, 1) for k, m in sto_r)
     accs = [c1 / max(m, 1) for c1, _, m in sto_c]
-    std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    std = sample_std(accs)
     c1_mean, c5_mean = (round(sum(c[i] for c in sto_c) / runs) for i in (0, 1))
     out.append(PatternScore(_majority(rates), "stochastic", statistics.fmean(accs),
                             statistics.fmean(c5 / max(m, 1) for _, c5, m in sto_c), c1_mean, c5_mean,
