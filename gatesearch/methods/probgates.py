@@ -130,7 +130,7 @@ class ProbGates(Method):
     ) -> StepResult:
         tau = geometric_temperature(self.opts.tau_start, self.opts.tau_end, self.progress(step))
         gates, keeps, probs = sample_gates(model, x, tau)
-        ce = F.cross_entropy(model(x, gates), y)
+        ce = self.ce(model(x, gates), y)
         target = self.target(epoch)
         rate = self.rate_loss(torch.stack(probs, 1), target)  # keep_prob [B, n_units]
         act = scalar(torch.stack(keeps, 1).mean())

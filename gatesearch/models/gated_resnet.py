@@ -96,6 +96,7 @@ class GatedResNet(nn.Module):
         switchable_bn: bool | None = None,
         gate_head: str | None = None,
         in_channels: int = 3,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if gating not in GATINGS:
@@ -140,13 +141,14 @@ class GatedResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         self.gate_heads = nn.ModuleList(build_gate(gate_head, c) for c in unit_channels) if gate_head else None
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        for stage in self.stages:  # zero-init the last BN of each residual branch (Goyal et al. 2017)
+        # zero_init_residual: the last BN of each residual branch starts at 0 (Goyal et al. 2017)
+        for stage in self.stages if zero_init_residual else []:
             for block in list(stage.base) + [b for u in stage.units for b in u]:
                 last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
                 bns = last.bns if isinstance(last, SwitchableBatchNorm2d) else [last.bn]
@@ -232,5 +234,6 @@ MODELS.add("resnet101", _imagenet(Bottleneck, [3, 4, 23, 3], 101))
 
 
 def create_model(name: str, num_classes: int, gating: str = "stage", stem: str = "cifar", **kw) -> GatedResNet:
-    """Build a registered model. ``kw``: ``switchable_bn``, ``gate_head`` (``logit``/``aig``), ``in_channels``."""
+    """Build a registered model. ``kw``: ``switchable_bn``, ``gate_head`` (``logit``/``aig``), ``in_channels``,
+    ``zero_init_residual``."""
     return MODELS.get(name)(num_classes=num_classes, gating=gating, stem=stem, **kw)
