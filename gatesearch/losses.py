@@ -52,8 +52,9 @@ def kl_features(teacher: torch.Tensor, student: torch.Tensor, temperature: float
     ``teacher``, ``student``: ``[B, C, H, W]`` stage outputs; the teacher is detached. Scalar.
     """
     t, s = teacher.detach(), student
-    if reduction == "pooled":
-        return kl_logits(_fp32(t).mean((2, 3)), _fp32(s).mean((2, 3)), temperature)  # [B, C]
+    if reduction == "pooled":  # fp32 accumulation without an fp32 copy of an AMP feature map
+        dtype = torch.promote_types(t.dtype, torch.float32)
+        return kl_logits(t.mean((2, 3), dtype=dtype), s.mean((2, 3), dtype=dtype), temperature)  # [B, C]
     if reduction != "per_position":
         raise ValueError(f"unknown feature-KL reduction {reduction!r}")
     t, s = _scaled(t, temperature), _scaled(s, temperature)
