@@ -112,11 +112,13 @@ def test_adn_loss_base_is_algorithm1_step8_as_the_official_code(tmp_path, stages
 
 def test_adn_rejects_stages_and_top_k_the_model_lacks(tmp_path):
     model = create_model("resnet20", 10, in_channels=1)
-    with pytest.raises(ConfigError, match="method.adn.feature_kl_stages"):
-        ADN(quick_cfg(str(tmp_path), "adn", method__adn__feature_kl_stages=[3]), model, 10)
+    x, y = torch.randn(2, 1, 8, 8), torch.tensor([0, 1])
+    adn = ADN(quick_cfg(str(tmp_path), "adn", method__adn__feature_kl_stages=[3]), model, 10)
+    with pytest.raises(ConfigError, match="method.adn.feature_kl_stages: stage 3 does not exist"):
+        adn.train_step(model, x, y, 0, 0, None)  # resnet20 has stages 0..2
     adn = ADN(quick_cfg(str(tmp_path), "adn", method__adn__output_kl_top_k=500), model, 10)
     with pytest.raises(ConfigError, match="method.adn.output_kl_top_k"):
-        adn.train_step(model, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]), 0, 0, None)
+        adn.train_step(model, x, y, 0, 0, None)
 
 
 def _unit_grads(model, loss):

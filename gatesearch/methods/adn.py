@@ -38,12 +38,6 @@ class ADN(Method):
         self.opts = cfg.method.adn
         self.super_net = SkipPattern.super_net(model.n_units)
         self.base_net = SkipPattern.base_net(model.n_units)
-        n_stages = len(model.stages)
-        bad = [s for s in self.opts.feature_kl_stages if s >= n_stages]
-        if bad:
-            raise ConfigError(f"method.adn.feature_kl_stages: stage {bad[0]} does not exist; "
-                              f"{cfg.model.name} has stages 0..{n_stages - 1}")
-        self.stages = self.opts.feature_kl_stages or tuple(range(n_stages))
 
     def _distill(self, t_logits: torch.Tensor, t_feats: list[torch.Tensor], s_logits: torch.Tensor,
                  s_feats: list[torch.Tensor]) -> torch.Tensor:
@@ -54,8 +48,12 @@ class ADN(Method):
                               f"{t_logits.shape[-1]} classes (0 = every class)")
         kd = kl_logits(t_logits, s_logits, o.temperature, o.output_kl_top_k)
         if o.feature_kl:
+            bad = [s for s in o.feature_kl_stages if s >= len(t_feats)]
+            if bad:  # checked here: a backbone's stage count is what its forward returns
+                raise ConfigError(f"method.adn.feature_kl_stages: stage {bad[0]} does not exist; "
+                                  f"{self.cfg.model.name} has stages 0..{len(t_feats) - 1}")
             kd = kd + sum(kl_features(t_feats[s], s_feats[s], o.temperature, o.feature_kl_reduction)
-                          for s in self.stages)
+                          for s in o.feature_kl_stages or range(len(t_feats)))
         return kd
 
     def train_step(
