@@ -33,15 +33,19 @@ class Checkpoint:
     optimizer: dict | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     method_state: dict[str, float] = field(default_factory=dict)
+    weights: str = "trained"  # "ema": ``model`` holds the weight EMA (train.ema_decay), ``train_weights`` the optimizer's
+    train_weights: dict | None = None
 
 
 def save_checkpoint(
     path: str | Path, model: nn.Module, cfg: Config, *, epoch: int, metrics: dict[str, float],
     optimizer: torch.optim.Optimizer | None = None, input_shape: tuple[int, int, int] | None = None,
     num_classes: int | None = None, history: list[dict[str, float]] | None = None,
-    method_state: dict[str, float] | None = None,
+    method_state: dict[str, float] | None = None, train_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; ``input_shape``/``num_classes`` default to what the model implies."""
+    """Write a checkpoint atomically; ``input_shape``/``num_classes`` default to what the model implies.
+    ``train_weights``: when ``model`` is the evaluated weight EMA, the optimizer's own weights (for a
+    resume); the file then records ``weights: "ema"``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -55,6 +59,8 @@ def save_checkpoint(
         "num_classes": int(num_classes or model.fc.out_features),
         "history": history or [],
         "method_state": method_state or {},
+        "weights": "trained" if train_weights is None else "ema",
+        "train_weights": train_weights,
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -89,6 +95,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         model=model, config=cfg, epoch=state["epoch"], metrics=state["metrics"],
         input_shape=tuple(state["input_shape"]), num_classes=state["num_classes"], optimizer=state["optimizer"],
         history=state.get("history", []), method_state=state.get("method_state", {}),
+        weights=state.get("weights", "trained"), train_weights=state.get("train_weights"),
     )
 
 
@@ -98,5 +105,5 @@ def build_model(cfg: Config, num_classes: int, input_shape: tuple[int, ...]) -> 
     return create_model(
         m.name, num_classes, gating=m.gating, stem=m.stem, switchable_bn=m.switchable_bn,
         gate_head=None if m.gate_head == "none" else m.gate_head, in_channels=input_shape[0],
-        gate_init_keep=m.gate_init_keep, gate_downsample=m.gate_downsample,
+        gate_init_keep=m.gate_init_keep, gate_downsample=m.gate_downsample, zero_init_residual=m.zero_init_residual,
     )

@@ -45,6 +45,8 @@ class ModelConfig:
     # block gating: the shape-changing first block of a stage is a unit too, shortcut(x) + z * F(x)
     # (AIG and 002_...txt Sec. 4.2.1 "ResNet-50 (16 gates)"); None: on for model.gating=block
     gate_downsample: bool | None = None
+    zero_init_residual: bool = False  # zero the last BN weight of every residual branch (Goyal et al. 2017)
+    init_from: str | None = None  # a torchvision ResNet state dict (.pth) to start from (models/torchvision_init.py)
 
     def __post_init__(self) -> None:
         from gatesearch.models import MODELS
@@ -53,6 +55,11 @@ class ModelConfig:
         _check(not (self.switchable_bn and self.gating != "stage"), "model.switchable_bn", "needs model.gating=stage")
         _check(0.0 < self.gate_init_keep < 1.0, "model.gate_init_keep", f"must be in (0, 1), got {self.gate_init_keep}")
         _check(not (self.gate_downsample and self.gating != "block"), "model.gate_downsample", "needs model.gating=block")
+        from gatesearch.models.torchvision_init import TORCHVISION_RESNETS
+
+        _check(self.init_from is None or (self.name in TORCHVISION_RESNETS and self.stem == "imagenet"), "model.init_from",
+               f"torchvision weights fit {', '.join(TORCHVISION_RESNETS)} with model.stem=imagenet, not {self.name} "
+               f"with stem={self.stem}")
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,10 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    no_decay_norm_bias: bool = False  # no weight decay on norm weights/biases and every bias (ADN official: on)
+    schedule: Literal["cosine", "step", "multistep", "constant"] = "cosine"
+    milestones: tuple[int, ...] = ()  # multistep: epochs at which the lr is multiplied by gamma (AIG: 30, 60, 90)
+    gamma: float = 0.1  # multistep: the factor at each milestone
     warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
@@ -94,6 +104,13 @@ class OptimConfig:
         _check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
         _check(self.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+        _check(0 < self.gamma <= 1, "optim.gamma", f"must be in (0, 1], got {self.gamma}")
+        ms = list(self.milestones)
+        _check(all(m >= 1 for m in ms) and ms == sorted(set(ms)), "optim.milestones",
+               f"must be increasing epochs >= 1, got {ms}")
+        _check(self.schedule != "multistep" or bool(ms), "optim.milestones", "optim.schedule=multistep needs a list")
+        _check(self.schedule == "multistep" or not ms, "optim.milestones", f"only used by optim.schedule=multistep, "
+               f"not {self.schedule}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,8 @@ class TrainConfig:
     eval_all_patterns_max_units: int = 4  # evaluate every pattern when n_units <= this, else the ladder
     bn_reestimate_batches: int = 0  # >0: re-estimate BN per candidate before evaluating it
     score_cost: str = "macs"  # cost axis of frontier_score: macs | latency:<device> (the selector's model)
+    label_smoothing: float = 0.0  # eps of every method's CE (Szegedy et al. 2016); ResNet papers: 0
+    ema_decay: float = 0.0  # >0: evaluate (and checkpoint) an EMA of the weights, updated every step; 0 = off
     out_dir: str = "outputs"
     log_every: int = 20  # steps between progress updates
 
@@ -117,6 +136,8 @@ class TrainConfig:
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
         _check(self.bn_reestimate_batches >= 0, "train.bn_reestimate_batches", "must be >= 0")
+        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1) (0 = off), got {self.ema_decay}")
         _check_cost_axis(self.score_cost, "train.score_cost")
 
 
@@ -150,22 +171,36 @@ class StochasticDepthConfig:
 
 @dataclass(frozen=True)
 class ADNConfig:
-    alpha: float = 0.5  # weight of CE(super); 1 - alpha on the distillation terms
-    feature_kl: bool = True  # include the per-stage feature KL terms (False: output KL only)
+    """ADN (``001_...txt``, Sec. 3.2, Algorithm 1; official code ``wchkang/depth`` ``train_adn.py``)."""
+
+    alpha: float = 0.5  # weight of CE(super); 1 - alpha on the distillation terms (Sec. 4.2: 0.5 for all networks)
+    feature_kl: bool = True  # include the per-stage feature KL terms (Algorithm 1 step 8; False: output KL only)
+    feature_kl_stages: tuple[int, ...] = ()  # 0-based stages distilled; () = every stage (Algorithm 1: s = 1..N_r)
+    feature_kl_reduction: Literal["pooled", "per_position"] = "pooled"  # official: stage outputs average-pooled
+    temperature: float = 1.0  # T of every KL term, each scaled by T^2 (official --subpath-temp, default 1.0)
+    output_kl_top_k: int = 0  # distil only the teacher's top-k classes (official ImageNet code: 500); 0 = all
     two_backward: bool = False  # super backward, then base backward (memory-lean, DDP-safe)
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.alpha <= 1.0, "method.adn.alpha", f"must be in [0, 1], got {self.alpha}")
+        key = "method.adn."
+        _check(0.0 <= self.alpha <= 1.0, key + "alpha", f"must be in [0, 1], got {self.alpha}")
+        _check(self.temperature > 0, key + "temperature", f"must be > 0, got {self.temperature}")
+        _check(self.output_kl_top_k >= 0, key + "output_kl_top_k", f"must be >= 0 (0 = every class), got {self.output_kl_top_k}")
+        _check(all(s >= 0 for s in self.feature_kl_stages) and len(set(self.feature_kl_stages)) == len(self.feature_kl_stages),
+               key + "feature_kl_stages", f"must be distinct stage indices >= 0, got {list(self.feature_kl_stages)}")
 
 
 @dataclass(frozen=True)
 class GatedDepthConfig:
-    p_min: float = 0.5  # keep probability of the last unit (or at the end of training)
-    p_max: float = 1.0  # keep probability of the first unit (or at the start of training)
+    """Gated Depth (``000_...txt``, Sec. 3-4; defaults from Sec. 6.1, "Training Procedure")."""
+
+    p_min: float = 0.5  # keep probability of the last unit (or at the end of training); Sec. 6.1: 0.5
+    p_max: float = 0.9  # keep probability of the first unit (or at the start of training); Sec. 6.1: 0.9
     p_schedule: Literal["constant", "units", "time", "units_time"] = "units"
-    k: int = 4  # every k-th step is a two-pass self-distillation step
-    alpha: float = 0.5  # weight of CE(base) in the distillation step
-    calibrate: bool = True  # full-depth evaluation scales the gated path by p_s
+    k: int = 10  # every k-th step is a two-pass self-distillation step (Sec. 4 and 6.1: k = 10)
+    alpha: float = 0.5  # weight of CE(base) in the distillation step, Eq. 7 (Sec. 6.1: 0.5)
+    teacher_grad: bool = True  # Eq. 7 as written: the full network's side of the KL gets a gradient too
+    calibrate: bool = True  # full-depth evaluation scales the gated path by p_s (Sec. 4, inference)
 
     def __post_init__(self) -> None:
         _check(0.0 < self.p_min <= 1.0, "method.gated_depth.p_min", f"must be in (0, 1], got {self.p_min}")
@@ -257,6 +292,31 @@ class Config:
         if self.model.gate_head == "aig":
             _check(self.model.gating == "block" or self.model.switchable_bn is False, "model.switchable_bn",
                    "aig gates decide inside the stage; use model.gating=block or model.switchable_bn=false")
+        late = [m for m in self.optim.milestones if m >= self.train.epochs]
+        _check(not late, "optim.milestones", f"epoch {late[0] if late else 0} is not before train.epochs={self.train.epochs}")
+        _check_every_part_trains(self)
+
+
+def _check_every_part_trains(cfg: Config) -> None:
+    """Reject a recipe under which some trained part never receives a gradient (its trials would
+    be scored on parameters left at their initialisation). ``plain``/``stochastic_depth`` are
+    baselines and train what they train."""
+    m = cfg.method
+    if m.name == "gated_depth":
+        gd = m.gated_depth
+        # k=1: every step is Eq. 7's distillation step; the base-net skips the gated units, so they
+        # learn only through the KL's full-network side, which needs teacher_grad and alpha < 1
+        _check(gd.k > 1 or (gd.teacher_grad and gd.alpha < 1), "method.gated_depth.k",
+               f"k=1 with method.gated_depth.teacher_grad={str(gd.teacher_grad).lower()} and method.gated_depth.alpha="
+               f"{gd.alpha} makes every step a distillation step in which the gated units get no gradient; use k >= 2, "
+               "or teacher_grad=true with alpha < 1")
+    elif m.name == "adn":
+        # the super-net is the detached teacher: with alpha=0 nothing trains the gated units
+        _check(m.adn.alpha > 0, "method.adn.alpha", "alpha=0 leaves the gated units without a gradient (the super-net, "
+               "their only path, is the detached teacher and gets no CE); use alpha in (0, 1)")
+        switchable = cfg.model.switchable_bn if cfg.model.switchable_bn is not None else cfg.model.gating == "stage"
+        _check(m.adn.alpha < 1 or not switchable, "method.adn.alpha", "alpha=1 drops the base-net's loss, so its "
+               "skip-aware BN set (model.switchable_bn) never gets a gradient; use alpha < 1, or method.name=plain")
 
 
 # ---------------------------------------------------------------- conversions

@@ -1,7 +1,8 @@
 """Pure loss functions: self-distillation KL terms and target-rate losses for learned gates.
 
-KL direction: every distillation term is ``KL(teacher || student)`` with the teacher detached,
-so gradients reach only the student (Hinton et al. 2015; ADN, Kang & Lee, Eq. 3-4).
+KL direction: every distillation term is ``KL(teacher || student)``; the teacher is detached (the
+gradient reaches only the student) except where a method asks otherwise (Gated Depth's Eq. 7).
+ADN: ``001_...txt`` Sec. 3.2, Eq. 2, Algorithm 1; Hinton et al. 2015 for the temperature.
 """
 
 from __future__ import annotations
@@ -10,33 +11,76 @@ import torch
 import torch.nn.functional as F
 
 
-def kl_logits(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """``KL(softmax(teacher) || softmax(student))`` over the last dim, mean over the other dims.
+def kl_logits(teacher: torch.Tensor, student: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+              teacher_grad: bool = False) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` over the last dim, averaged over
+    the other dims (for ``[B, K]`` logits: the batch mean of the per-sample KL, PyTorch's
+    ``kl_div(reduction="batchmean")``).
 
-    ``teacher``, ``student``: ``[..., K]`` logits; the teacher is detached here. Returns a scalar.
+    ADN (``001_...txt``, Sec. 3.2, Algorithm 1 step 8, ``D_KL(y_super || y_base)``) as its official
+    code computes it (``wchkang/depth`` ``train_adn.py``, ``train_one_epoch_twobackward``): logits
+    divided by the temperature ``T`` (``--subpath-temp``, default 1.0), the KL scaled by ``T^2``
+    (Hinton et al. 2015), and with ``top_k > 0`` only the teacher's ``top_k`` largest classes
+    (``outputs_full.topk(500)``; the student's logits gathered at those classes, both softmaxes
+    renormalised over the ``top_k``); ``top_k = 0``: every class.
+
+    ``teacher``, ``student``: ``[..., K]`` logits. The teacher is detached unless ``teacher_grad``
+    (Gated Depth's Eq. 7 differentiates both sides). Returns a scalar.
     """
-    return _kl_mean(teacher, student, -1)
+    t = teacher if teacher_grad else teacher.detach()
+    s = student
+    if top_k:
+        if top_k > t.shape[-1]:
+            raise ValueError(f"top_k={top_k} is larger than the {t.shape[-1]} classes")
+        t, idx = t.topk(top_k, dim=-1)  # [..., top_k]
+        s = s.gather(-1, idx)
+    return _kl_mean(_scaled(t, temperature), _scaled(s, temperature), -1) * temperature**2
 
 
-def kl_features(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-    """Feature KL of ADN's skip-aware self-distillation (Kang & Lee, "Adaptive Depth Networks
-    with Skippable Sub-Paths", Sec. 3.3): at every spatial position the ``C`` channel activations
-    are turned into a distribution by a softmax over channels, and
-    ``KL(teacher || student) = sum_c p_c (log p_c - log q_c)`` is averaged over batch and positions.
+def kl_features(teacher: torch.Tensor, student: torch.Tensor, temperature: float = 1.0,
+                reduction: str = "pooled") -> torch.Tensor:
+    """Feature KL of ADN's skip-aware self-distillation (``001_...txt``, Sec. 3.2, Eq. 2 and
+    Algorithm 1 step 8, ``D_KL(h_super^s || h_base^s)``), as its official code computes it.
+
+    - ``pooled`` (the official code: ``models/_utils_fpn.py`` returns each stage's output
+      average-pooled to ``[B, C]``, and ``train_adn.py`` applies ``KLDivLoss(reduction="batchmean")``
+      to the softmax over channels at temperature ``T``, times ``T^2``): the batch mean of
+      ``KL(softmax(mean_hw t / T) || softmax(mean_hw s / T))``.
+    - ``per_position``: a softmax over the ``C`` channels at every position, the per-position KLs
+      summed over positions, batch mean (``batchmean`` on the unpooled ``[B, C, H, W]`` maps).
 
     ``teacher``, ``student``: ``[B, C, H, W]`` stage outputs; the teacher is detached. Scalar.
     """
-    if teacher.is_contiguous(memory_format=torch.channels_last) and not teacher.is_contiguous():
+    t, s = teacher.detach(), student
+    if reduction == "pooled":  # fp32 accumulation without an fp32 copy of an AMP feature map
+        dtype = torch.promote_types(t.dtype, torch.float32)
+        return kl_logits(t.mean((2, 3), dtype=dtype), s.mean((2, 3), dtype=dtype), temperature)  # [B, C]
+    if reduction != "per_position":
+        raise ValueError(f"unknown feature-KL reduction {reduction!r}")
+    t, s = _scaled(t, temperature), _scaled(s, temperature)
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
         # channels-last memory: a position's C channels are adjacent, so the softmax runs over the
         # last dim of an NHWC view (no layout copy, the fast kernel)
-        return kl_logits(teacher.permute(0, 2, 3, 1), student.permute(0, 2, 3, 1))
-    return _kl_mean(teacher, student, 1)
+        t, s, dim = t.permute(0, 2, 3, 1), s.permute(0, 2, 3, 1), -1
+    else:
+        dim = 1
+    return _kl_sum(t, s, dim) / t.shape[0] * temperature**2
 
 
-def _kl_mean(teacher: torch.Tensor, student: torch.Tensor, dim: int) -> torch.Tensor:
-    """KL along ``dim`` (teacher detached, at least fp32), averaged over every other position."""
-    t, s = _fp32(teacher.detach()).contiguous(), _fp32(student).contiguous()
-    return _SoftmaxKL.apply(t, s, dim) / (t.numel() // t.shape[dim])
+def _scaled(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``x / T`` in at least fp32 (no extra pass over ``x`` at ``T = 1``)."""
+    x = _fp32(x)
+    return x if temperature == 1.0 else x / temperature
+
+
+def _kl_sum(t: torch.Tensor, s: torch.Tensor, dim: int) -> torch.Tensor:
+    """KL along ``dim`` summed over every other position (at least fp32)."""
+    return _SoftmaxKL.apply(_fp32(t).contiguous(), _fp32(s).contiguous(), dim)
+
+
+def _kl_mean(t: torch.Tensor, s: torch.Tensor, dim: int) -> torch.Tensor:
+    """KL along ``dim`` (at least fp32), averaged over every other position."""
+    return _kl_sum(t, s, dim) / (t.numel() // t.shape[dim])
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
@@ -46,21 +90,28 @@ def _fp32(x: torch.Tensor) -> torch.Tensor:
 
 class _SoftmaxKL(torch.autograd.Function):
     """``sum KL(softmax(t) || softmax(s))`` along ``dim``, summed over everything else, for
-    contiguous ``t``, ``s``. The backward is the closed form ``softmax(s) - softmax(t)`` (the
-    teacher ``t`` gets none): about half the memory walks of autograd's log-softmax + ``kl_div``."""
+    contiguous ``t``, ``s``. The backward is the closed form: ``softmax(s) - softmax(t)`` for ``s``
+    (about half the memory walks of autograd's log-softmax + ``kl_div``) and, when ``t`` needs a
+    gradient, ``p * (d - sum_dim p * d)`` with ``p = softmax(t)``, ``d = log p - log q``."""
 
     @staticmethod
     def forward(ctx, t, s, dim):  # type: ignore[override]
         log_p, log_q = torch.log_softmax(t, dim), torch.log_softmax(s, dim)
         p = log_p.exp()
-        kl = torch.vdot(p.view(-1), log_p.sub_(log_q).view(-1))  # sum p * (log p - log q)
-        ctx.save_for_backward(p, log_q)
+        diff = log_p.sub_(log_q)  # log p - log q, in place of log p
+        kl = torch.vdot(p.view(-1), diff.view(-1))  # sum p * (log p - log q)
+        ctx.dim = dim
+        ctx.save_for_backward(p, log_q, diff if ctx.needs_input_grad[0] else None)
         return kl
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        p, log_q = ctx.saved_tensors
-        return None, torch.exp(log_q).sub_(p).mul_(g), None
+        p, log_q, diff = ctx.saved_tensors
+        g_s = torch.exp(log_q).sub_(p).mul_(g) if ctx.needs_input_grad[1] else None
+        g_t = None
+        if ctx.needs_input_grad[0]:
+            g_t = (diff - (p * diff).sum(ctx.dim, keepdim=True)).mul_(p).mul_(g)
+        return g_t, g_s, None
 
 
 def rate_per_gate(keep: torch.Tensor, target: float | torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:

@@ -90,10 +90,21 @@ def ema(previous: float, observed: float, momentum: float) -> float:
     return momentum * previous + (1.0 - momentum) * observed
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str) -> float:
-    """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine / step / constant."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str, milestones: Sequence[int] = (),
+              gamma: float = 0.1) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then cosine / step /
+    multistep / constant.
+
+    ``multistep``: ``gamma ** (number of milestones <= step)``, ``milestones`` in steps counted from
+    the start of training (``optim.milestones`` epochs times the steps per epoch): the probabilistic-
+    gates paper (``002_...txt``, Sec. 4.1.1, ImageNet: "step-wise learning rate starting at 0.1, and after
+    every 30 epochs decay by 10^-1", 100 epochs, as AIG's ``train_img.py``) and ADN's official ResNet
+    command (``--lr-scheduler multisteplr --lr-multi-steps 60 100 140``, 150 epochs, ``gamma`` 0.1).
+    """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if kind == "multistep":
+        return gamma ** sum(step >= m for m in milestones)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     if kind == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))

@@ -1,15 +1,19 @@
 """``fit()``: the one training loop. It knows no method (``methods.METHODS`` builds one from the
 config), no Ray and no MLflow (``reporters`` receive progress; ``tracking.MLflowReporter`` is one).
 
-Per epoch: train ``steps_per_epoch`` steps (SGD/AdamW, warm-up + cosine/step/constant lr per
-step; AMP on CUDA only, channels-last on CPU and CUDA), evaluate every pattern (or super/base), write
-``<train.out_dir>/last.pt`` atomically, and hand the metrics to the reporters. A non-finite
+Per epoch: train ``steps_per_epoch`` steps (SGD/AdamW, warm-up + cosine/step/multistep/constant lr
+per step, optionally no weight decay on norms and biases; AMP on CUDA only, channels-last on CPU and
+CUDA), evaluate every pattern (or super/base), write ``<train.out_dir>/last.pt`` atomically, and hand
+the metrics to the reporters. With ``train.ema_decay`` > 0 an EMA of the weights is what is
+evaluated, checkpointed (with the optimizer's weights beside it) and returned. ``model.init_from``
+starts from a torchvision ResNet state dict (``models/torchvision_init.py``). A non-finite
 loss raises ``TrainingDiverged`` before the optimizer steps, so the last checkpoint on disk is
 the last good one.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 import random
@@ -30,6 +34,7 @@ from gatesearch.data import DataBundle, build_data, eval_loader
 from gatesearch.errors import UserError
 from gatesearch.evaluate import kl_between
 from gatesearch.methods import METHODS, Method
+from gatesearch.models.torchvision_init import load_torchvision_file
 from gatesearch.patterns import SkipPattern, all_patterns
 from gatesearch.schedules import lr_factor
 
@@ -52,7 +57,7 @@ class Reporter(Protocol):
 
 @dataclass
 class FitResult:
-    model: nn.Module
+    model: nn.Module  # the evaluated weights: the weight EMA when train.ema_decay > 0
     metrics: dict[str, float]  # of the last epoch
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint_path: Path | None = None
@@ -73,8 +78,36 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
-    """Optimizer over the method's groups; a group's ``lr_mult`` scales the base lr (kept as ``base_lr``)."""
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def no_decay_parameters(model: nn.Module) -> set[int]:
+    """``id``s of the parameters ``optim.no_decay_norm_bias`` exempts from weight decay: every
+    parameter of a normalisation layer and every ``bias`` (torchvision references'
+    ``set_weight_decay`` with ``--norm-weight-decay 0 --bias-weight-decay 0``, as ADN's official
+    ResNet and MobileNetV2 commands run)."""
+    return {id(p) for mod in model.modules() for name, p in mod.named_parameters(recurse=False)
+            if isinstance(mod, _NORMS) or name == "bias"}
+
+
+def _split_no_decay(groups: list[dict], exempt: set[int]) -> list[dict]:
+    """Each group split in two: its decayed parameters, and the exempt ones with ``weight_decay`` 0."""
+    out = []
+    for g in groups:
+        params = list(g["params"])
+        decay, rest = [p for p in params if id(p) not in exempt], [p for p in params if id(p) in exempt]
+        out += [{**g, "params": decay}] if decay else []
+        out += [{**g, "params": rest, "weight_decay": 0.0}] if rest else []
+    return out
+
+
+def build_optimizer(cfg: OptimConfig, groups: list[dict], model: nn.Module | None = None) -> torch.optim.Optimizer:
+    """Optimizer over the method's groups; a group's ``lr_mult`` scales the base lr (kept as ``base_lr``).
+    ``model``: needed for ``cfg.no_decay_norm_bias`` (which parameters are norms and biases)."""
+    if cfg.no_decay_norm_bias:
+        if model is None:
+            raise ValueError("optim.no_decay_norm_bias needs the model")
+        groups = _split_no_decay(groups, no_decay_parameters(model))
     for g in groups:
         g["base_lr"] = cfg.lr * g.get("lr_mult", 1.0)
         g["lr"] = g["base_lr"]
@@ -179,9 +212,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.total = steps * cfg.train.epochs
         self.warmup = steps * cfg.optim.warmup_epochs
+        self.milestones = [m * steps for m in cfg.optim.milestones]  # epochs -> steps
+        self.ema: WeightEMA | None = None  # fit sets one when train.ema_decay > 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation and the checkpoint see: the weight EMA when there is one."""
+        return self.model if self.ema is None else self.ema.model
 
     def _set_lr(self, step: int) -> float:
-        f = lr_factor(step, self.total, self.warmup, self.cfg.optim.schedule)
+        o = self.cfg.optim
+        f = lr_factor(step, self.total, self.warmup, o.schedule, self.milestones, o.gamma)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * f
         return self.optimizer.param_groups[0]["lr"]
@@ -207,6 +248,8 @@ class Trainer:
             self._backward(res.loss)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return {**res.parts, "loss": loss, "lr": lr}
 
     def epoch(self, loader: Any, epoch: int, reporters: Sequence[Reporter]) -> tuple[float, float]:
@@ -223,12 +266,37 @@ class Trainer:
         return total / max(n, 1), lr
 
 
-def _resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, method: Method
-            ) -> tuple[int, list[dict[str, float]]]:
-    """Load weights/optimizer/method state; returns (first epoch to run, history so far)."""
+class WeightEMA:
+    """An exponential moving average of a model's weights, the copy that is evaluated and
+    checkpointed when ``train.ema_decay`` = ``d`` > 0 (Polyak & Juditsky 1992; the ``--model-ema`` of
+    torchvision's references and of ADN's official ViT/Swin/ResNet-v2 commands). After every
+    optimizer step each floating tensor of the state, BN running statistics included (torchvision's
+    ``use_buffers=True``), moves ``ema <- d * ema + (1 - d) * w``; integer buffers are copied."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model)  # after the memory-layout change, so both share it
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        floats = [(e, w) for e, w in pairs if e.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [w for _, w in floats], 1.0 - self.decay)
+        for e, w in pairs:
+            if not e.is_floating_point():
+                e.copy_(w)
+
+
+def _resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, method: Method,
+            ema: WeightEMA | None) -> tuple[int, list[dict[str, float]]]:
+    """Load weights/optimizer/method state (and the weight EMA); returns (first epoch to run, history so far)."""
     ckpt = load_checkpoint(path)
     try:
-        model.load_state_dict(ckpt.model.state_dict())
+        model.load_state_dict(ckpt.train_weights if ckpt.train_weights is not None else ckpt.model.state_dict())
+        if ema is not None:  # a checkpoint without an EMA starts it from the trained weights
+            ema.model.load_state_dict(ckpt.model.state_dict() if ckpt.weights == "ema" else model.state_dict())
         if ckpt.optimizer is not None:
             optimizer.load_state_dict(ckpt.optimizer)
     except (RuntimeError, ValueError) as e:
@@ -242,13 +310,18 @@ def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     data = build_data(cfg.data, cfg.train.seed)
-    model = build_model(cfg, data.num_classes, data.input_shape).to(device)
+    model = build_model(cfg, data.num_classes, data.input_shape)
+    if cfg.model.init_from and not resume_from:
+        load_torchvision_file(model, cfg.model.init_from)
+    model.to(device)
     steps = _steps_per_epoch(cfg, data)
     method = METHODS.get(cfg.method.name)(cfg, model, steps)
-    optimizer = build_optimizer(cfg.optim, method.param_groups(model))
-    start, history = _resume(resume_from, model, optimizer, method) if resume_from else (0, [])
-    evaluator = _Evaluator(cfg, model, data, method, device)
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model), model)
     trainer = Trainer(cfg, model, method, optimizer, device, steps)
+    if cfg.train.ema_decay > 0:
+        trainer.ema = WeightEMA(model, cfg.train.ema_decay)
+    start, history = _resume(resume_from, model, optimizer, method, trainer.ema) if resume_from else (0, [])
+    evaluator = _Evaluator(cfg, model, data, method, device)
     path = Path(cfg.train.out_dir) / "last.pt"
     info = {"device": str(device), "steps_per_epoch": steps, "start_epoch": start, "n_units": model.n_units,
             "num_classes": data.num_classes, "input_shape": data.input_shape,
@@ -258,16 +331,18 @@ def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path
     try:
         for epoch in range(start, cfg.train.epochs):
             history.append(_run_epoch(cfg, trainer, evaluator, data, epoch, history, reporters))
-            save_checkpoint(path, model, cfg, epoch=epoch, metrics=history[-1], optimizer=optimizer,
+            save_checkpoint(path, trainer.eval_model, cfg, epoch=epoch, metrics=history[-1], optimizer=optimizer,
                             input_shape=data.input_shape, num_classes=data.num_classes, history=history,
-                            method_state=method.state_dict())
+                            method_state=method.state_dict(),
+                            train_weights=None if trainer.ema is None else model.state_dict())
             for r in reporters:
                 r.on_epoch_end(epoch, history[-1], path)
     except BaseException as e:
         for r in reporters:
             getattr(r, "on_fail", lambda err: None)(e)
         raise
-    result = FitResult(model, history[-1] if history else {}, history, path if path.is_file() else None, method)
+    result = FitResult(trainer.eval_model, history[-1] if history else {}, history, path if path.is_file() else None,
+                       method)
     for r in reporters:
         r.on_end(result)
     return result
@@ -281,7 +356,7 @@ def _run_epoch(cfg: Config, trainer: Trainer, evaluator: _Evaluator, data: DataB
     metrics = {"train_loss": loss, "lr": lr}
     last = epoch == cfg.train.epochs - 1
     if (epoch + 1) % cfg.train.eval_every == 0 or last:
-        metrics.update(evaluator(trainer.model))
+        metrics.update(evaluator(trainer.eval_model))
     metrics["epoch_time_s"] = time.perf_counter() - t0
     metrics["train_time_s"] = (history[-1]["train_time_s"] if history else 0.0) + train_s
     return metrics

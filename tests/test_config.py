@@ -46,3 +46,100 @@ def test_probgates_defaults_are_the_papers():
     assert (o.inference, o.threshold, o.runs) == ("threshold", 0.5, 5)  # Sec. 3.2, 4.1.2, Fig. 4
     assert (o.gate_lr_mult, o.gate_weight_decay) == (1.0, None)  # AIG: one lr and decay for all groups
     assert Config().model.gate_init_keep == 0.9
+# ---------------------------------------------------------------- recipes whose parts never train
+
+
+@pytest.mark.parametrize(
+    "flat, keys",
+    [
+        ({"method.name": "gated_depth", "method.gated_depth.k": 1, "method.gated_depth.teacher_grad": False},
+         ["method.gated_depth.k", "method.gated_depth.teacher_grad"]),
+        ({"method.name": "gated_depth", "method.gated_depth.k": 1, "method.gated_depth.alpha": 1.0},
+         ["method.gated_depth.k", "method.gated_depth.alpha"]),
+        ({"method.name": "adn", "method.adn.alpha": 0.0}, ["method.adn.alpha"]),
+        ({"method.name": "adn", "method.adn.alpha": 1.0}, ["method.adn.alpha", "model.switchable_bn"]),
+    ],
+)
+def test_recipes_that_leave_units_untrained_are_one_line_naming_the_keys(flat, keys):
+    with pytest.raises(ConfigError) as e:
+        from_flat(flat)
+    msg = str(e.value)
+    assert "\n" not in msg and all(k in msg for k in keys), msg
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [
+        {"method.name": "gated_depth", "method.gated_depth.k": 1},  # teacher_grad (default) trains the units via Eq. 7's KL
+        {"method.name": "gated_depth", "method.gated_depth.k": 2, "method.gated_depth.teacher_grad": False},
+        {"method.name": "adn", "method.adn.alpha": 1.0, "model.switchable_bn": False},  # nothing left untrained
+        {"method.name": "plain", "method.plain.train_pattern": "TTT"},  # a baseline trains what it trains
+    ],
+)
+def test_recipes_that_train_every_part_are_accepted(flat):
+    from_flat(flat)
+
+
+def _corners(space, method: str) -> list[dict]:
+    """Every combination of the probe values (range ends, every choice) of the keys a method's
+    trials draw under ``method.`` and ``model.``; other searched keys at their first probe value.
+    The rejected recipes sit at range ends (k = 1, alpha = 0 or 1), so the corners cover them."""
+    out = [{**space.fixed, "method.name": method}]
+    for p in space.params:
+        if p.key == "method.name":
+            continue
+        grown = []
+        for chosen in out:
+            if not p.active(chosen):
+                grown.append(chosen)
+            elif p.key.startswith(("method.", "model.")):
+                grown += [{**chosen, p.key: v} for v in p.probe_values()]
+            else:
+                grown.append({**chosen, p.key: p.probe_values()[0]})
+        out = grown
+    return out
+
+
+def _shipped_spaces():
+    from pathlib import Path
+
+    return sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", _shipped_spaces(), ids=lambda p: p.name)
+def test_shipped_spaces_cannot_draw_a_recipe_with_untrained_units(path):
+    from gatesearch.search.space import load_space
+
+    space = load_space(path)
+    methods = next(p for p in space.params if p.key == "method.name").choices
+    for method in methods:
+        for flat in _corners(space, method):
+            from_flat(flat)  # raises on a recipe whose gated units (or base BN set) get no gradient
+
+
+# the papers' defaults each study enqueues as its baseline (000_...txt Sec. 6.1; 001_...txt Sec. 4.2)
+PAPER_DEFAULTS = {
+    "gated_depth": {"method.gated_depth.p_min": 0.5, "method.gated_depth.p_max": 0.9,
+                    "method.gated_depth.alpha": 0.5, "method.gated_depth.k": 10},
+    "adn": {"method.adn.alpha": 0.5, "method.adn.feature_kl": True},
+}
+
+
+@pytest.mark.parametrize("path", _shipped_spaces(), ids=lambda p: p.name)
+def test_shipped_spaces_contain_the_paper_defaults(path):
+    from gatesearch.search.space import load_space
+
+    space = load_space(path)
+    params = {p.key: p for p in space.params}
+    defaults = to_flat(Config())
+    for method in [m for m in params["method.name"].choices if m in PAPER_DEFAULTS]:
+        for key, value in PAPER_DEFAULTS[method].items():
+            assert defaults[key] == value, key  # the config's default is the paper's
+            p = params.get(key)
+            if p is None:
+                assert space.fixed.get(key, value) == value, (path.name, key)
+            elif p.kind == "choice":
+                assert value in p.choices, (path.name, key)
+            else:
+                assert p.low <= value <= p.high, (path.name, key, p.low, p.high)
+        from_flat({**space.fixed, "method.name": method, **PAPER_DEFAULTS[method]})

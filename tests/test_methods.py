@@ -2,7 +2,7 @@ import pytest
 import torch
 from _training import one_thread, quick_cfg
 
-from gatesearch.config import ConfigError
+from gatesearch.config import ConfigError, GatedDepthConfig
 from gatesearch.methods import METHODS
 from gatesearch.methods.adn import ADN
 from gatesearch.methods.gated_depth import GatedDepth
@@ -61,17 +61,123 @@ def test_adn_two_backward_matches_one_backward(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_adn_output_only_kl_differs(tmp_path):
-    torch.manual_seed(0)
-    model = create_model("resnet20", 10, in_channels=1)
-    for m in model.modules():  # undo the zero-init of residual BNs so super != base
+def _unit_ones(model):
+    """Undo the residual BNs' zero-init where it is on, so that super != base."""
+    for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             torch.nn.init.ones_(m.weight)
+    return model
+
+
+def test_adn_output_only_kl_differs(tmp_path):
+    torch.manual_seed(0)
+    model = _unit_ones(create_model("resnet20", 10, in_channels=1))
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    with_f = ADN(quick_cfg(str(tmp_path), "adn", method__adn__alpha=0.0), model, 10)
-    without = ADN(quick_cfg(str(tmp_path), "adn", method__adn__alpha=0.0, method__adn__feature_kl=False), model, 10)
+    with_f = ADN(quick_cfg(str(tmp_path), "adn"), model, 10)
+    without = ADN(quick_cfg(str(tmp_path), "adn", method__adn__feature_kl=False), model, 10)
     model.eval()  # same BN statistics for both
     assert with_f.train_step(model, x, y, 0, 0, None).parts["kd"] > without.train_step(model, x, y, 0, 0, None).parts["kd"]
+
+
+def _kl_rows(t: torch.Tensor, s: torch.Tensor, temp: float) -> torch.Tensor:
+    """T^2 * batch mean of sum_c p_c log(p_c / q_c), p = softmax(t / T), q = softmax(s / T), rows [B, C]."""
+    p, q = (t / temp).softmax(-1), (s / temp).softmax(-1)
+    return temp**2 * (p * (p.log() - q.log())).sum() / t.shape[0]
+
+
+@pytest.mark.parametrize("stages,reduction", [((), "pooled"), ((0, 2), "pooled"), ((1,), "per_position")])
+def test_adn_loss_base_is_algorithm1_step8_as_the_official_code(tmp_path, stages, reduction):
+    """loss_base = sum_s KL(h_super^s || h_base^s) + KL(y_super || y_base), each at temperature T
+    times T^2, output KL on the teacher's top-k classes, feature KL on the chosen stages."""
+    torch.manual_seed(0)
+    model = _unit_ones(create_model("resnet20", 10, in_channels=1)).eval()
+    x, y = torch.randn(4, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
+    model.double()
+    cfg = quick_cfg(str(tmp_path), "adn", method__adn__temperature=2.0, method__adn__output_kl_top_k=5,
+                    method__adn__feature_kl_stages=list(stages), method__adn__feature_kl_reduction=reduction)
+    adn = ADN(cfg, model, 10)
+    with torch.no_grad():
+        (ls, fs), (lb, fb) = model(x, adn.super_net, True), model(x, adn.base_net, True)
+        idx = ls.topk(5, -1).indices
+        expected = _kl_rows(ls.gather(-1, idx), lb.gather(-1, idx), 2.0)
+        for st in stages or range(3):
+            if reduction == "pooled":
+                expected = expected + _kl_rows(fs[st].mean((2, 3)), fb[st].mean((2, 3)), 2.0)
+            else:  # every position a row, summed over positions: rows-mean times H*W
+                hw = fs[st].shape[2] * fs[st].shape[3]
+                rows = [f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in (fs[st], fb[st])]
+                expected = expected + _kl_rows(*rows, 2.0) * hw
+        got = adn._distill(ls, fs, lb, fb)
+    torch.testing.assert_close(got, expected)
+    assert adn.train_step(model, x, y, 0, 0, None).parts["kd"] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_adn_rejects_stages_and_top_k_the_model_lacks(tmp_path):
+    model = create_model("resnet20", 10, in_channels=1)
+    x, y = torch.randn(2, 1, 8, 8), torch.tensor([0, 1])
+    adn = ADN(quick_cfg(str(tmp_path), "adn", method__adn__feature_kl_stages=[3]), model, 10)
+    with pytest.raises(ConfigError, match="method.adn.feature_kl_stages: stage 3 does not exist"):
+        adn.train_step(model, x, y, 0, 0, None)  # resnet20 has stages 0..2
+    adn = ADN(quick_cfg(str(tmp_path), "adn", method__adn__output_kl_top_k=500), model, 10)
+    with pytest.raises(ConfigError, match="method.adn.output_kl_top_k"):
+        adn.train_step(model, x, y, 0, 0, None)
+
+
+def _unit_grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return [p.grad for stage in model.stages for p in stage.units.parameters()]
+
+
+def test_adn_distillation_alone_gives_the_gated_units_no_gradient(tmp_path):
+    """Why method.adn.alpha=0 is rejected: loss_base reaches the units only through the super-net,
+    which is the detached teacher."""
+    torch.manual_seed(0)
+    model = _unit_ones(create_model("resnet20", 10, in_channels=1))
+    adn = ADN(quick_cfg(str(tmp_path), "adn"), model, 10)
+    (ls, fs), (lb, fb) = model.forward_patterns(torch.randn(4, 1, 8, 8), [adn.super_net, adn.base_net], True)
+    assert all(g is None for g in _unit_grads(model, adn._distill(ls, fs, lb, fb)))
+
+
+@pytest.mark.parametrize("teacher_grad", [True, False])
+def test_gated_depth_distillation_step_eq7_and_teacher_gradient(tmp_path, teacher_grad):
+    """Eq. 7: a * CE(f(x; b=0), y) + (1 - a) * KL(f(x; b=1) || f(x; b=0)); with teacher_grad the
+    full network's side is differentiated too, so the gated units learn in this step."""
+    torch.manual_seed(0)
+    model = _unit_ones(create_model("resnet20", 10, in_channels=1))
+    gd = GatedDepth(quick_cfg(str(tmp_path), "gated_depth", method__gated_depth__alpha=0.3,
+                              method__gated_depth__teacher_grad=teacher_grad), model, 10)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    model.eval()  # the same BN numbers in the reference passes
+    res = gd._distill_step(model, x, y)
+    with torch.no_grad():
+        full, base = model(x), model(x, gd.base_net)
+        p, q = full.softmax(-1), base.softmax(-1)
+        kl = (p * (p.log() - q.log())).sum(-1).mean()
+        ce = -base.log_softmax(-1)[torch.arange(4), y].mean()
+    assert float(res.loss.detach()) == pytest.approx(float(0.3 * ce + 0.7 * kl), rel=1e-5)
+    grads = _unit_grads(model, res.loss)
+    if teacher_grad:
+        assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    else:
+        assert all(g is None for g in grads)
+
+
+def test_gated_depth_defaults_are_the_papers():
+    """000_...txt Sec. 6.1: p_min = 0.5, p_max = 0.9, alpha = 0.5, k = 10."""
+    o = GatedDepthConfig()
+    assert (o.p_min, o.p_max, o.alpha, o.k, o.teacher_grad) == (0.5, 0.9, 0.5, 10, True)
+
+
+def test_every_method_uses_the_label_smoothed_ce(tmp_path):
+    """CE with eps: -(1 - eps) log q_y - eps / K sum_k log q_k, written out."""
+    logits, y = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 3.0]]), torch.tensor([0, 1])
+    model = create_model("resnet20", 3, in_channels=1)
+    for name in METHODS.names():
+        m = METHODS.get(name)(quick_cfg(str(tmp_path), name, train__label_smoothing=0.2), model, 10)
+        logq = logits.log_softmax(-1)
+        expected = sum(-(0.8 * logq[b, y[b]] + 0.2 / 3 * logq[b].sum()) for b in range(2)) / 2
+        assert float(m.ce(logits, y)) == pytest.approx(float(expected), rel=1e-6), name
 
 
 def test_gated_depth_distills_every_k_and_calibrates(tmp_path):

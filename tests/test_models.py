@@ -52,7 +52,9 @@ def _scaled_residual_reference(model, x, keep):
     "unit skipped" set where k = 0 (ADN Sec. 3.4's switch is discrete; soft k only scales)."""
     h = model.stem(x)
     for stage in model.stages:
-        which = (keep[:, stage.switch_unit] > 0).float() if stage.switch_unit is not None else 0
+        k_sw = keep[:, stage.switch_unit] if stage.switch_unit is not None else None
+        # value 1[k > 0], gradient that of k (straight-through)
+        which = (k_sw > 0).float() + (k_sw - k_sw.detach()) if k_sw is not None else 0
         for block in stage.base:
             h = block(h, which)
         for j, unit in enumerate(stage.units):

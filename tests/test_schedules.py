@@ -83,3 +83,13 @@ def test_lr_factor():
     assert lr_factor(4, 100, 10, "cosine") == pytest.approx(0.5)
     assert lr_factor(80, 100, 0, "step") == pytest.approx(0.01)
     assert lr_factor(80, 100, 0, "constant") == 1.0
+
+
+def test_lr_factor_multistep_drops_by_gamma_at_each_milestone():
+    # 002_...txt Sec. 4.1.1 / AIG: x0.1 after every 30 epochs of 100; here 10 steps per epoch
+    ms = [300, 600, 900]
+    expected = {0: 1.0, 299: 1.0, 300: 0.1, 599: 0.1, 600: 0.01, 899: 0.01, 900: 0.001, 999: 0.001}
+    for step, f in expected.items():
+        assert lr_factor(step, 1000, 0, "multistep", ms, 0.1) == pytest.approx(f), step
+    assert lr_factor(2, 1000, 5, "multistep", ms, 0.1) == pytest.approx(3 / 5)  # warm-up first
+    assert lr_factor(650, 1000, 0, "multistep", ms, 0.5) == pytest.approx(0.25)

@@ -151,3 +151,83 @@ def test_keep_freed_memory_stops_per_step_page_faults():
     before, after, took = out.stdout.split()
     assert took == "True"
     assert float(before) > 1000 and float(after) < float(before) / 20
+
+
+def test_multistep_lr_in_fit_follows_the_epoch_milestones(tmp_path):
+    """optim.schedule=multistep: lr x gamma at each milestone epoch (AIG / 002_...txt: x0.1 every 30 epochs)."""
+    rec = _LrRecorder()
+    cfg = quick_cfg(str(tmp_path), "plain", optim__lr=0.1, optim__schedule="multistep", optim__milestones=[1, 2],
+                    optim__gamma=0.1, train__epochs=3, train__max_steps_per_epoch=2, train__eval_every=3)
+    fit(cfg, [rec])
+    assert rec.lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+class _LrRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lrs = []
+
+    def on_step(self, step, epoch, parts):
+        self.lrs.append(parts["lr"])
+
+
+def test_no_decay_norm_bias_exempts_exactly_norms_and_biases():
+    from gatesearch.models import create_model
+    from gatesearch.train import no_decay_parameters
+
+    model = create_model("resnet20", 10, in_channels=1)  # switchable BN in the base blocks, fc with a bias
+    names = {id(p): n for n, p in model.named_parameters()}
+    exempt = {names[i] for i in no_decay_parameters(model)}
+    assert exempt == {n for n in names.values() if ".bn" in n or n.startswith("stem.1.") or n.endswith(".bias")}
+    assert "fc.bias" in exempt and "stem.1.weight" in exempt and "stages.0.base.0.bn1.bns.1.weight" in exempt
+    assert "fc.weight" not in exempt and "stages.0.base.0.conv1.weight" not in exempt
+    cfg = quick_cfg("/tmp/unused", "plain", optim__no_decay_norm_bias=True, optim__weight_decay=1e-4)
+    opt = build_optimizer(cfg.optim, [{"params": list(model.parameters()), "lr_mult": 2.0}], model)
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        assert by_id[id(p)]["weight_decay"] == (0.0 if n in exempt else 1e-4), n
+        assert by_id[id(p)]["lr"] == pytest.approx(2 * cfg.optim.lr)
+
+
+def test_weight_ema_follows_its_formula():
+    """ema <- d * ema + (1 - d) * w after each step, floats and BN statistics alike; ints copied."""
+    from gatesearch.train import WeightEMA
+
+    m = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        m[0].weight.fill_(1.0)
+    ema = WeightEMA(m, 0.9)
+    for w, nbt in ((3.0, 5), (5.0, 6)):
+        with torch.no_grad():
+            m[0].weight.fill_(w)
+            m[1].running_mean.fill_(w)
+            m[1].num_batches_tracked.fill_(nbt)
+        ema.update(m)
+    expected = 0.9 * (0.9 * 1.0 + 0.1 * 3.0) + 0.1 * 5.0  # 1.04 after the first step, 1.436 after the second
+    assert float(ema.model[0].weight) == pytest.approx(expected)
+    assert float(ema.model[1].running_mean) == pytest.approx(0.9 * (0.9 * 0.0 + 0.1 * 3.0) + 0.1 * 5.0)
+    assert int(ema.model[1].num_batches_tracked) == 6
+    assert float(m[0].weight.detach()) == 5.0  # the trained model is untouched
+
+
+def test_ema_is_evaluated_checkpointed_and_resumed(tmp_path):
+    """With train.ema_decay the metrics and the checkpoint's model are the EMA's; the checkpoint
+    says so and keeps the optimizer's weights for a resume."""
+    from gatesearch.data import build_data, eval_loader
+    from gatesearch.evaluate import evaluate
+    from gatesearch.patterns import SkipPattern
+
+    cfg = small(tmp_path, train__ema_decay=0.5, train__epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, [Recorder(stop_after=0)])
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck.weights == "ema" and ck.train_weights is not None
+    trained = {k: v for k, v in ck.train_weights.items() if v.is_floating_point()}
+    assert any(not torch.equal(v, ck.model.state_dict()[k]) for k, v in trained.items())  # two sets of weights
+    data = build_data(cfg.data, cfg.train.seed)
+    top1 = evaluate(ck.model, eval_loader(data), SkipPattern.super_net(3), "cpu").top1
+    assert top1 == pytest.approx(ck.metrics["top1_super"])  # the logged number is the EMA's
+    res = fit(cfg, resume_from=tmp_path / "last.pt")
+    assert len(res.history) == 2 and load_checkpoint(res.checkpoint_path).weights == "ema"
+    plain = load_checkpoint(fit(small(tmp_path / "off", train__epochs=1)).checkpoint_path)
+    assert plain.weights == "trained" and plain.train_weights is None

@@ -2,6 +2,7 @@
 
 A method is built once per run as ``Method(cfg, model, steps_per_epoch)`` and then:
 
+- ``ce(logits, y)``: the cross-entropy (with ``train.label_smoothing``) every method uses;
 - ``param_groups(model)`` -> optimizer parameter groups (a method may give its gate parameters
   their own learning-rate multiplier / weight decay; each group may carry ``lr_mult``);
 - ``train_step(model, x, y, step, epoch, backward)`` -> ``StepResult``: the loss to back-propagate,
@@ -46,6 +47,13 @@ class Method:
         self.n_units = model.n_units
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, steps_per_epoch * cfg.train.epochs)
+        self.label_smoothing = cfg.train.label_smoothing
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The cross-entropy every method trains with: ``logits [B, K]`` against labels ``y [B]``,
+        batch mean, with ``train.label_smoothing`` eps (Szegedy et al. 2016, Sec. 7: the target is
+        ``(1 - eps) * onehot(y) + eps / K``). Scalar."""
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def progress(self, step: int) -> float:
         """Fraction of training done at global ``step``, in [0, 1]."""
@@ -57,7 +65,7 @@ class Method:
     def train_step(
         self, model: GatedResNet, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int, backward: Backward
     ) -> StepResult:
-        loss = F.cross_entropy(model(x), y)
+        loss = self.ce(model(x), y)
         return StepResult(loss, {"ce": scalar(loss)})
 
     def eval_gates(self, model: GatedResNet, pattern: SkipPattern) -> Gates:

@@ -1,11 +1,16 @@
-"""``gated_depth``: Bernoulli-gated depth with periodic self-distillation.
+"""``gated_depth``: Bernoulli-gated depth with periodic self-distillation (Gated Depth networks,
+``000_...txt``, Sec. 3-4; defaults from Sec. 6.1).
 
 Each mini-batch draws one ``b_s ~ Bernoulli(p_s)`` per unit and trains the sub-network that
-pattern selects (dropped units are not computed; ``p_s`` between ``p_min`` and ``p_max`` from
-``schedules.gated_depth_keep``). Every ``k``-th step is instead a two-pass self-distillation
-step: the full network (teacher, no grad) and the base network (student) see the same batch,
-``loss = a * CE(y_base, y) + (1 - a) * KL(y_full || y_base)``. At evaluation the full network's
-gated paths are scaled by ``p_s`` (calibration, as stochastic depth's test-time rule).
+pattern selects (Eq. 1 and 4; dropped units are not computed; ``p_s`` between ``p_min`` and
+``p_max`` from ``schedules.gated_depth_keep``). Every ``k``-th step is instead the two-pass
+self-distillation step of Eq. 5-7: the full network (``b = 1``) and the base network (``b = 0``)
+see the same batch, ``loss = a * CE(y_base, y) + (1 - a) * KL(y_full || y_base)``. Eq. 7 does not
+stop the gradient at the full network: with ``teacher_grad`` (default) the KL term trains both
+sides, the gated units included ("ensuring they learn to enhance features without drastically
+altering their semantic content", Sec. 4); ``teacher_grad=false`` runs the full network under
+``no_grad`` (classic distillation). At evaluation the full network's gated paths are scaled by
+``p_s`` (calibration, Sec. 4 "Inference-time Considerations").
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from gatesearch.losses import kl_logits
 from gatesearch.methods.base import Backward, Method, StepResult, calibrated, draw_pattern, scalar
@@ -43,16 +47,20 @@ class GatedDepth(Method):
         if (step + 1) % self.opts.k == 0:
             return self._distill_step(model, x, y)
         pattern = draw_pattern(self.keep_probs(step))
-        loss = F.cross_entropy(model(x, pattern), y)
+        loss = self.ce(model(x, pattern), y)
         return StepResult(loss, {"ce": scalar(loss), "kept": float(pattern.n_kept)})
 
     def _distill_step(self, model: GatedResNet, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        a = self.opts.alpha
-        stem = model.stem(x)  # shared by teacher and student
-        with torch.no_grad():
-            full = model.forward_from_stem(stem)  # [B, K] teacher
-        base = model.forward_from_stem(stem, self.base_net)
-        ce, kd = F.cross_entropy(base, y), kl_logits(full, base)
+        """Eq. 7: ``a * CE(f(x; b=0), y) + (1 - a) * KL(f(x; b=1) || f(x; b=0))``."""
+        a, teacher_grad = self.opts.alpha, self.opts.teacher_grad
+        if teacher_grad:  # one graph: the stem and the first conv run once for both passes
+            full, base = model.forward_patterns(x, [None, self.base_net])  # [B, K] each
+        else:
+            stem = model.stem(x)  # shared by teacher and student
+            with torch.no_grad():
+                full = model.forward_from_stem(stem)
+            base = model.forward_from_stem(stem, self.base_net)
+        ce, kd = self.ce(base, y), kl_logits(full, base, teacher_grad=teacher_grad)
         return StepResult(a * ce + (1 - a) * kd, {"ce_base": scalar(ce), "kd": scalar(kd)})
 
     def eval_gates(self, model: GatedResNet, pattern: SkipPattern) -> Gates:

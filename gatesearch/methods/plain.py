@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from gatesearch.methods.base import Backward, Method, StepResult, scalar
 from gatesearch.models import GatedResNet
@@ -30,5 +29,5 @@ class Plain(Method):
     def train_step(
         self, model: GatedResNet, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int, backward: Backward
     ) -> StepResult:
-        loss = F.cross_entropy(model(x, self.pattern), y)
+        loss = self.ce(model(x, self.pattern), y)
         return StepResult(loss, {"ce": scalar(loss)})

@@ -154,7 +154,7 @@ class ProbGates(Method):
     ) -> StepResult:
         tau = geometric_temperature(self.opts.tau_start, self.opts.tau_end, self.progress(step))
         gates, keeps, probs = sample_gates(model, x, tau)
-        ce = F.cross_entropy(model(x, gates), y)
+        ce = self.ce(model(x, gates), y)
         target = self.target(epoch)
         z = torch.stack(keeps, 1)  # [B, n_units]
         rate = self.rate(z, torch.stack(probs, 1), target)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from gatesearch.methods.base import Backward, Method, StepResult, calibrated, draw_pattern, scalar
 from gatesearch.models import GatedResNet, Gates
@@ -27,7 +26,7 @@ class StochasticDepth(Method):
         self, model: GatedResNet, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int, backward: Backward
     ) -> StepResult:
         pattern = draw_pattern(self.keep_probs)
-        loss = F.cross_entropy(model(x, pattern), y)
+        loss = self.ce(model(x, pattern), y)
         return StepResult(loss, {"ce": scalar(loss), "kept": float(pattern.n_kept)})
 
     def eval_gates(self, model: GatedResNet, pattern: SkipPattern) -> Gates:

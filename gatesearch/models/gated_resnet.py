@@ -66,8 +66,10 @@ class Stage(nn.Module):
             # The BN set follows whether the unit runs (keep > 0), not how much of its residual is
             # added: a calibrated full network (keep p_s, Gated Depth Sec. 4) runs every unit, so its
             # base uses the "unit runs" set and only the gated residual is scaled (ADN Sec. 3.4's
-            # switch is a discrete choice; a 0/1 keep routes each sample to its set).
-            return (gates[:, self.switch_unit] > 0).to(gates.dtype).expand(batch)  # [B]
+            # switch is a discrete choice; a 0/1 keep routes each sample to its set). The value is
+            # 1[keep > 0]; the gradient is keep's own (straight-through, as the Gumbel gates' is).
+            k = gates[:, self.switch_unit]
+            return ((k > 0).to(k.dtype) + (k - k.detach())).expand(batch)  # [B]
         raise ValueError("switchable BN needs the gate decision before the stage runs: pass a SkipPattern or a "
                          "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")
 
@@ -115,6 +117,7 @@ class GatedResNet(nn.Module):
         in_channels: int = 3,
         gate_init_keep: float = 0.9,
         gate_downsample: bool | None = None,
+        zero_init_residual: bool = False,
     ) -> None:
         """``gate_downsample``: block gating also makes each stage's shape-changing first block a unit
         (``None``: on for ``gating="block"``, the papers' layout); it needs ``gating="block"``."""
@@ -166,14 +169,15 @@ class GatedResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         self.gate_heads = nn.ModuleList(build_gate(gate_head, c, gate_init_keep) for c in unit_channels) if gate_head else None
-        self._init_weights()
+        self._init_weights(zero_init_residual)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, zero_init_residual: bool) -> None:
         # the network's convolutions only: the gate heads keep their own (ConvNet-AIG's) initialisation
         for m in [*self.stem.modules(), *self.stages.modules()]:
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        for stage in self.stages:  # zero-init the last BN of each residual branch (Goyal et al. 2017)
+        # zero_init_residual: the last BN of each residual branch starts at 0 (Goyal et al. 2017)
+        for stage in self.stages if zero_init_residual else []:
             for block in list(stage.base) + [b for u in stage.units for b in u]:
                 last = block.bn3 if isinstance(block, Bottleneck) else block.bn2
                 bns = last.bns if isinstance(last, SwitchableBatchNorm2d) else [last.bn]
@@ -260,5 +264,5 @@ MODELS.add("resnet101", _imagenet(Bottleneck, [3, 4, 23, 3], 101))
 
 def create_model(name: str, num_classes: int, gating: str = "stage", stem: str = "cifar", **kw) -> GatedResNet:
     """Build a registered model. ``kw``: ``switchable_bn``, ``gate_head`` (``logit``/``aig``), ``gate_init_keep``,
-    ``in_channels``."""
+    ``gate_downsample``, ``in_channels``, ``zero_init_residual``."""
     return MODELS.get(name)(num_classes=num_classes, gating=gating, stem=stem, **kw)
