@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
-from gatesearch.config import ConfigError, from_flat
+from gatesearch.config import ConfigError, from_flat, to_flat
 from gatesearch.search.baselines import OPTUNA_ATTR, TRIAL_KEY, imagenet_space
 from gatesearch.search.space import load_space, parse
 
@@ -190,12 +189,6 @@ PAPER = {
 }
 
 
-def _flat_of(cfg) -> dict:
-    from gatesearch.config import to_flat
-
-    return to_flat(cfg)
-
-
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
 def test_shipped_space_enqueues_each_methods_paper_recipe_inside_its_space(path):
     space = load_space(path)
@@ -212,7 +205,7 @@ def test_shipped_space_enqueues_each_methods_paper_recipe_inside_its_space(path)
             trial = study.ask()
             drawn = space.suggest(trial)
         assert trial.user_attrs[OPTUNA_ATTR] == b.method and drawn.pop(TRIAL_KEY) == b.method
-        flat = _flat_of(from_flat({**space.fixed, **drawn}))
+        flat = to_flat(from_flat({**space.fixed, **drawn}))
         assert flat["method.name"] == b.method
         for key, value in PAPER[b.method].items():
             assert flat[key] == value, key
