@@ -35,14 +35,14 @@ def _searcher(space) -> StudySearch:
 
 
 def _run(searcher: StudySearch, trial_id: str, scores: list[float], error: bool = False) -> None:
-    """What Tune does: one result per epoch, then on_trial_complete with the last result."""
+    """What Tune's controller does: each epoch's result goes to on_trial_result, except the one the
+    scheduler stops the trial on (ASHA's rung, or max_t), which only on_trial_complete receives; an
+    errored trial gets on_trial_complete(error=True) without a result."""
     searcher.suggest(trial_id)
-    result = None
-    for epoch, score in enumerate(scores):
-        result = {"top1_super": score, "training_iteration": epoch + 1, "epochs_done": epoch + 1}
+    results = [{"top1_super": s, "training_iteration": i + 1, "epochs_done": i + 1} for i, s in enumerate(scores)]
+    for result in results if error else results[:-1]:
         searcher.on_trial_result(trial_id, result)
-    # an errored trial: Tune's controller calls on_trial_complete(error=True) without a result
-    searcher.on_trial_complete(trial_id, result=None if error else result, error=error)
+    searcher.on_trial_complete(trial_id, result=None if error else results[-1], error=error)
 
 
 def test_baselines_come_first_then_searched_trials():
@@ -65,9 +65,10 @@ def test_optuna_states_stopped_early_pruned_full_budget_complete_errored_fail():
     trials = searcher._ot_study.trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE,
                                          optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED]
-    # a pruned trial keeps its last intermediate value (what TPE ranks pruned trials by, below complete ones)
-    assert trials[0].value == 0.31 and trials[0].last_step == 1
-    assert trials[1].value == 0.6 and trials[3].value == 0.45 and trials[3].last_step == 2
+    # a pruned trial holds the value and step it was stopped at (what TPE ranks it by, below complete ones)
+    assert trials[0].value == 0.31 and trials[0].intermediate_values == {1: 0.31}
+    assert trials[3].value == 0.45 and trials[3].intermediate_values == {1: 0.3, 2: 0.45}
+    assert trials[1].value == 0.6
     assert trials[2].value is None
 
 

@@ -64,7 +64,8 @@ def test_data_root_comes_from_env_or_override(monkeypatch, tmp_path):
 
 def test_quickstart_is_small():
     s = load_space(next(p for p in SPACES if p.name == "quickstart.yaml"))
-    assert s.study.gpu == 0 and s.study.trials * s.study.epochs <= 16 and s.study.max_concurrent_trials == 2
+    assert s.study.gpu == 0 and s.study.trials * s.study.epochs <= 24 and s.study.max_concurrent_trials == 2
+    assert len(s.baselines) == 3 and s.study.trials - len(s.baselines) >= 3  # baselines count within the budget
     assert s.fixed["data.name"] == "digits" and s.fixed["train.device"] == "cpu"
 
 

@@ -4,9 +4,11 @@
 ``TrialState.COMPLETE`` with the trial's last reported value whenever a result exists, and Tune
 calls it with the last result for a trial ASHA stopped early (``TuneController.stop_trial``), so
 TPE would take an epoch-1 score as a final one. ``StudySearch`` tells Optuna ``PRUNED`` for a
-trial that did not reach the epoch budget (Optuna then keeps the last intermediate value, reported
-each epoch by ``on_trial_result``); TPE ranks pruned trials below every complete one (by the step
-they reached, then that value), NSGA-II ignores them. Errored trials stay ``FAIL``.
+trial that did not reach the epoch budget, after reporting the result it was stopped at as an
+intermediate value (Tune passes a stopping result to ``on_trial_complete`` only, never to
+``on_trial_result``); Optuna keeps that last intermediate value as the pruned trial's value. TPE
+ranks pruned trials below every complete one (by the step they reached, then that value), NSGA-II
+ignores them. Errored trials stay ``FAIL``.
 
 **Paper baselines.** ``StudySearch`` enqueues the space's baselines (``search/baselines.py``) as
 the study's first Optuna trials, each with user attribute ``baselines.OPTUNA_ATTR``, once, when
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -40,6 +43,7 @@ class StudySearch(OptunaSearch):
                  **kwargs: Any) -> None:
         self._epochs = epochs
         self._baselines = list(baselines)
+        self._reported: dict[str, int] = {}  # trial id -> the last step told to Optuna by on_trial_result
         super().__init__(*args, **kwargs)  # creates the Optuna study (the space is given): see _setup_study
 
     def _setup_study(self, mode: str | list[str]) -> None:
@@ -47,13 +51,24 @@ class StudySearch(OptunaSearch):
         for params, user_attrs in self._baselines:
             self._ot_study.enqueue_trial(params, user_attrs=user_attrs)
 
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        super().on_trial_result(trial_id, result)
+        self._reported[trial_id] = result[TRAINING_ITERATION]
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         short = (result is not None and not error and trial_id in self._ot_trials
                  and trial_id not in self._completed_trials and int(result.get("epochs_done", 0)) < self._epochs)
         if not short:
             return super().on_trial_complete(trial_id, result=result, error=error)
+        ot_trial = self._ot_trials[trial_id]
+        # Tune never hands the searcher the result a scheduler stopped the trial on: report it here, so
+        # the pruned trial's value and step are those it was stopped at (single objective only, as above)
+        step = result.get(TRAINING_ITERATION)
+        if isinstance(self.metric, str) and self.metric in result and step is not None \
+                and step > self._reported.get(trial_id, 0):
+            ot_trial.report(result[self.metric], step)
         # PRUNED takes no value: Optuna records the last intermediate value as the trial's
-        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
