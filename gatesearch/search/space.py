@@ -9,6 +9,7 @@ A space file is data only::
       max_concurrent_trials: 4
       resources: {cpu: 2, gpu: 0.25}
       devices: [jetson-orin-nano, host]
+      baselines: true          # the papers' recipes run first (search/baselines.py; counted in trials)
     fixed:                     # dotted config keys -> values
       data.name: cifar10
       data.root: ${CIFAR10_ROOT:-data/cifar10}
