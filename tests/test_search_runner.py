@@ -225,6 +225,40 @@ def test_pareto_set_holds_only_full_budget_trials(tmp_path):
         "a": "COMPLETE", "b": "COMPLETE", "c": "COMPLETE", "d": "STOPPED", "e": "ERROR"}
 
 
+def test_summary_compares_the_best_searched_trial_with_the_best_full_budget_baseline(tmp_path):
+    from types import SimpleNamespace
+
+    from gatesearch.search.baselines import TRIAL_KEY
+    from gatesearch.search.runner import summarize
+    from gatesearch.search.space import parse
+
+    space = parse(yaml.safe_load(tiny_space(tmp_path, "b", epochs=3).read_text()))
+
+    def result(tid: str, done: int, sup: float, baseline: str | None = None) -> SimpleNamespace:
+        metrics = {"trial_id": tid, "epochs_done": done, "top1_super": sup, "mlflow_run_id": f"run-{tid}"}
+        # a baseline's Tune config: what StudySearch's suggest returns for it (see test_search_algorithms)
+        paper = next((b for b in space.baselines if b.method == baseline), None)
+        config = {"method.name": "adn"} if paper is None else {**paper.config(space.fixed), TRIAL_KEY: baseline}
+        return SimpleNamespace(metrics=metrics, checkpoint=None, error=None, path=f"/x/t000_{tid}", config=config)
+
+    results = [result("p1", 3, 0.70, "adn"), result("p2", 1, 0.95, "gated_depth"),  # p2 cut short: not comparable
+               result("a", 3, 0.80), result("b", 1, 0.99)]
+    summary = summarize(space, results, tmp_path)
+    assert summary["baselines"] == ["adn", "gated_depth"]
+    assert [t["baseline"] for t in summary["trials"]] == ["adn", "gated_depth", None, None]
+    assert summary["trials"][0]["config"]["method.adn.feature_kl"] is True  # the recipe's unsearched keys shown
+    (row,) = summary["vs_baselines"]
+    assert row == {"metric": "top1_super", "mode": "max", "best_searched": 0.80, "best_searched_trial_id": "a",
+                   "best_baseline": 0.70, "best_baseline_method": "adn", "best_baseline_trial_id": "p1",
+                   "best_baseline_run_id": "run-p1", "difference": pytest.approx(0.10)}
+    summary |= {"wall_time_s": 1.0, "tracking_uri": "sqlite:///x.db", "parent_run_id": "p", "experiment_id": "1",
+                "interrupted": False}
+    text = describe(summary)
+    assert "paper baselines: adn top1_super=0.7000; gated_depth top1_super=0.9500 (STOPPED)" in text
+    assert ("top1_super (max): best searched trial 0.8000 (trial a) vs best paper baseline adn 0.7000 (trial p1), "
+            "difference +0.1000") in text
+
+
 @pytest.mark.slow
 @RAY_TIMING
 def test_study_logs_to_an_http_tracking_server(local_ray, tmp_path):

@@ -213,7 +213,7 @@ def test_shipped_space_enqueues_each_methods_paper_recipe_inside_its_space(path)
         if b.method == "probgates":
             assert flat["model.gate_head"] == ("logit" if imagenet else "aig")
             assert flat["method.probgates.target"] == (0.6 if imagenet else 0.5)
-            assert flat["model.gating"] == space.fixed["model.gating"]  # the space's layout is kept
+            assert flat["model.gating"] == from_flat(space.fixed).model.gating  # the space's layout is kept
             if not imagenet:
                 assert flat["model.switchable_bn"] is False
         for p in space.params:

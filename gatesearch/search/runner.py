@@ -6,9 +6,15 @@ from the space file, every epoch is checkpointed, and ``FailureConfig`` retries 
 died. One MLflow parent run per study (its id kept in ``<storage>/<study>/mlflow_parent.json``, so
 ``--resume`` reuses it), one child run per trial (see ``trainable.py``).
 
+The first trials are the papers' recipes of the searched methods (``baselines.py``; enqueued and
+kept from early stopping by ``algorithms.py``, which also tells Optuna that a stopped trial was
+pruned, not complete).
+
 After the study, ``<storage>/<study>/summary.json`` lists every trial and ``best.json`` names the
 best trial's checkpoint and MLflow run (single objective), or the Pareto set over trials that ran
-their full epoch budget (multi-objective); ASHA-stopped and errored trials never enter it.
+their full epoch budget (multi-objective); ASHA-stopped and errored trials never enter it. The
+summary, the parent MLflow run and ``describe`` compare the best searched trial with the best
+baseline (``versus_baselines``).
 """
 
 from __future__ import annotations
