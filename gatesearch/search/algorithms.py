@@ -53,7 +53,7 @@ class StudySearch(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         super().on_trial_result(trial_id, result)
-        self._reported[trial_id] = result[TRAINING_ITERATION]
+        self._reported[trial_id] = result.get(TRAINING_ITERATION, 0)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         short = (result is not None and not error and trial_id in self._ot_trials
