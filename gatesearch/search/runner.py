@@ -401,7 +401,7 @@ def select_best(summary: dict[str, Any], devices: tuple[str, ...], study_dir: Pa
 
 
 def _describe_baselines(summary: dict[str, Any]) -> list[str]:
-    """One line per objective: best searched trial against the best paper baseline."""
+    """Every baseline's objectives, then per objective the best searched trial against the best baseline."""
     if not summary.get("baselines"):
         return ["  paper baselines: off (study.baselines: false, or no searched method has a paper recipe)"]
     scores = []
@@ -409,10 +409,11 @@ def _describe_baselines(summary: dict[str, Any]) -> list[str]:
         vals = ", ".join(f"{k}={v:.4f}" for k, v in t["objectives"].items() if isinstance(v, (int, float)))
         scores.append(f"{t['baseline']} {vals or 'no score'}" + ("" if t["state"] == "COMPLETE" else f" ({t['state']})"))
     lines = [f"  paper baselines: {'; '.join(scores) or 'none ran'}"]
-    for row in summary["vs_baselines"]:
-        def show(value: float | None, trial_id: str | None) -> str:
-            return "none ran the full budget" if value is None else f"{value:.4f} (trial {trial_id})"
 
+    def show(value: float | None, trial_id: str | None) -> str:
+        return "none ran the full budget" if value is None else f"{value:.4f} (trial {trial_id})"
+
+    for row in summary["vs_baselines"]:
         paper = show(row["best_baseline"], row["best_baseline_trial_id"])
         if row["best_baseline_method"]:
             paper = f"{row['best_baseline_method']} {paper}"
