@@ -19,7 +19,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray starts: no toke
 ray = pytest.importorskip("ray")
 from mlflow import MlflowClient  # noqa: E402
 
-from gatesearch.search.runner import SearchOptions, run_search  # noqa: E402
+from gatesearch.search.runner import SearchOptions, describe, run_search  # noqa: E402
 from gatesearch.search.trainable import FAULT_ENV  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,11 +30,12 @@ RAY_TIMING = pytest.mark.flaky(reruns=1, reruns_delay=2)
 
 
 def tiny_space(tmp_path: Path, name: str, trials: int = 4, epochs: int = 2, grace: int = 1,
-               objective: object = None, devices: tuple[str, ...] = ()) -> Path:
+               objective: object = None, devices: tuple[str, ...] = (), baselines: bool = True) -> Path:
+    """Two methods: with baselines, trials 0 and 1 are the adn and gated_depth paper recipes."""
     space = {
         "study": {"name": name, "objective": objective or {"metric": "top1_super", "mode": "max"},
                   "budget": {"trials": trials, "epochs": epochs}, "max_concurrent_trials": 2,
-                  "devices": list(devices),
+                  "devices": list(devices), "baselines": baselines,
                   "resources": {"cpu": 1}, "max_failures": 1, "asha": {"grace_period": grace, "reduction_factor": 2}},
         "fixed": {"data.name": "digits", "data.train_subset": 192, "data.batch_size": 64, "data.augment": False,
                   "data.eval_batch_size": 256, "model.name": "resnet20", "train.device": "cpu",
@@ -42,7 +43,7 @@ def tiny_space(tmp_path: Path, name: str, trials: int = 4, epochs: int = 2, grac
         "search": {"method.name": {"choice": ["adn", "gated_depth"]},
                    "optim.lr": {"loguniform": [0.01, 0.1]},
                    "method.adn.alpha": {"uniform": [0.3, 0.9], "when": {"method.name": "adn"}},
-                   "method.gated_depth.k": {"int": [2, 6], "when": {"method.name": "gated_depth"}}},
+                   "method.gated_depth.k": {"int": [2, 10], "when": {"method.name": "gated_depth"}}},
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
@@ -54,6 +55,16 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def optuna_states(study_dir: Path) -> dict[str, str]:
+    """Tune trial id -> the state its Optuna trial ended in, from the searcher state Tune saved."""
+    import pickle
+
+    (path,) = study_dir.glob("searcher-state-*.pkl")
+    saved = pickle.loads(path.read_bytes())
+    trials = saved["_ot_study"].trials
+    return {tid: trials[t.number].state.name for tid, t in saved["_ot_trials"].items()}
 
 
 def child_runs(uri: str, summary: dict) -> list:
@@ -91,6 +102,27 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     assert [a.path for a in client.list_artifacts(best_run.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
     # ASHA-stopped trials never count as the best
     assert all(t["state"] == "COMPLETE" for t in summary["pareto"])
+    # the two paper baselines ran first, to the full budget, tagged; Optuna saw stopped trials as pruned
+    paper = {c.data.tags["gatesearch.baseline"]: c for c in children if "gatesearch.baseline" in c.data.tags}
+    assert sorted(paper) == ["adn", "gated_depth"]
+    assert {c.data.tags["gatesearch.trial_index"] for c in paper.values()} == {"0", "1"}
+    assert paper["adn"].data.params["method.adn.alpha"] == "0.5" and paper["gated_depth"].data.params[
+        "method.gated_depth.k"] == "10" and paper["gated_depth"].data.params["method.gated_depth.p_max"] == "0.9"
+    assert all(c.info.status == "FINISHED" for c in paper.values())
+    states = optuna_states(tmp_path / "rr" / "small")
+    assert {t["trial_id"]: {"COMPLETE": "COMPLETE", "STOPPED": "PRUNED"}[t["state"]] for t in summary["trials"]} \
+        == states
+    (row,) = summary["vs_baselines"]
+    complete = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
+    best_paper = max((t for t in complete if t["baseline"]), key=lambda t: t["objectives"]["top1_super"])
+    assert row["best_baseline"] == best_paper["objectives"]["top1_super"]
+    assert row["best_baseline_method"] == best_paper["baseline"]
+    if row["best_searched"] is not None:
+        assert row["difference"] == pytest.approx(row["best_searched"] - row["best_baseline"])
+        assert parent.data.metrics["baseline_difference_top1_super"] == pytest.approx(row["difference"])
+    assert parent.data.metrics["best_baseline_top1_super"] == pytest.approx(row["best_baseline"])
+    assert parent.data.tags["gatesearch.best_baseline_run_id.top1_super"] == best_paper["mlflow_run_id"]
+    assert "best paper baseline " + best_paper["baseline"] in describe(summary)
     # the selector ran for the best trial: menus on disk and in its MLflow run (DESIGN step 5)
     menu_dir = Path(summary["menus"][best["trial_id"]])
     menu = json.loads((menu_dir / "jetson-orin-nano" / "menu.json").read_text())
@@ -125,6 +157,8 @@ def test_faults_error_a_trial_and_a_dead_worker_resumes(local_ray, tmp_path, mon
     steps = [m.step for m in client.get_metric_history(died.info.run_id, "train_loss")]
     assert steps[-1] == 1 and set(steps) == {0, 1}
     assert summary["n_error"] == 2 and summary["best"] is not None  # the study went on
+    assert {tid: s for tid, s in optuna_states(tmp_path / "rr" / "faults").items() if states[tid] == "ERROR"} \
+        == {tid: "FAIL" for tid, s in states.items() if s == "ERROR"}
     assert summary["pareto"] and all(t["state"] == "COMPLETE" for t in summary["pareto"])
 
 
@@ -161,6 +195,8 @@ def test_interrupted_study_resumes_without_redoing_or_duplicating(local_ray, tmp
     assert not summary["interrupted"] and summary["n_trials"] == 4 and summary["n_complete"] == 4
     runs = child_runs(uri, summary)
     assert len(runs) == 4 and len({r.data.tags["gatesearch.trial_id"] for r in runs}) == 4
+    # the resumed searcher did not enqueue the paper baselines a second time
+    assert sorted(r.data.tags.get("gatesearch.baseline", "-") for r in runs) == ["-", "-", "adn", "gated_depth"]
     client = MlflowClient(uri)
     for run_id, n in history_before.items():  # finished trials were not trained again
         assert len(client.get_metric_history(run_id, "train_loss")) == n == 3
@@ -189,6 +225,40 @@ def test_pareto_set_holds_only_full_budget_trials(tmp_path):
         "a": "COMPLETE", "b": "COMPLETE", "c": "COMPLETE", "d": "STOPPED", "e": "ERROR"}
 
 
+def test_summary_compares_the_best_searched_trial_with_the_best_full_budget_baseline(tmp_path):
+    from types import SimpleNamespace
+
+    from gatesearch.search.baselines import TRIAL_KEY
+    from gatesearch.search.runner import summarize
+    from gatesearch.search.space import parse
+
+    space = parse(yaml.safe_load(tiny_space(tmp_path, "b", epochs=3).read_text()))
+
+    def result(tid: str, done: int, sup: float, baseline: str | None = None) -> SimpleNamespace:
+        metrics = {"trial_id": tid, "epochs_done": done, "top1_super": sup, "mlflow_run_id": f"run-{tid}"}
+        # a baseline's Tune config: what StudySearch's suggest returns for it (see test_search_algorithms)
+        paper = next((b for b in space.baselines if b.method == baseline), None)
+        config = {"method.name": "adn"} if paper is None else {**paper.config(space.fixed), TRIAL_KEY: baseline}
+        return SimpleNamespace(metrics=metrics, checkpoint=None, error=None, path=f"/x/t000_{tid}", config=config)
+
+    results = [result("p1", 3, 0.70, "adn"), result("p2", 1, 0.95, "gated_depth"),  # p2 cut short: not comparable
+               result("a", 3, 0.80), result("b", 1, 0.99)]
+    summary = summarize(space, results, tmp_path)
+    assert summary["baselines"] == ["adn", "gated_depth"]
+    assert [t["baseline"] for t in summary["trials"]] == ["adn", "gated_depth", None, None]
+    assert summary["trials"][0]["config"]["method.adn.feature_kl"] is True  # the recipe's unsearched keys shown
+    (row,) = summary["vs_baselines"]
+    assert row == {"metric": "top1_super", "mode": "max", "best_searched": 0.80, "best_searched_trial_id": "a",
+                   "best_baseline": 0.70, "best_baseline_method": "adn", "best_baseline_trial_id": "p1",
+                   "best_baseline_run_id": "run-p1", "difference": pytest.approx(0.10)}
+    summary |= {"wall_time_s": 1.0, "tracking_uri": "sqlite:///x.db", "parent_run_id": "p", "experiment_id": "1",
+                "interrupted": False}
+    text = describe(summary)
+    assert "paper baselines: adn top1_super=0.7000; gated_depth top1_super=0.9500 (STOPPED)" in text
+    assert ("top1_super (max): best searched trial 0.8000 (trial a) vs best paper baseline adn 0.7000 (trial p1), "
+            "difference +0.1000") in text
+
+
 @pytest.mark.slow
 @RAY_TIMING
 def test_study_logs_to_an_http_tracking_server(local_ray, tmp_path):
@@ -212,7 +282,7 @@ def test_study_logs_to_an_http_tracking_server(local_ray, tmp_path):
             except OSError:
                 assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
                 time.sleep(1)
-        summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, "http", trials=2, epochs=1)),
+        summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, "http", trials=2, epochs=1, baselines=False)),
                                            tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0))
         runs = child_runs(uri, summary)
         assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
-from gatesearch.config import ConfigError, from_flat
+from gatesearch.config import ConfigError, from_flat, to_flat
+from gatesearch.search.baselines import OPTUNA_ATTR, TRIAL_KEY, imagenet_space
 from gatesearch.search.space import load_space, parse
 
 SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
 
 
 def _minimal(**search: dict) -> dict:
-    return {"study": {"name": "t", "objective": {"metric": "top1_super", "mode": "max"}, "budget": {"trials": 2, "epochs": 1}},
+    return {"study": {"name": "t", "objective": {"metric": "top1_super", "mode": "max"}, "budget": {"trials": 4, "epochs": 1}},
             "fixed": {"data.name": "digits"}, "search": search}
 
 
@@ -62,7 +64,8 @@ def test_data_root_comes_from_env_or_override(monkeypatch, tmp_path):
 
 def test_quickstart_is_small():
     s = load_space(next(p for p in SPACES if p.name == "quickstart.yaml"))
-    assert s.study.gpu == 0 and s.study.trials * s.study.epochs <= 16 and s.study.max_concurrent_trials == 2
+    assert s.study.gpu == 0 and s.study.trials * s.study.epochs <= 24 and s.study.max_concurrent_trials == 2
+    assert len(s.baselines) == 3 and s.study.trials - len(s.baselines) >= 3  # baselines count within the budget
     assert s.fixed["data.name"] == "digits" and s.fixed["train.device"] == "cpu"
 
 
@@ -184,3 +187,119 @@ def test_study_cost_sets_the_score_axis() -> None:
         parse({"study": {**base, "cost": "flops"}})
     with pytest.raises(ConfigError, match="set the cost axis with study.cost"):
         parse({"study": {**base, "cost": "macs"}, "fixed": {"train.score_cost": "macs"}})
+# ---------------------------------------------------------------- paper baselines
+
+# The papers' settings, written out from the text (../shared/papers/): ADN 001 Sec. 4.2 / Algorithm 1;
+# Gated Depth 000 Sec. 6.1; probabilistic gates 002 Sec. 2 (L = L_target + L_MC), 3.2 (tau = 1/2),
+# 4.1.2 (CIFAR-10: dependent per-batch at t = 0.5) and Figure 4 (ResNet-50: independent per-batch at 0.6).
+PAPER = {
+    "adn": {"method.adn.alpha": 0.5, "method.adn.feature_kl": True},
+    "gated_depth": {"method.gated_depth.p_min": 0.5, "method.gated_depth.p_max": 0.9,
+                    "method.gated_depth.alpha": 0.5, "method.gated_depth.k": 10},
+    "probgates": {"method.probgates.loss": "per_batch", "method.probgates.target_schedule": "constant",
+                  "method.probgates.inference": "threshold", "method.probgates.threshold": 0.5,
+                  "method.probgates.weight": 1.0},
+}
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_shipped_space_enqueues_each_methods_paper_recipe_inside_its_space(path):
+    space = load_space(path)
+    methods = next(p for p in space.params if p.key == "method.name").choices
+    assert [b.method for b in space.baselines] == [m for m in methods if m in PAPER]
+    assert space.study.trials > len(space.baselines)  # room left for the search
+    imagenet = path.name.startswith("imagenet")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for params, attrs in space.baseline_trials():
+        study.enqueue_trial(params, user_attrs=attrs)
+    for b in space.baselines:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Optuna warns on an enqueued value outside its distribution
+            trial = study.ask()
+            drawn = space.suggest(trial)
+        assert trial.user_attrs[OPTUNA_ATTR] == b.method and drawn.pop(TRIAL_KEY) == b.method
+        flat = to_flat(from_flat({**space.fixed, **drawn}))
+        assert flat["method.name"] == b.method
+        for key, value in PAPER[b.method].items():
+            assert flat[key] == value, key
+        if b.method == "probgates":
+            assert flat["model.gate_head"] == ("logit" if imagenet else "aig")
+            assert flat["method.probgates.target"] == (0.6 if imagenet else 0.5)
+            assert flat["model.gating"] == from_flat(space.fixed).model.gating  # the space's layout is kept
+            if not imagenet:
+                assert flat["model.switchable_bn"] is False
+        for p in space.params:
+            if p.key in b.params:
+                assert p.contains(b.params[p.key]), p.key
+        study.tell(trial, 0.5)
+    assert TRIAL_KEY not in space.suggest(study.ask())  # the trial after them is a searched one
+
+
+def _probgates_space(**patch: dict) -> dict:
+    raw = _minimal(**{"method.name": {"choice": ["adn", "gated_depth", "probgates"]},
+                      "model.gate_head": {"choice": ["logit", "aig"], "when": {"method.name": "probgates"}},
+                      "model.switchable_bn": {"choice": [False], "when": {"model.gate_head": "aig"}}})
+    raw["search"].update(patch)
+    return raw
+
+
+def test_imagenet_spaces_are_recognised_by_data_or_stem():
+    assert not imagenet_space({"data.name": "digits"}) and not imagenet_space({"data.name": "cifar10"})
+    assert imagenet_space({"data.name": "imagefolder"})
+    assert imagenet_space({"data.name": "digits", "model.stem": "imagenet"})
+
+
+def test_baseline_takes_block_gating_when_the_space_searches_it():
+    raw = _probgates_space(**{"model.gating": {"choice": ["stage", "block"]}})
+    raw["search"] = {"model.gating": raw["search"].pop("model.gating"), **raw["search"]}
+    space = parse(raw)
+    pg = next(b for b in space.baselines if b.method == "probgates")
+    cfg = from_flat(pg.config(space.fixed))
+    assert cfg.model.gating == "block" and cfg.model.gate_head == "aig" and not cfg.model.switchable_bn
+    raw = _probgates_space()
+    raw["fixed"]["model.gating"] = "stage"
+    pg = next(b for b in parse(raw).baselines if b.method == "probgates")
+    cfg = from_flat(pg.config(parse(raw).fixed))
+    assert cfg.model.gating == "stage" and cfg.model.switchable_bn is False
+
+
+def test_paper_value_outside_a_searched_range_is_one_line_naming_the_key():
+    raw = _minimal(**{"method.name": {"choice": ["adn", "gated_depth"]},
+                      "method.gated_depth.k": {"int": [2, 8], "when": {"method.name": "gated_depth"}}})
+    with pytest.raises(ConfigError, match=r"search\.method\.gated_depth\.k: .*gated_depth paper baseline.*10") as e:
+        parse(raw)
+    assert "\n" not in str(e.value) and "study.baselines: false" in str(e.value)
+    raw["study"]["baselines"] = False
+    space = parse(raw)
+    assert space.baselines == () and space.baseline_trials() == []
+
+
+def test_searched_default_outside_the_space_takes_the_nearest_value():
+    raw = _minimal(**{"method.name": {"choice": ["adn"]}, "optim.lr": {"loguniform": [0.2, 0.4]},
+                      "optim.warmup_epochs": {"int": [2, 5]},
+                      "method.adn.two_backward": {"choice": [True], "when": {"method.name": "adn"}}})
+    (adn,) = parse(raw).baselines
+    # config defaults lr=0.1, warmup 0, two_backward false lie outside: lowest end / first choice
+    assert adn.params == {"method.name": "adn", "optim.lr": 0.2, "optim.warmup_epochs": 2,
+                          "method.adn.two_backward": True}
+    assert adn.adjusted == {"optim.lr": 0.2, "optim.warmup_epochs": 2, "method.adn.two_backward": True}
+    assert adn.extra == {"method.adn.alpha": 0.5, "method.adn.feature_kl": True}  # not searched: travel along
+
+
+def test_fixed_keys_win_and_methods_without_recipe_have_no_baseline():
+    raw = _minimal(**{"method.name": {"choice": ["plain", "adn", "stochastic_depth"]}})
+    raw["fixed"]["method.adn.alpha"] = 0.7
+    space = parse(raw)
+    assert [b.method for b in space.baselines] == ["adn"]
+    assert from_flat(space.baselines[0].config(space.fixed)).method.adn.alpha == 0.7
+    raw = _minimal()  # method fixed (the default, adn): its recipe is still the study's baseline
+    assert [b.method for b in parse(raw).baselines] == ["adn"]
+
+
+@pytest.mark.parametrize("study, key", [({"baselines": "yes"}, "study.baselines"),
+                                        ({"budget": {"trials": 3}}, "study.budget.trials")])
+def test_bad_baseline_settings_name_the_key(study, key):
+    raw = _probgates_space()
+    raw["study"].update(study)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse(raw)

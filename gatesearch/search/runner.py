@@ -6,9 +6,15 @@ from the space file, every epoch is checkpointed, and ``FailureConfig`` retries 
 died. One MLflow parent run per study (its id kept in ``<storage>/<study>/mlflow_parent.json``, so
 ``--resume`` reuses it), one child run per trial (see ``trainable.py``).
 
+The first trials are the papers' recipes of the searched methods (``baselines.py``; enqueued and
+kept from early stopping by ``algorithms.py``, which also tells Optuna that a stopped trial was
+pruned, not complete).
+
 After the study, ``<storage>/<study>/summary.json`` lists every trial and ``best.json`` names the
 best trial's checkpoint and MLflow run (single objective), or the Pareto set over trials that ran
-their full epoch budget (multi-objective); ASHA-stopped and errored trials never enter it.
+their full epoch budget (multi-objective); ASHA-stopped and errored trials never enter it. The
+summary, the parent MLflow run and ``describe`` compare the best searched trial with the best
+baseline (``versus_baselines``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gatesearch.errors import UserError
+from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
 from gatesearch.search.space import SearchSpace, load_space
 from gatesearch.search.trainable import (
     CHECKPOINT_FILE,
@@ -104,6 +111,7 @@ def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Pa
               "study.trials": s.trials, "study.epochs": s.epochs, "study.time_budget_s": s.time_budget_s,
               "study.max_concurrent_trials": s.max_concurrent_trials, "study.cpu": s.cpu, "study.gpu": s.gpu,
               "study.devices": ",".join(s.devices), "study.searched": ",".join(p.key for p in space.params),
+              "study.baselines": ",".join(b.method for b in space.baselines) or "false",
               "study.overrides": " ".join(space.overrides), "study.cost": s.cost,
               "study.frontier_score": "mean over 10 budgets, evenly spaced from the cheapest candidate's cost to the "
                                       "super-net's (inclusive), of the best candidate top-1 within the budget "
@@ -164,8 +172,8 @@ def _has_error(uri: str, run_id: str) -> bool:
 def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, storage: Path) -> Any:
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from gatesearch.search.algorithms import BaselineASHA, StudySearch
 
     s = space.study
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": s.cpu, "gpu": s.gpu})
@@ -185,14 +193,18 @@ def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, sto
         sampler: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(seed=s.seed)
         metric, mode, scheduler = s.metrics, s.modes, None
     else:
+        # the baselines are not random exploration: the random start-up trials come after them
+        n_baselines = len(space.baselines)
         with warnings.catch_warnings():  # group=True (TPE over conditional spaces) is "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True,
-                                                 n_startup_trials=max(2, min(10, s.trials // 3)))
+            sampler = optuna.samplers.TPESampler(
+                seed=s.seed, multivariate=True, group=True,
+                n_startup_trials=n_baselines + max(2, min(10, (s.trials - n_baselines) // 3)))
         metric, mode = s.metrics[0], s.modes[0]
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=s.epochs, grace_period=s.asha_grace_period,
-                                  reduction_factor=s.asha_reduction_factor)
-    searcher = OptunaSearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler)
+        scheduler = BaselineASHA(time_attr="training_iteration", max_t=s.epochs, grace_period=s.asha_grace_period,
+                                 reduction_factor=s.asha_reduction_factor)
+    searcher = StudySearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler, epochs=s.epochs,
+                           baselines=space.baseline_trials())
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
@@ -220,6 +232,9 @@ def summarize(space: SearchSpace, results: Any, study_dir: Path) -> dict[str, An
         m = r.metrics or {}
         ckpt_dir = r.checkpoint.path if r.checkpoint is not None else None
         done = int(m.get("epochs_done", 0))
+        method = (r.config or {}).get(BASELINE_KEY)
+        baseline = next((b for b in space.baselines if b.method == method), None)
+        shown = {p.key for p in space.params} | (set(baseline.extra) if baseline else set())
         trials.append({
             "trial_id": m.get("trial_id") or Path(r.path).name.rsplit("_", 1)[-1],
             "mlflow_run_id": m.get("mlflow_run_id"),
@@ -229,7 +244,8 @@ def summarize(space: SearchSpace, results: Any, study_dir: Path) -> dict[str, An
             "train_time_s": m.get("train_time_s"),
             "checkpoint": str(Path(ckpt_dir) / CHECKPOINT_FILE) if ckpt_dir else None,
             "error": str(r.error).strip().splitlines()[-1][:500] if r.error is not None else None,
-            "config": {k: v for k, v in (r.config or {}).items() if "." in k and k in {p.key for p in space.params}},
+            "baseline": method,  # the paper recipe's method for a baseline trial, else None
+            "config": {k: v for k, v in (r.config or {}).items() if k in shown},
         })
     # only trials that ran their full budget compete: an ASHA-stopped trial's early score is not comparable
     complete = [t for t in trials if t["state"] == "COMPLETE"
@@ -251,8 +267,33 @@ def summarize(space: SearchSpace, results: Any, study_dir: Path) -> dict[str, An
         "n_error": sum(t["state"] == "ERROR" for t in trials),
         "best": best,
         "pareto": pareto if s.multi_objective else ([best] if best else []),
+        "baselines": [b.method for b in space.baselines],
+        "vs_baselines": versus_baselines(space, complete) if space.baselines else [],
         "trials": trials,
     }
+
+
+def _best_of(group: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    sign = 1.0 if mode == "max" else -1.0
+    return max(group, key=lambda t: sign * float(t["objectives"][metric]), default=None)
+
+
+def versus_baselines(space: SearchSpace, complete: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per objective: the best searched (non-baseline) trial's value, the best baseline's, and
+    ``difference = best_searched - best_baseline`` (None where either side has no full-budget trial)."""
+    out = []
+    for metric, mode in zip(space.study.metrics, space.study.modes):
+        searched = _best_of([t for t in complete if not t["baseline"]], metric, mode)
+        paper = _best_of([t for t in complete if t["baseline"]], metric, mode)
+        s_value = None if searched is None else float(searched["objectives"][metric])
+        p_value = None if paper is None else float(paper["objectives"][metric])
+        out.append({"metric": metric, "mode": mode,
+                    "best_searched": s_value, "best_searched_trial_id": searched and searched["trial_id"],
+                    "best_baseline": p_value, "best_baseline_method": paper and paper["baseline"],
+                    "best_baseline_trial_id": paper and paper["trial_id"],
+                    "best_baseline_run_id": paper and paper["mlflow_run_id"],
+                    "difference": None if s_value is None or p_value is None else s_value - p_value})
+    return out
 
 
 def _log_summary(uri: str, parent_run_id: str, summary: dict[str, Any], study_dir: Path) -> None:
@@ -266,6 +307,17 @@ def _log_summary(uri: str, parent_run_id: str, summary: dict[str, Any], study_di
         tags |= {"gatesearch.best_trial_id": best["trial_id"], "gatesearch.best_run_id": best["mlflow_run_id"],
                  "gatesearch.best_checkpoint": best["checkpoint"]}
         tracking.log_trial_metrics(uri, parent_run_id, {f"best_{k}": v for k, v in best["objectives"].items()}, 0)
+    metrics: dict[str, float] = {}
+    for row in summary["vs_baselines"]:
+        m = row["metric"]
+        metrics |= {f"{key}_{m}": row[key] for key in ("best_searched", "best_baseline") if row[key] is not None}
+        if row["difference"] is not None:
+            metrics[f"baseline_difference_{m}"] = row["difference"]
+        if row["best_baseline_method"]:
+            tags |= {f"gatesearch.best_baseline_method.{m}": row["best_baseline_method"],
+                     f"gatesearch.best_baseline_run_id.{m}": row["best_baseline_run_id"]}
+    if metrics:
+        tracking.log_trial_metrics(uri, parent_run_id, metrics, 0)
     tracking.set_run_tags(uri, parent_run_id, tags)
     tracking.end_run(uri, parent_run_id, "KILLED" if summary["interrupted"] else "FINISHED")
 
@@ -351,6 +403,31 @@ def select_best(summary: dict[str, Any], devices: tuple[str, ...], study_dir: Pa
     return written
 
 
+def _describe_baselines(summary: dict[str, Any]) -> list[str]:
+    """Every baseline's objectives, then per objective the best searched trial against the best baseline."""
+    if not summary.get("baselines"):
+        return ["  paper baselines: off (study.baselines: false, or no searched method has a paper recipe)"]
+    scores = []
+    for t in (t for t in summary["trials"] if t["baseline"]):
+        vals = ", ".join(f"{k}={v:.4f}" for k, v in t["objectives"].items() if isinstance(v, (int, float)))
+        scores.append(f"{t['baseline']} {vals or 'no score'}" + ("" if t["state"] == "COMPLETE" else f" ({t['state']})"))
+    lines = [f"  paper baselines: {'; '.join(scores) or 'none ran'}"]
+
+    def show(value: float | None, trial_id: str | None) -> str:
+        return "none ran the full budget" if value is None else f"{value:.4f} (trial {trial_id})"
+
+    for row in summary["vs_baselines"]:
+        paper = show(row["best_baseline"], row["best_baseline_trial_id"])
+        if row["best_baseline_method"]:
+            paper = f"{row['best_baseline_method']} {paper}"
+        line = (f"  {row['metric']} ({row['mode']}): best searched trial {show(row['best_searched'], row['best_searched_trial_id'])}"
+                f" vs best paper baseline {paper}")
+        if row["difference"] is not None:
+            line += f", difference {row['difference']:+.4f}"
+        lines.append(line)
+    return lines
+
+
 def describe(summary: dict[str, Any]) -> str:
     """The lines ``gatesearch search`` prints: results, best trial, where to look next."""
     lines = [f"study {summary['study']}: {summary['n_trials']} trials, {summary['n_complete']} ran the full budget, "
@@ -361,6 +438,7 @@ def describe(summary: dict[str, Any]) -> str:
                      f"mlflow run {t['mlflow_run_id']}")
     if summary["best"]:
         lines.append(f"  best checkpoint: {summary['best']['checkpoint']}")
+    lines += _describe_baselines(summary)
     if summary["interrupted"]:
         lines.append("interrupted: the study's state is saved; continue it with the same command plus --resume")
     lines.append(f"results: {summary['storage']}/summary.json, best trial: {summary['storage']}/best.json")

@@ -9,6 +9,7 @@ A space file is data only::
       max_concurrent_trials: 4
       resources: {cpu: 2, gpu: 0.25}
       devices: [jetson-orin-nano, host]
+      baselines: true          # the papers' recipes run first (search/baselines.py; counted in trials)
     fixed:                     # dotted config keys -> values
       data.name: cifar10
       data.root: ${CIFAR10_ROOT:-data/cifar10}
@@ -25,6 +26,7 @@ this module imports neither Ray nor Optuna.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -36,11 +38,12 @@ from typing import Any, Literal
 import yaml
 
 from gatesearch.config import ConfigError, flat_keys, from_flat, parse_override
+from gatesearch.search.baselines import OPTUNA_ATTR, TRIAL_KEY, Baseline, paper_baselines
 
 KINDS = ("choice", "uniform", "loguniform", "int")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STUDY_KEYS = {"name", "objective", "budget", "max_concurrent_trials", "resources", "devices", "seed",
-               "max_failures", "asha", "cost"}
+               "max_failures", "asha", "baselines", "cost"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Study:
     asha_grace_period: int = 1  # epochs before ASHA may stop a trial (single objective only)
     asha_reduction_factor: float = 2.0
     cost: str = "macs"  # the frontier score's cost axis: macs | latency:<device> (sets train.score_cost)
+    baselines: bool = True  # first train the papers' recipes of the searched methods (search/baselines.py)
 
     @property
     def multi_objective(self) -> bool:
@@ -100,6 +104,31 @@ class Param:
             return list(self.choices)
         return [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this key can take (a choice, or inside the range)."""
+        if self.kind == "choice":
+            return _same(value, self.choices)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return (self.kind != "int" or isinstance(value, int)) and self.low <= value <= self.high
+
+    def nearest(self, value: Any) -> Any:
+        """The value in range closest to ``value`` (numbers), else the first choice."""
+        if self.kind == "choice":
+            return self.choices[0]
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else self.low
+        clipped = min(max(number, self.low), self.high)
+        return int(round(clipped)) if self.kind == "int" else float(clipped)
+
+    def describe(self) -> str:
+        """``search.KEY {kind: ...}`` as written in the space file (for error messages)."""
+        bounds = [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
+        return f"search.{self.key} {{{self.kind}: {list(self.choices) if self.kind == 'choice' else bounds}}}"
+
+    def trial_value(self, value: Any) -> Any:
+        """``value`` as Optuna holds it (``enqueue_trial``): choices by their label."""
+        return _label(value) if self.kind == "choice" else value
+
     def suggest(self, trial: Any) -> Any:
         """Draw a value with an Optuna ``Trial`` (define-by-run)."""
         if self.kind == "choice":
@@ -118,17 +147,30 @@ class SearchSpace:
     source: str = ""  # the YAML text, logged to the study's MLflow parent run
     path: str = ""
     overrides: tuple[str, ...] = field(default=())
+    baselines: tuple[Baseline, ...] = field(default=())  # empty when study.baselines is false
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Optuna define-by-run space: only keys that apply to the values drawn so far are drawn.
 
         Returns the drawn values (choices decoded), which OptunaSearch merges into the trial config.
+        A baseline trial (enqueued with user attribute ``baselines.OPTUNA_ATTR``; its params are
+        fixed by Optuna) also returns the recipe's keys the space does not search and the
+        ``baselines.TRIAL_KEY`` marker.
         """
         chosen = dict(self.fixed)
         for p in self.params:
             if p.active(chosen):
                 chosen[p.key] = p.suggest(trial)
-        return {p.key: chosen[p.key] for p in self.params if p.key in chosen}
+        drawn = {p.key: chosen[p.key] for p in self.params if p.key in chosen}
+        method = trial.user_attrs.get(OPTUNA_ATTR)
+        baseline = next((b for b in self.baselines if b.method == method), None)
+        return drawn if baseline is None else {**drawn, **baseline.extra, TRIAL_KEY: method}
+
+    def baseline_trials(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """``(params, user_attrs)`` for ``optuna.Study.enqueue_trial``, one per baseline, in order."""
+        by_key = {p.key: p for p in self.params}
+        return [({k: by_key[k].trial_value(v) for k, v in b.params.items()}, {OPTUNA_ATTR: b.method})
+                for b in self.baselines]
 
     def example_flat(self) -> dict[str, Any]:
         """A flat config using each active param's first probe value (for checks and docs)."""
@@ -256,7 +298,10 @@ def _parse_study(raw: Any) -> Study:
         asha_reduction_factor=_number(asha.get("reduction_factor", Study.asha_reduction_factor),
                                       "study.asha.reduction_factor"),
         cost=_cost_axis(raw.get("cost", Study.cost)),
+        baselines=raw.get("baselines", Study.baselines),
     )
+    if not isinstance(study.baselines, bool):
+        raise ConfigError(f"study.baselines: must be true or false, got {study.baselines!r}")
     if study.time_budget_s is not None and study.time_budget_s <= 0:
         raise ConfigError(f"study.budget.time_budget_s: must be > 0, got {study.time_budget_s}")
     if study.cpu <= 0:
@@ -349,7 +394,20 @@ def parse(raw: Any, overrides: list[str] | tuple[str, ...] = (), source: str = "
     params = tuple(_parse_param(k, v, known) for k, v in searched.items())
     space = SearchSpace(study, fixed, params, source=source, path=path, overrides=tuple(overrides))
     _check_values(space)
-    return space
+    return _with_baselines(space)
+
+
+def _with_baselines(space: SearchSpace) -> SearchSpace:
+    """The space with its paper baselines resolved (``study.baselines``), which count within
+    ``study.budget.trials`` and must leave at least one trial for the search."""
+    if not space.study.baselines:
+        return space
+    found = paper_baselines(space.fixed, space.params)
+    if found and space.study.trials <= len(found):
+        names = ", ".join(b.method for b in found)
+        raise ConfigError(f"study.budget.trials: {space.study.trials} trials leave none for the search after "
+                          f"{len(found)} paper baselines ({names}); raise it or set study.baselines: false")
+    return dataclasses.replace(space, baselines=found)
 
 
 def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gatesearch.search.baselines import MLFLOW_TAG as BASELINE_TAG
+from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
+
 CHECKPOINT_FILE = "last.pt"
 TRIAL_FILE = "trial.json"
 # A debugging aid for the fault-tolerance tests: "KIND@TRIAL[,KIND@TRIAL...]" with KIND one of
@@ -174,16 +177,19 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     shutil.rmtree(trial_dir, ignore_errors=True)
     index = trial_index(tctx.get_trial_name())
     faults = faults_for(ctx.fault, index)
-    flat = {k: v for k, v in config.items() if "." in k}
+    baseline = config.get(BASELINE_KEY)  # set on a paper-baseline trial (search/baselines.py): the method
+    flat = {k: v for k, v in config.items() if "." in k}  # Config keys only (BASELINE_KEY has no dot)
     flat["train.out_dir"] = str(trial_dir / "fit")
     flat["tracking.uri"] = ctx.tracking_uri
     if "nan" in faults:  # a learning rate no loss survives: train.fit must raise TrainingDiverged
         flat["optim.lr"] = 1e30
     cfg = from_flat(flat)
     tags = {**tracking.run_tags(cfg), "gatesearch.study": ctx.study, "gatesearch.trial_index": str(index)}
+    if baseline:
+        tags[BASELINE_TAG] = str(baseline)
+    name = f"{ctx.study}-{index:03d}-{cfg.method.name}" + ("-baseline" if baseline else "")
     run_id, status, error = tracking.trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id,
-                                               f"{ctx.study}-{index:03d}-{cfg.method.name}",
-                                               to_flat(cfg), tags)
+                                               name, to_flat(cfg), tags)
     if error:  # a deterministic failure already recorded: retrying cannot help
         raise InjectedFault(error) if error.startswith("InjectedFault") else RuntimeError(error)
     if status != "RUNNING":
