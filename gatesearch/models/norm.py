@@ -81,12 +81,14 @@ def _routed_stats(x: torch.Tensor, keep: torch.Tensor, on: nn.BatchNorm2d, off: 
     ``(mean_on [C], var_on [C], mean_off, var_off, n_on, n_off)``, ``var`` biased, ``n`` the number
     of values per channel (0-dim). A set with ``n <= 1`` gets its running statistics instead.
 
-    Per-sample moments ``[B, C]`` are combined with the parallel-variance rule (Chan et al. 1979):
-    ``M2_set = sum_b w_b (M2_b + hw * (mean_b - mean_set)^2)``, stable and one pass over ``x``."""
+    Per-sample moments ``[B, C]`` (two passes: mean, then centred squares) are combined with the
+    parallel-variance rule (Chan et al. 1979), ``M2_set = sum_b w_b (M2_b + hw * (mean_b - mean_set)^2)``:
+    as stable as BatchNorm's own two-pass variance (``torch.var_mean`` over (H, W) is ~10x slower here)."""
     with torch.no_grad():
         hw = x.shape[2] * x.shape[3]
-        xs = x if x.dtype in (torch.float32, torch.float64) else x.float()  # AMP: statistics in fp32
-        var_b, mean_b = torch.var_mean(xs, dim=(2, 3), correction=0)  # [B, C]
+        f32 = torch.promote_types(x.dtype, torch.float32)  # AMP: statistics in fp32
+        mean_b = x.sum((2, 3), dtype=f32) / hw  # [B, C]
+        var_b = (x.to(f32) - mean_b[:, :, None, None]).square_().sum((2, 3)) / hw
         out: list[torch.Tensor] = []
         ns: list[torch.Tensor] = []
         for w, bn in ((keep, on), (1 - keep, off)):
