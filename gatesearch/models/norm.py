@@ -32,7 +32,8 @@ class SwitchableBatchNorm2d(nn.Module):
     A set with ``n <= 1`` values per channel in the batch (no sample routed to it, or one sample of
     a 1x1 map) has no usable batch statistics: it normalises with its running statistics (as in
     eval) and its running averages and ``num_batches_tracked`` stay as they are (as a BatchNorm
-    that was not called).
+    that was not called). One sample of an ``H x W > 1`` map is an ordinary batch of ``H * W``
+    values per channel, as for a BatchNorm2d called on that one sample.
 
     Gradient w.r.t. ``k`` (the straight-through path of hard Gumbel gates):
     ``dL/dk_b = sum_{c,h,w} g_b * (BN_on(x_b) - BN_off(x_b))``, both sets' normalisation taken
