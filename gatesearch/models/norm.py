@@ -67,11 +67,11 @@ class SwitchableBatchNorm2d(nn.Module):
         for bn, mean, var, n in ((self.bns[UNIT_ON], mean_on, var_on, n_on), (self.bns[UNIT_OFF], mean_off, var_off, n_off)):
             used = n > 1  # 0-dim bool: no host sync, the update is masked instead of skipped
             bn.num_batches_tracked.add_(used.to(bn.num_batches_tracked.dtype))
+            factor = used.to(bn.running_mean.dtype)  # 0 leaves the buffers as they are
             if bn.momentum is None:  # cumulative average: this batch weighs 1 / (batches so far)
-                factor = 1.0 / bn.num_batches_tracked.clamp_min(1).to(bn.running_mean.dtype)
+                factor = factor / bn.num_batches_tracked.clamp_min(1).to(factor.dtype)
             else:
-                factor = torch.tensor(bn.momentum, dtype=bn.running_mean.dtype, device=mean.device)
-            factor = torch.where(used, factor, torch.zeros_like(factor))
+                factor = factor * bn.momentum
             unbiased = var * (n / (n - 1).clamp_min(1e-12))
             bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
             bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
