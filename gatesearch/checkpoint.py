@@ -80,7 +80,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} does not exist")
     try:
         state: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
-        cfg = from_flat(state["config"])
+        # written before model.gate_downsample existed: block gating then kept downsampling blocks mandatory
+        cfg = from_flat({"model.gate_downsample": False, **state["config"]})
     except ConfigError as e:
         raise UserError(f"checkpoint {path}: stored config is invalid ({e})") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types on a truncated / foreign file

@@ -19,7 +19,7 @@ def test_roundtrip_same_outputs(tmp_path):
     assert ck.config == cfg and ck.epoch == 3 and ck.metrics == {"top1_super": 0.5} and ck.input_shape == (1, 8, 8)
     assert ck.method_state == {"variable_target": 0.4} and ck.optimizer is not None and not ck.model.training
     x = torch.randn(4, 1, 8, 8)
-    p = SkipPattern.parse("FTFTFTF")
+    p = SkipPattern.parse("FTFTFTFTF")  # block gating: 9 units (downsampling blocks gated)
     torch.testing.assert_close(ck.model(x, p), model(x, p))
     raw = torch.load(path, weights_only=True)  # loadable without unpickling code
     assert raw["config"]["method.name"] == "probgates"
@@ -39,3 +39,15 @@ def test_missing_and_corrupt(tmp_path):
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError):
         load_checkpoint(tmp_path / "trunc.pt")
+
+
+def test_checkpoint_from_before_gate_downsample_loads_with_its_layout(tmp_path):
+    """A checkpoint whose config has no ``model.gate_downsample`` was trained with mandatory
+    downsampling blocks (7 block-gated units on resnet20): it loads with that layout."""
+    cfg = quick_cfg(str(tmp_path), "probgates", model__gating="block", model__gate_downsample=False)
+    model = build_model(cfg, 10, (1, 8, 8))
+    path = save_checkpoint(tmp_path / "old.pt", model, cfg, epoch=0, metrics={}, input_shape=(1, 8, 8), num_classes=10)
+    raw = torch.load(path, weights_only=True)
+    del raw["config"]["model.gate_downsample"]
+    torch.save(raw, path)
+    assert load_checkpoint(path).model.n_units == 7

@@ -20,6 +20,11 @@ def test_defaults_round_trip_through_flat_and_nested():
         ({"method.gated_depth.k": 0}, "method.gated_depth.k"),
         ({"train.epochs": "many"}, "train.epochs"),
         ({"model.gating": "layer"}, "model.gating"),
+        ({"model.gate_downsample": True}, "model.gate_downsample"),  # needs gating=block
+        ({"model.gate_init_keep": 1.0}, "model.gate_init_keep"),
+        ({"method.probgates.unit_targets": [1.0, 0.5]}, "method.probgates.unit_targets"),  # needs per_gate
+        ({"method.probgates.target_schedule": "annealed", "method.probgates.anneal_start": 0.3},
+         "method.probgates.anneal_start"),
     ],
 )
 def test_bad_values_name_the_key(flat, key):

@@ -306,7 +306,8 @@ def test_switchable_bn_routes_each_sample_to_its_set(layout, momentum):
     torch.manual_seed(0)
     sbn, ref = _switchable_and_references(8, momentum)
     sbn.train()
-    for keep_list in ([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]):
+    # the last batch sends one sample to the ON set: a batch of 5x5 values, normalised with its own statistics
+    for keep_list in ([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0, 0.0]):
         keep = torch.tensor(keep_list, requires_grad=True)
         on, off = keep.detach().bool().nonzero().flatten(), (~keep.detach().bool()).nonzero().flatten()
         x = torch.randn(6, 8, 5, 5).contiguous(memory_format=layout).requires_grad_(True)
