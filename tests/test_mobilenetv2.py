@@ -20,7 +20,7 @@ from gatesearch.models.mobilenetv2 import InvertedResidual, convert_torchvision_
 from gatesearch.models.norm import PlainNorm, SwitchableBatchNorm2d
 from gatesearch.patterns import SkipPattern, all_patterns
 from gatesearch.selection.latency import profile_rows, trace_layers
-from gatesearch.selection.score import evaluate_patterns_naive, evaluate_patterns_trie
+from gatesearch.selection.score import evaluate_patterns_naive, evaluate_patterns_trie, score_model
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)  # small convs: one thread is faster
 SMALL = "mobilenet_v2_x0_5"
@@ -140,6 +140,16 @@ def test_trie_equals_naive(small: torch.nn.Module) -> None:
     assert [(s.pattern, s.correct1, s.correct5) for s in trie] == [(s.pattern, s.correct1, s.correct5) for s in naive]
 
 
+@pytest.mark.parametrize("gate_head", ["logit", "aig"])
+def test_score_model_with_probgates_strategies(gate_head: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(SMALL, 10, stem="cifar", gate_head=gate_head, switchable_bn=False).eval()
+    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
+    res = score_model(model, data, thresholds=(0.5,), runs=2)
+    assert {s.strategy for s in res.scores} == {"pattern", "threshold:0.50", "always_on", "stochastic", "ensemble"}
+    assert sum(s.strategy == "pattern" for s in res.scores) == 2**5
+
+
 def test_forward_patterns_equals_separate_forwards(small: torch.nn.Module) -> None:
     x = torch.randn(2, 3, 32, 32)
     pats = [SkipPattern.super_net(5), SkipPattern.base_net(5)]
@@ -201,3 +211,18 @@ def test_one_training_step_per_method(method: str, extra: dict) -> None:
     opt.step()
     assert all(np.isfinite(v) for v in res.parts.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_fit_evaluates_and_checkpoints(tmp_path: Path) -> None:
+    """The trainer, its per-epoch evaluation of every pattern and the checkpoint round trip."""
+    from _training import quick_cfg
+
+    from gatesearch.checkpoint import load_checkpoint
+    from gatesearch.train import fit
+
+    cfg = quick_cfg(str(tmp_path), "adn", model__name=SMALL, train__epochs=1, train__max_steps_per_epoch=3,
+                    train__eval_every=1, train__eval_all_patterns_max_units=5)
+    metrics = fit(cfg).metrics
+    assert {"top1_super", "top1_base", "top1_TFTFT"} <= set(metrics)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck.model.n_units == 5 and ck.input_shape == (1, 8, 8) and ck.num_classes == 10
