@@ -226,3 +226,20 @@ def test_fit_evaluates_and_checkpoints(tmp_path: Path) -> None:
     assert {"top1_super", "top1_base", "top1_TFTFT"} <= set(metrics)
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck.model.n_units == 5 and ck.input_shape == (1, 8, 8) and ck.num_classes == 10
+
+
+def test_cli_profile_export_and_patterns(small: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``gatesearch profile`` / ``export`` from a MobileNetV2 checkpoint; ``patterns`` at 224x224."""
+    from gatesearch.checkpoint import save_checkpoint
+    from gatesearch.cli import main
+
+    cfg = from_flat({"model.name": SMALL, "model.stem": "cifar", "data.name": "cifar10"})
+    ck = save_checkpoint(tmp_path / "mv2.pt", small, cfg, epoch=0, metrics={}, input_shape=(3, 32, 32), num_classes=10)
+    assert main(["profile", "--checkpoint", str(ck), "--out", str(tmp_path / "lut.csv"), "--runs", "1",
+                 "--warmup", "0"]) == 0
+    assert main(["export", "--checkpoint", str(ck), "--pattern", "TFTFT", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").is_file() and "wrote" in capsys.readouterr().out
+    assert main(["patterns", "--model", "mobilenet_v2", "--image-size", "224", "--num-classes", "1000",
+                 "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "stem=imagenet" in out and "FFFFF        300.77" in out and "all parameters 3.520 M" in out
