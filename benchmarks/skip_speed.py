@@ -1,7 +1,7 @@
 """Does skipping a unit save the time its MACs promise, and what does gating cost at full depth?
 
-For resnet50 (ImageNet stem, batch 8, 224x224) and resnet20 (CIFAR stem, batch 64, 32x32) on
-this host: measured latency of every skip pattern next to its MAC ratio, the base/super latency
+For resnet50 and mobilenet_v2 (ImageNet stem, batch 8, 224x224) and resnet20 (CIFAR stem, batch
+64, 32x32) on this host: measured latency of every skip pattern next to its MAC ratio, the base/super latency
 ratio against the base/super MAC ratio (target: within 0.08; ADN reports 0.64 latency at 0.63
 MACs), and the full-depth gated model against the same network built with gating="none" (target:
 at most 3% slower; the Gated Depth paper reports ~4%). Timings are interleaved across variants
@@ -11,7 +11,7 @@ NCHW (PyTorch's default) and channels_last (oneDNN's native layout on CPU, what 
 uses); in NCHW the memory-bound layers of the mandatory early stages cost more per MAC than the
 skippable late ones, so the latency ratio lags the MAC ratio there.
 
-    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick]
+    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick] [--models mobilenet_v2 ...]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from gatesearch.patterns import SkipPattern, all_patterns
 
 CASES = [  # name, stem, batch, image size
     ("resnet50", "imagenet", 8, 224),
+    ("mobilenet_v2", "imagenet", 8, 224),
     ("resnet20", "cifar", 64, 32),
 ]
 
@@ -107,11 +108,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per variant")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true", help="resnet20 only (a smoke run)")
+    ap.add_argument("--models", nargs="+", default=None, help="only these cases (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}  threads={torch.get_num_threads()}  device=cpu  rounds={args.rounds}")
-    for name, stem, batch, size in CASES[1:] if args.quick else CASES:
-        inner, rounds = (1, args.rounds) if name == "resnet50" else (3, 3 * args.rounds)  # small model: more samples
+    cases = [c for c in CASES if c[0] == "resnet20"] if args.quick else CASES
+    for name, stem, batch, size in [c for c in cases if args.models is None or c[0] in args.models]:
+        inner, rounds = (1, args.rounds) if stem == "imagenet" else (3, 3 * args.rounds)  # small model: more samples
         print("\n".join(run_case(name, stem, batch, size, rounds, inner)), flush=True)
 
 

@@ -56,7 +56,7 @@ def save_checkpoint(
         "metrics": {k: float(v) for k, v in metrics.items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "input_shape": list(input_shape or _guess_input_shape(model)),
-        "num_classes": int(num_classes or model.fc.out_features),
+        "num_classes": int(num_classes or model.num_classes),
         "history": history or [],
         "method_state": method_state or {},
         "weights": "trained" if train_weights is None else "ema",
@@ -69,8 +69,7 @@ def save_checkpoint(
 
 
 def _guess_input_shape(model: nn.Module) -> tuple[int, int, int]:
-    conv = model.stem[0]
-    return (conv.in_channels, 32, 32) if model.stem_kind == "cifar" else (conv.in_channels, 224, 224)
+    return (model.in_channels, model.input_size, model.input_size)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

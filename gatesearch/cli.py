@@ -20,19 +20,21 @@ def _cmd_patterns(args: argparse.Namespace) -> int:
     from gatesearch.models import create_model
     from gatesearch.patterns import all_patterns
 
+    stem = args.stem or ("imagenet" if args.image_size >= 64 else "cifar")
     try:
-        model = create_model(args.model, args.num_classes, gating=args.gating, stem=args.stem)
+        model = create_model(args.model, args.num_classes, gating=args.gating, stem=stem)
     except (KeyError, ValueError) as e:
         raise UserError(str(e).strip("'\"")) from None
     shape = (1, 3, args.image_size, args.image_size)
     full_macs = count_macs(model, None, shape)
     full_params = count_params(model, None, shape)
-    print(f"{args.model}  gating={args.gating}  stem={args.stem}  units={model.n_units}  input={list(shape)}")
+    print(f"{args.model}  gating={args.gating}  stem={stem}  units={model.n_units}  input={list(shape)}")
     print(f"{'pattern':<{max(8, model.n_units)}}  {'MMACs':>9}  {'MAC ratio':>9}  {'params (M)':>10}")
     for p in all_patterns(model.n_units)[: args.limit]:
         macs, params = count_macs(model, p, shape), count_params(model, p, shape)
         print(f"{str(p):<{max(8, model.n_units)}}  {macs / 1e6:9.2f}  {macs / full_macs:9.3f}  {params / 1e6:10.3f}")
-    print(f"(T = unit skipped; super-net params {full_params / 1e6:.3f} M)")
+    every = sum(p.numel() for p in model.parameters())  # with the unused switchable sets and gate heads
+    print(f"(T = unit skipped; super-net params {full_params / 1e6:.3f} M, all parameters {every / 1e6:.3f} M)")
     return 0
 
 
@@ -41,7 +43,8 @@ def _add_patterns(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="resnet20")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--gating", default="stage", choices=["stage", "block", "none"])
-    p.add_argument("--stem", default="cifar", choices=["cifar", "imagenet"])
+    p.add_argument("--stem", default=None, choices=["cifar", "imagenet"],
+                   help="default: imagenet for --image-size >= 64, else cifar")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--limit", type=int, default=64, help="print at most this many patterns")
     p.set_defaults(func=_cmd_patterns)

@@ -16,26 +16,37 @@ import torch
 from torch import nn
 
 from gatesearch.errors import UserError
-from gatesearch.models import GatedResNet
+from gatesearch.models import GatedNet
 from gatesearch.models.norm import UNIT_OFF, UNIT_ON, PlainNorm, SwitchableBatchNorm2d
 from gatesearch.patterns import SkipPattern
 
 FORMATS = ("onnx", "torchscript")
 
 
-class PrunedResNet(nn.Module):
-    """``stem -> blocks -> pool -> fc``: one sub-network of a ``GatedResNet``, gates removed."""
+class PrunedNet(nn.Module):
+    """``stem -> blocks -> head``: one sub-network of a ``GatedNet``, gates removed. ``head`` is a
+    copy of the model without its stem, stages and gate heads (``GatedNet.head`` uses none of them)."""
 
-    def __init__(self, stem: nn.Module, blocks: list[nn.Module], pool: nn.Module, fc: nn.Module) -> None:
+    def __init__(self, stem: nn.Module, blocks: list[nn.Module], head: nn.Module) -> None:
         super().__init__()
         self.stem = stem
         self.blocks = nn.Sequential(*blocks)
-        self.pool = pool
-        self.fc = fc
+        self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, C, H, W]`` -> logits ``[B, num_classes]``."""
-        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+        return self.head.head(self.blocks(self.stem(x)))
+
+
+PrunedResNet = PrunedNet  # the name before other backbones
+
+
+def _head_copy(model: GatedNet) -> nn.Module:
+    """A deep copy of ``model`` holding only the modules its ``head`` uses (not the stem, the
+    stages or the gate heads), so the pruned net carries no weight it never runs."""
+    shell = copy.copy(model)  # shallow: then replace the module table before deep-copying
+    shell._modules = {n: (None if n in ("stem", "stages", "gate_heads") else m) for n, m in model._modules.items()}
+    return copy.deepcopy(shell)
 
 
 class _Shortcut(nn.Module):
@@ -51,7 +62,8 @@ class _Shortcut(nn.Module):
 
 
 def _bake(block: nn.Module, which: int) -> nn.Module:
-    """A copy of ``block`` whose switchable norms are plain norms holding BN set ``which``."""
+    """A copy of ``block`` whose switchable norms are plain norms holding set ``which``
+    (``SwitchableBatchNorm2d`` here; any other norm with a ``bake(which) -> nn.Module`` method)."""
     block = copy.deepcopy(block)
     for parent in list(block.modules()):
         for name, child in list(parent.named_children()):
@@ -59,10 +71,12 @@ def _bake(block: nn.Module, which: int) -> nn.Module:
                 fixed = PlainNorm(child.bns[which].num_features)
                 fixed.bn = child.bns[which]
                 setattr(parent, name, fixed)
+            elif callable(getattr(child, "bake", None)):  # other switchable norms (e.g. LayerNorm) bake themselves
+                setattr(parent, name, child.bake(which))
     return block
 
 
-def prune(model: GatedResNet, pattern: SkipPattern) -> PrunedResNet:
+def prune(model: GatedNet, pattern: SkipPattern) -> PrunedNet:
     """The sub-network ``pattern`` selects, as a standalone module in eval mode (weights copied)."""
     if len(pattern) != model.n_units:
         raise UserError(f"skip pattern {pattern} has {len(pattern)} units; this model has {model.n_units}")
@@ -76,11 +90,11 @@ def prune(model: GatedResNet, pattern: SkipPattern) -> PrunedResNet:
                 blocks += [_bake(b, UNIT_ON) for b in unit]
             else:  # a skipped downsampling unit still changes the shape: keep its shortcut only
                 blocks += [_Shortcut(_bake(b, UNIT_ON)) for b in unit if b.downsample is not None]
-    net = PrunedResNet(copy.deepcopy(model.stem), blocks, copy.deepcopy(model.pool), copy.deepcopy(model.fc))
+    net = PrunedNet(copy.deepcopy(model.stem), blocks, _head_copy(model))
     return net.eval()
 
 
-def export(model: GatedResNet, pattern: SkipPattern, fmt: str, out: str | Path,
+def export(model: GatedNet, pattern: SkipPattern, fmt: str, out: str | Path,
            input_shape: tuple[int, int, int], batch: int = 1) -> Path:
     """Write the pruned sub-network to ``out`` as ``onnx`` (input ``x``, output ``logits``, dynamic
     batch) or ``torchscript`` (traced)."""

@@ -57,6 +57,7 @@ class Downsample(nn.Module):
 
 class BasicBlock(nn.Module):
     expansion = 1
+    residual_adds = 1  # elementwise additions per call (latency trace)
 
     def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
         super().__init__()
@@ -80,6 +81,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     expansion = 4
+    residual_adds = 1  # elementwise additions per call (latency trace)
 
     def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
         super().__init__()

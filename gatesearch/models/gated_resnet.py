@@ -18,20 +18,19 @@ returns ``h`` (block inputs are ReLU outputs, ``h >= 0``), a downsampling block 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from gatesearch.models.base import GatedNet, GateFn, Gates
 from gatesearch.models.blocks import BasicBlock, Bottleneck, skipped
 from gatesearch.models.gates import build_gate
 from gatesearch.models.norm import UNIT_OFF, UNIT_ON, PlainNorm, SwitchableBatchNorm2d
 from gatesearch.patterns import SkipPattern
 from gatesearch.registry import Registry
 
-#: ``(unit_index, unit_input [B, C, H, W]) -> keep [B]``: data-dependent gates decide per unit.
-GateFn = Callable[[int, torch.Tensor], torch.Tensor]
-Gates = Union[SkipPattern, torch.Tensor, GateFn, None]
+__all__ = ["GATINGS", "STEMS", "GatedResNet", "GateFn", "Gates", "MODELS", "Stage", "create_model", "mandatory_blocks"]
 
 GATINGS = ("stage", "block", "none")
 STEMS = ("cifar", "imagenet")
@@ -101,8 +100,9 @@ def skip_unit(unit: Sequence[nn.Module], h: torch.Tensor) -> torch.Tensor:
     return h
 
 
-class GatedResNet(nn.Module):
-    """A ResNet of ``Stage``s. ``n_units`` gated units, numbered stage by stage."""
+class GatedResNet(GatedNet):
+    """A ResNet of ``Stage``s. ``n_units`` gated units, numbered stage by stage; ``forward`` and
+    the rest of the protocol are ``GatedNet``'s."""
 
     def __init__(
         self,
@@ -136,6 +136,7 @@ class GatedResNet(nn.Module):
             raise ValueError("switchable_bn needs gating='stage' (one BN set per state of the stage's unit)")
         self.gating, self.stem_kind, self.switchable_bn = gating, stem, switchable_bn
         self.gate_downsample = gate_downsample
+        self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, 32 if stem == "cifar" else 224
         stem_width = widths[0]
         if stem == "cifar":
             self.stem = nn.Sequential(
@@ -184,50 +185,14 @@ class GatedResNet(nn.Module):
                 for bn in bns:
                     nn.init.zeros_(bn.weight)
 
-    def forward(
-        self, x: torch.Tensor, gates: Gates = None, return_features: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """``x [B, C, H, W]`` -> logits ``[B, num_classes]``.
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> logits ``[B, num_classes]``: global average pool, then ``fc``."""
+        return self.fc(torch.flatten(self.pool(h), 1))
 
-        ``gates``: ``None`` (all units on), a ``SkipPattern`` (skipped units are not computed),
-        a ``[B, n_units]`` tensor of keep factors, or a ``GateFn`` called with each unit's input.
-        With ``return_features`` also returns each stage's output ``[B, C_s, H_s, W_s]``.
-        """
-        return self.forward_from_stem(self.stem(x), gates, return_features)
-
-    def forward_from_stem(
-        self, h: torch.Tensor, gates: Gates = None, return_features: bool = False, conv1_out: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """``forward`` after the stem (``h = model.stem(x)``); ``conv1_out``: the first stage's first
-        base block's ``conv1(h)`` if already computed (see ``forward_patterns``)."""
-        self._check_gates(gates)
-        features = []
-        for s, stage in enumerate(self.stages):
-            h = stage(h, gates, conv1_out if s == 0 else None)
-            features.append(h)
-        logits = self.fc(torch.flatten(self.pool(h), 1))
-        return (logits, features) if return_features else logits
-
-    def forward_patterns(
-        self, x: torch.Tensor, patterns: Sequence[Gates], return_features: bool = False
-    ) -> list[torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]]:
-        """``[forward(x, p, return_features) for p in patterns]``, sharing what sees the same input in
-        every sub-network: the stem, and the first convolution of the first stage's first base block
-        (its BN already differs between switchable sets). Autograd sums their gradients, so each runs
-        one forward and one backward for all patterns (ADN's super + base step)."""
-        h = self.stem(x)
+    def shared_prefix(self, h: torch.Tensor) -> torch.Tensor | None:
+        """The first stage's first base block's ``conv1(h)`` (before any switchable BN)."""
         first = self.stages[0].base
-        conv1_out = first[0].conv1(h) if len(first) and len(patterns) > 1 else None
-        return [self.forward_from_stem(h, p, return_features, conv1_out) for p in patterns]
-
-    def _check_gates(self, gates: Gates) -> None:
-        if isinstance(gates, SkipPattern) and len(gates) != self.n_units:
-            raise ValueError(f"skip pattern {gates} has {len(gates)} units; this model has {self.n_units}")
-        if isinstance(gates, torch.Tensor) and (gates.dim() != 2 or gates.shape[1] != self.n_units):
-            raise ValueError(f"gates tensor must be [B, {self.n_units}], got {list(gates.shape)}")
-
-    def gate_parameters(self) -> list[nn.Parameter]:
-        return [] if self.gate_heads is None else list(self.gate_heads.parameters())
+        return first[0].conv1(h) if len(first) else None
 
 
 MODELS: Registry[Callable[..., GatedResNet]] = Registry("model")

@@ -33,7 +33,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gatesearch.errors import UserError
 from gatesearch.models import GatedResNet, Gates
-from gatesearch.models.blocks import BasicBlock, Bottleneck
 from gatesearch.patterns import SkipPattern
 from gatesearch.registry import Registry
 
@@ -251,14 +250,15 @@ def trace_layers(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
             layers.append(Layer(names[m], "call", 0, 0))
 
         def add(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            layers.append(Layer(names[m] + ".add", "add", 0, 3 * out.numel()))
+            for _ in range(m.residual_adds):  # the block's residual additions (GatedNet protocol)
+                layers.append(Layer(names[m] + ".add", "add", 0, 3 * out.numel()))
 
         for m in model.modules():
             if next(m.children(), None) is None:
                 hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
                 continue
             hooks.append(m.register_forward_hook(call))
-            if isinstance(m, (BasicBlock, Bottleneck)):
+            if getattr(m, "residual_adds", 0):
                 hooks.append(m.register_forward_hook(add))
         was_training = model.training
         model.eval()

@@ -114,7 +114,7 @@ def _walk(
 ) -> None:
     """Depth-first over the trie: one live activation per level keeps memory bounded."""
     if depth == len(levels):
-        visit(model.fc(torch.flatten(model.pool(h), 1)), patterns)
+        visit(model.head(h), patterns)
         return
     level = levels[depth]
     groups: dict[bool | None, list[SkipPattern]] = defaultdict(list)
