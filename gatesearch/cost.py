@@ -1,6 +1,7 @@
 """Cost of a sub-network: MACs and parameters, measured by running it.
 
-MACs come from ``torch.utils.flop_counter`` (FLOPs / 2 for the matmul/conv ops it counts),
+MACs come from ``torch.utils.flop_counter`` (FLOPs / 2 for the matmul/conv/attention ops it
+counts; ``gatesearch.flops`` adds CPU fused attention),
 never from hand-kept tables; active parameters are those of the modules that actually ran,
 so a skipped unit's weights and an unused switchable-BN set do not count.
 """
@@ -9,8 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from gatesearch.flops import flop_counter
 from gatesearch.models import Gates
 
 
@@ -20,7 +21,7 @@ def count_macs(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -> 
     was_training = model.training
     model.eval()
     x = torch.zeros(input_shape, device=_device_of(model))
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:  # counts CPU fused attention too
         model(x, gates)
     model.train(was_training)
     return counter.get_total_flops() // 2

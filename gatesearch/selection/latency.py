@@ -29,9 +29,9 @@ from typing import Iterable, Sequence
 import torch
 import yaml
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from gatesearch.errors import UserError
+from gatesearch.flops import flop_counter
 from gatesearch.models import GatedResNet, Gates
 from gatesearch.models.blocks import BasicBlock, Bottleneck
 from gatesearch.patterns import SkipPattern
@@ -236,7 +236,7 @@ def trace_layers(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
     layers: list[Layer] = []
     names = {m: n for n, m in model.named_modules()}
     hooks = []
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         start: dict[nn.Module, int] = {}
 
         def pre(m: nn.Module, args: tuple) -> None:

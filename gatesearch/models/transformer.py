@@ -1,0 +1,237 @@
+"""What ViT and Swin share: token stages with a mandatory base and skippable units, and the
+gated-model interface of ``GatedResNet`` (``stem``, ``stages``, ``pool``/``fc`` = ``head``,
+``n_units``, ``unit_channels``, ``forward(x, gates, return_features)``, ``forward_from_stem``,
+``forward_patterns``, ``gate_heads``), so the methods, the trie, cost, latency and export see
+one shape of model.
+
+A transformer block is two residual branches, ``h + attn(norm1(h))`` then ``+ mlp(norm2(h))``.
+A keep factor ``k [B]`` (tensor gates) scales both branches of each block of its unit,
+``h <- h + k * F(h)``: stochastic depth's test-time rule (Huang et al. 2016), which torchvision's
+ViT/Swin apply per branch. ``k = 0`` returns ``h`` unchanged (no ReLU is needed here: the
+identity is exact), so 0/1 factors give exactly the numbers of the matching ``SkipPattern``.
+
+Stage outputs (``return_features``) and gate-head inputs are ``[B, C, H, W]`` views of the token
+map (channels-last memory, no copy): ViT's ``[B, N, D]`` tokens as ``[B, D, N, 1]``, Swin's
+``[B, H, W, C]`` as ``[B, C, H, W]``, so ``losses.kl_features`` takes its softmax over channels
+per token and the AIG gate (``models.gates.AIGGate``) pools over tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from gatesearch.models.gated_resnet import GATINGS, STEMS, Gates, mandatory_blocks
+from gatesearch.models.gates import build_gate
+from gatesearch.models.norm import UNIT_OFF, UNIT_ON, SwitchableLayerNorm
+from gatesearch.patterns import SkipPattern
+
+#: ``(mandatory, index) -> block``: a stage's block factory; ``mandatory`` picks switchable norms.
+BlockFactory = Callable[[bool, int], nn.Module]
+
+
+def split(n: int, gating: str) -> tuple[int, list[list[int]]]:
+    """``(n_base, units)`` for a stage of ``n`` shape-keeping blocks: ADN's ``mandatory_blocks(n)``
+    for ``stage``, every block its own unit for ``block``, all mandatory for ``none``.
+    ``units`` lists block indices."""
+    n_base = {"stage": mandatory_blocks(n), "block": 0, "none": n}[gating]
+    rest = list(range(n_base, n))
+    if gating == "stage":
+        return n_base, [rest] if rest else []
+    return n_base, [[i] for i in rest]
+
+
+class TokenStage(nn.Module):
+    """``base`` blocks (always run, ``block(h, which)``) then ``units`` (lists of blocks, skippable,
+    ``block(h, scale=keep)``), as ``gated_resnet.Stage`` for token maps."""
+
+    def __init__(self, base: list[nn.Module], units: list[list[nn.Module]], unit_offset: int,
+                 switchable: bool, as_map: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.base = nn.ModuleList(base)
+        self.units = nn.ModuleList(nn.ModuleList(u) for u in units)
+        self.unit_offset = unit_offset
+        self.switch_unit = unit_offset if switchable and units else None
+        self._as_map = as_map
+
+    def _which(self, gates: Gates) -> int | torch.Tensor:
+        if self.switch_unit is None or gates is None:
+            return UNIT_ON
+        if isinstance(gates, SkipPattern):
+            return UNIT_OFF if gates.skipped[self.switch_unit] else UNIT_ON
+        if isinstance(gates, torch.Tensor):
+            return gates[:, self.switch_unit]
+        raise ValueError("switchable LN needs the gate decision before the stage runs: pass a SkipPattern or a "
+                         "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")
+
+    def forward(self, h: torch.Tensor, gates: Gates) -> torch.Tensor:
+        which = self._which(gates)
+        for block in self.base:
+            h = block(h, which)
+        for j, unit in enumerate(self.units):
+            u = self.unit_offset + j
+            if isinstance(gates, SkipPattern) and gates.skipped[u]:
+                continue  # skipped units are never computed
+            keep = None  # [B] keep factors on the unit's residual branches (module docstring)
+            if isinstance(gates, torch.Tensor):
+                keep = gates[:, u]
+            elif gates is not None and not isinstance(gates, SkipPattern):
+                keep = gates(u, self._as_map(h))
+            for block in unit:
+                h = block(h, scale=keep)
+        return h
+
+
+def residual(h: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``h + branch``, or ``h + scale * branch`` with ``scale [B]`` (``[1]`` broadcasts), one ``addcmul``."""
+    if scale is None:
+        return h + branch
+    return torch.addcmul(h, branch, scale.to(branch.dtype).view(-1, *([1] * (branch.dim() - 1))))
+
+
+class GatedTransformer(nn.Module):
+    """Base of ``GatedViT`` / ``GatedSwin``: subclasses set ``stem``, ``stages``, ``pool`` (token map
+    -> ``[B, C]``), ``fc`` and call ``_finish(unit_channels, gate_head)``; they define ``as_map``."""
+
+    gating: str
+    stem_kind: str
+    switchable_bn: bool  # switchable LayerNorm here (the config key is shared with the ResNets)
+
+    def _setup(self, gating: str, stem: str, switchable_bn: bool | None) -> bool:
+        if gating not in GATINGS:
+            raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if switchable_bn is None:
+            switchable_bn = gating == "stage"
+        if switchable_bn and gating != "stage":
+            raise ValueError("switchable_bn needs gating='stage' (one LN set per state of the stage's unit)")
+        self.gating, self.stem_kind, self.switchable_bn = gating, stem, switchable_bn
+        return switchable_bn
+
+    def _finish(self, unit_channels: list[int], gate_head: str | None) -> None:
+        self.n_units = len(unit_channels)
+        self.unit_channels = tuple(unit_channels)
+        self.gate_heads = nn.ModuleList(build_gate(gate_head, c) for c in unit_channels) if gate_head else None
+
+    @staticmethod
+    def as_map(h: torch.Tensor) -> torch.Tensor:
+        """Token map -> ``[B, C, H, W]`` view (module docstring)."""
+        raise NotImplementedError
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Last stage's token map -> logits ``[B, num_classes]``."""
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+    def forward(self, x: torch.Tensor, gates: Gates = None, return_features: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """``x [B, C, H, W]`` -> logits ``[B, num_classes]`` (``gates`` as ``GatedResNet.forward``);
+        with ``return_features`` also each stage's output as a ``[B, C_s, H_s, W_s]`` view."""
+        return self.forward_from_stem(self.stem(x), gates, return_features)
+
+    def forward_from_stem(self, h: torch.Tensor, gates: Gates = None, return_features: bool = False
+                          ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` after the stem (``h = model.stem(x)``)."""
+        self._check_gates(gates)
+        features = []
+        for stage in self.stages:
+            h = stage(h, gates)
+            features.append(self.as_map(h))
+        logits = self.head(h)
+        return (logits, features) if return_features else logits
+
+    def forward_patterns(self, x: torch.Tensor, patterns: Sequence[Gates], return_features: bool = False
+                         ) -> list[torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]]:
+        """``[forward(x, p, return_features) for p in patterns]``, the stem (patch embedding) run once."""
+        h = self.stem(x)
+        return [self.forward_from_stem(h, p, return_features) for p in patterns]
+
+    def _check_gates(self, gates: Gates) -> None:
+        if isinstance(gates, SkipPattern) and len(gates) != self.n_units:
+            raise ValueError(f"skip pattern {gates} has {len(gates)} units; this model has {self.n_units}")
+        if isinstance(gates, torch.Tensor) and (gates.dim() != 2 or gates.shape[1] != self.n_units):
+            raise ValueError(f"gates tensor must be [B, {self.n_units}], got {list(gates.shape)}")
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [] if self.gate_heads is None else list(self.gate_heads.parameters())
+
+    def pruned(self, pattern: SkipPattern) -> PrunedTransformer:
+        """The sub-network ``pattern`` selects as a standalone eval-mode module: only the blocks it runs,
+        each switchable LN reduced to the set the pattern picks (weights copied, no gates)."""
+        self._check_gates(pattern)
+        blocks: list[nn.Module] = []
+        for stage in self.stages:
+            which = stage._which(pattern)
+            blocks += [bake(b, which) for b in stage.base]
+            blocks += [bake(b, UNIT_ON) for j, unit in enumerate(stage.units)
+                       if not pattern.skipped[stage.unit_offset + j] for b in unit]
+        net = PrunedTransformer(copy.deepcopy(self.stem), blocks, copy.deepcopy(self.pool), copy.deepcopy(self.fc))
+        return net.eval()
+
+
+def bake(block: nn.Module, which: int) -> nn.Module:
+    """A copy of ``block`` whose ``SwitchableLayerNorm``s are the plain ``nn.LayerNorm`` of set ``which``."""
+    block = copy.deepcopy(block)
+    for parent in list(block.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SwitchableLayerNorm):
+                setattr(parent, name, _Fixed(child.lns[which]))
+    return block
+
+
+class _Fixed(nn.Module):
+    """One ``nn.LayerNorm`` that takes (and ignores) the switch argument of the norms it replaces."""
+
+    def __init__(self, ln: nn.LayerNorm) -> None:
+        super().__init__()
+        self.ln = ln
+
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
+        return self.ln(x)
+
+
+class PrunedTransformer(nn.Module):
+    """``stem -> blocks -> pool -> fc``: one sub-network of a ``GatedTransformer``, gates removed."""
+
+    def __init__(self, stem: nn.Module, blocks: list[nn.Module], pool: nn.Module, fc: nn.Module) -> None:
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = pool
+        self.fc = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, C, H, W]`` -> logits ``[B, num_classes]``."""
+        h = self.stem(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+
+def block_prefixes(model: GatedTransformer) -> list[str]:
+    """Module paths of the model's blocks in execution order (base then units, stage by stage)."""
+    out = []
+    for s, stage in enumerate(model.stages):
+        out += [f"stages.{s}.base.{j}" for j in range(len(stage.base))]
+        out += [f"stages.{s}.units.{u}.{j}" for u, unit in enumerate(stage.units) for j in range(len(unit))]
+    return out
+
+
+def load_mapped(model: nn.Module, state_dict: dict[str, torch.Tensor], rename: Callable[[str], str]) -> None:
+    """``model.load_state_dict`` (strict) of ``state_dict`` with every key renamed by ``rename``; a key
+    that lands on a ``SwitchableLayerNorm`` is copied into both of its sets (``.lns.0`` and ``.lns.1``),
+    so either switch state starts from the pretrained norm."""
+    switchable = {name for name, m in model.named_modules() if isinstance(m, SwitchableLayerNorm)}
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        dst = rename(key)
+        owner, _, leaf = dst.rpartition(".")
+        if owner in switchable:
+            for i in (UNIT_ON, UNIT_OFF):
+                mapped[f"{owner}.lns.{i}.{leaf}"] = value.clone()
+        else:
+            mapped[dst] = value
+    model.load_state_dict(mapped, strict=True)
