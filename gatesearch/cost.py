@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from gatesearch.flops import flop_counter
 from gatesearch.models import Gates
@@ -25,6 +26,11 @@ def count_macs(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -> 
         model(x, gates)
     model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+#: Modules that use their children's weights functionally (the children are never called, so no
+#: hook sees them run): when one of these runs, all of its parameters count.
+WHOLE_MODULES: tuple[type[nn.Module], ...] = (ShiftedWindowAttention,)
 
 
 @torch.no_grad()
@@ -43,6 +49,7 @@ def count_params(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
         for h in hooks:
             h.remove()
         model.train(was_training)
+    ran |= {id(d) for m in model.modules() if id(m) in ran and isinstance(m, WHOLE_MODULES) for d in m.modules()}
     return sum(p.numel() for m in model.modules() if id(m) in ran for p in m.parameters(recurse=False))
 
 

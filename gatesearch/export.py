@@ -49,10 +49,12 @@ def _bake(block: nn.Module, which: int) -> nn.Module:
     return block
 
 
-def prune(model: GatedResNet, pattern: SkipPattern) -> PrunedResNet:
+def prune(model: GatedResNet, pattern: SkipPattern) -> nn.Module:
     """The sub-network ``pattern`` selects, as a standalone module in eval mode (weights copied)."""
     if len(pattern) != model.n_units:
         raise UserError(f"skip pattern {pattern} has {len(pattern)} units; this model has {model.n_units}")
+    if not isinstance(model, GatedResNet):  # other backbones (ViT, Swin) build their own: ``model.pruned``
+        return model.pruned(pattern)
     blocks: list[nn.Module] = []
     for stage in model.stages:
         sw = stage.switch_unit
