@@ -38,7 +38,8 @@ class PrunedResNet(nn.Module):
 
 
 def _bake(block: nn.Module, which: int) -> nn.Module:
-    """A copy of ``block`` whose switchable norms are plain norms holding BN set ``which``."""
+    """A copy of ``block`` whose switchable norms are plain norms holding set ``which``
+    (``SwitchableBatchNorm2d`` here; any other norm with a ``bake(which) -> nn.Module`` method)."""
     block = copy.deepcopy(block)
     for parent in list(block.modules()):
         for name, child in list(parent.named_children()):
@@ -46,15 +47,15 @@ def _bake(block: nn.Module, which: int) -> nn.Module:
                 fixed = PlainNorm(child.bns[which].num_features)
                 fixed.bn = child.bns[which]
                 setattr(parent, name, fixed)
+            elif callable(getattr(child, "bake", None)):  # other switchable norms (e.g. LayerNorm) bake themselves
+                setattr(parent, name, child.bake(which))
     return block
 
 
-def prune(model: GatedResNet, pattern: SkipPattern) -> nn.Module:
+def prune(model: GatedResNet, pattern: SkipPattern) -> PrunedResNet:
     """The sub-network ``pattern`` selects, as a standalone module in eval mode (weights copied)."""
     if len(pattern) != model.n_units:
         raise UserError(f"skip pattern {pattern} has {len(pattern)} units; this model has {model.n_units}")
-    if not isinstance(model, GatedResNet):  # other backbones (ViT, Swin) build their own: ``model.pruned``
-        return model.pruned(pattern)
     blocks: list[nn.Module] = []
     for stage in model.stages:
         sw = stage.switch_unit

@@ -12,11 +12,10 @@ from _training import one_thread, quick_cfg
 from torch import nn
 
 from gatesearch.cost import count_macs, count_params
-from gatesearch.export import export
+from gatesearch.export import export, prune
 from gatesearch.methods import METHODS
 from gatesearch.models import create_model
 from gatesearch.models.norm import PlainLayerNorm, SwitchableLayerNorm
-from gatesearch.models.transformer import PrunedTransformer
 from gatesearch.models.vit import SelfAttention
 from gatesearch.patterns import SkipPattern, all_patterns
 from gatesearch.selection.latency import trace_layers
@@ -250,8 +249,7 @@ def test_one_training_step_per_method(name: str, method: str, extra: dict, tmp_p
 def test_pruned_every_pattern_matches_and_counts(small: nn.Module) -> None:
     x = torch.randn(*X_SHAPE)
     for p in all_patterns(small.n_units):
-        net = small.pruned(p)
-        assert isinstance(net, PrunedTransformer)
+        net = prune(small, p)
         assert not any(isinstance(m, SwitchableLayerNorm) for m in net.modules())
         with torch.no_grad():
             torch.testing.assert_close(net(x), small(x, p), atol=1e-5, rtol=1e-5, msg=str(p))

@@ -48,6 +48,7 @@ class Downsample(nn.Module):
 
 class BasicBlock(nn.Module):
     expansion = 1
+    residual_adds = 1  # elementwise additions per call (latency trace)
 
     def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
         super().__init__()
@@ -71,6 +72,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     expansion = 4
+    residual_adds = 1  # elementwise additions per call (latency trace)
 
     def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
         super().__init__()

@@ -145,6 +145,13 @@ class SwitchableLayerNorm(nn.Module):
         scale, shift = torch.lerp(off.weight, on.weight, k), torch.lerp(off.bias, on.bias, k)  # [B, 1, .., C]
         return torch.addcmul(shift.to(xhat.dtype), xhat, scale.to(xhat.dtype))
 
+    def bake(self, which: int) -> PlainLayerNorm:
+        """A plain LayerNorm holding a copy of set ``which`` (``export`` uses it for pruned nets)."""
+        src = self.lns[which]
+        fixed = PlainLayerNorm(src.normalized_shape, eps=src.eps)
+        fixed.load_state_dict(src.state_dict())
+        return fixed
+
 
 class PlainLayerNorm(nn.LayerNorm):
     """A LayerNorm that ignores the switch (same parameters and keys as ``nn.LayerNorm``), so

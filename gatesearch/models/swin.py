@@ -93,12 +93,13 @@ class GatedSwin(GatedTransformer):
         mandatory: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        switchable = self._setup(gating, stem, switchable_bn)
+        if stem not in IMAGE_SIZES:
+            raise ValueError(f"stem must be one of {tuple(IMAGE_SIZES)}, got {stem!r}")
+        image_size = IMAGE_SIZES[stem]
+        switchable = self._setup(gating, stem, switchable_bn, num_classes, in_channels, image_size)
         if mandatory is not None and (gating != "stage" or len(mandatory) != len(depths)
                                       or not all(0 <= m <= n for m, n in zip(mandatory, depths))):
             raise ValueError(f"mandatory {list(mandatory)} needs gating='stage' and one count <= depth per stage")
-        image_size = IMAGE_SIZES[stem]
-        self.input_shape = (in_channels, image_size, image_size)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size),
                                   Permute([0, 2, 3, 1]), nn.LayerNorm(embed_dim, eps=eps))
         stages, unit_channels = [], []

@@ -18,7 +18,6 @@ per token and the AIG gate (``models.gates.AIGGate``) pools over tokens.
 
 from __future__ import annotations
 
-import copy
 from typing import Callable, Sequence
 
 import torch
@@ -67,7 +66,11 @@ class TokenStage(nn.Module):
         raise ValueError("switchable LN needs the gate decision before the stage runs: pass a SkipPattern or a "
                          "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")
 
-    def forward(self, h: torch.Tensor, gates: Gates) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, gates: Gates, first_out: torch.Tensor | None = None) -> torch.Tensor:
+        """``first_out``: the protocol's shared prefix; transformer blocks open with a switchable LN,
+        so nothing is shared and it must be ``None``."""
+        if first_out is not None:
+            raise ValueError("transformer stages share no first op between sub-networks")
         which = self._which(gates)
         for block in self.base:
             h = block(h, which)
@@ -93,14 +96,18 @@ def residual(h: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor | None) 
 
 
 class GatedTransformer(nn.Module):
-    """Base of ``GatedViT`` / ``GatedSwin``: subclasses set ``stem``, ``stages``, ``pool`` (token map
-    -> ``[B, C]``), ``fc`` and call ``_finish(unit_channels, gate_head)``; they define ``as_map``."""
+    """Base of ``GatedViT`` / ``GatedSwin`` (the ``GatedNet`` protocol's attributes and methods):
+    subclasses call ``_setup``, set ``stem``, ``stages`` (``TokenStage``s), ``pool`` (token map ->
+    ``[B, C]``) and ``fc``, call ``_finish(unit_channels, gate_head)``, and define ``as_map``.
+    ``forward_from_stem`` differs from ``GatedNet``'s in one place: stage outputs are returned as
+    ``as_map`` views, so ADN's feature KL is a softmax over channels per token."""
 
     gating: str
     stem_kind: str
     switchable_bn: bool  # switchable LayerNorm here (the config key is shared with the ResNets)
 
-    def _setup(self, gating: str, stem: str, switchable_bn: bool | None) -> bool:
+    def _setup(self, gating: str, stem: str, switchable_bn: bool | None, num_classes: int, in_channels: int,
+               input_size: int) -> bool:
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
         if stem not in STEMS:
@@ -110,6 +117,7 @@ class GatedTransformer(nn.Module):
         if switchable_bn and gating != "stage":
             raise ValueError("switchable_bn needs gating='stage' (one LN set per state of the stage's unit)")
         self.gating, self.stem_kind, self.switchable_bn = gating, stem, switchable_bn
+        self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
         return switchable_bn
 
     def _finish(self, unit_channels: list[int], gate_head: str | None) -> None:
@@ -132,13 +140,14 @@ class GatedTransformer(nn.Module):
         with ``return_features`` also each stage's output as a ``[B, C_s, H_s, W_s]`` view."""
         return self.forward_from_stem(self.stem(x), gates, return_features)
 
-    def forward_from_stem(self, h: torch.Tensor, gates: Gates = None, return_features: bool = False
-                          ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """``forward`` after the stem (``h = model.stem(x)``)."""
+    def forward_from_stem(self, h: torch.Tensor, gates: Gates = None, return_features: bool = False,
+                          conv1_out: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` after the stem (``h = model.stem(x)``); ``conv1_out`` (the protocol's shared
+        prefix) is always ``None`` here."""
         self._check_gates(gates)
         features = []
         for stage in self.stages:
-            h = stage(h, gates)
+            h = stage(h, gates, conv1_out)
             features.append(self.as_map(h))
         logits = self.head(h)
         return (logits, features) if return_features else logits
@@ -157,58 +166,6 @@ class GatedTransformer(nn.Module):
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [] if self.gate_heads is None else list(self.gate_heads.parameters())
-
-    def pruned(self, pattern: SkipPattern) -> PrunedTransformer:
-        """The sub-network ``pattern`` selects as a standalone eval-mode module: only the blocks it runs,
-        each switchable LN reduced to the set the pattern picks (weights copied, no gates)."""
-        self._check_gates(pattern)
-        blocks: list[nn.Module] = []
-        for stage in self.stages:
-            which = stage._which(pattern)
-            blocks += [bake(b, which) for b in stage.base]
-            blocks += [bake(b, UNIT_ON) for j, unit in enumerate(stage.units)
-                       if not pattern.skipped[stage.unit_offset + j] for b in unit]
-        net = PrunedTransformer(copy.deepcopy(self.stem), blocks, copy.deepcopy(self.pool), copy.deepcopy(self.fc))
-        return net.eval()
-
-
-def bake(block: nn.Module, which: int) -> nn.Module:
-    """A copy of ``block`` whose ``SwitchableLayerNorm``s are the plain ``nn.LayerNorm`` of set ``which``."""
-    block = copy.deepcopy(block)
-    for parent in list(block.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, SwitchableLayerNorm):
-                setattr(parent, name, _Fixed(child.lns[which]))
-    return block
-
-
-class _Fixed(nn.Module):
-    """One ``nn.LayerNorm`` that takes (and ignores) the switch argument of the norms it replaces."""
-
-    def __init__(self, ln: nn.LayerNorm) -> None:
-        super().__init__()
-        self.ln = ln
-
-    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
-        return self.ln(x)
-
-
-class PrunedTransformer(nn.Module):
-    """``stem -> blocks -> pool -> fc``: one sub-network of a ``GatedTransformer``, gates removed."""
-
-    def __init__(self, stem: nn.Module, blocks: list[nn.Module], pool: nn.Module, fc: nn.Module) -> None:
-        super().__init__()
-        self.stem = stem
-        self.blocks = nn.ModuleList(blocks)
-        self.pool = pool
-        self.fc = fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, C, H, W]`` -> logits ``[B, num_classes]``."""
-        h = self.stem(x)
-        for block in self.blocks:
-            h = block(h)
-        return self.fc(torch.flatten(self.pool(h), 1))
 
 
 def block_prefixes(model: GatedTransformer) -> list[str]:

@@ -112,13 +112,14 @@ class GatedViT(GatedTransformer):
         gate_head: str | None = None, in_channels: int = 3, groups: int = 4, eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        switchable = self._setup(gating, stem, switchable_bn)
+        if stem not in IMAGE_SIZES:
+            raise ValueError(f"stem must be one of {tuple(IMAGE_SIZES)}, got {stem!r}")
+        image_size = IMAGE_SIZES[stem]
+        switchable = self._setup(gating, stem, switchable_bn, num_classes, in_channels, image_size)
         if depth % groups:
             raise ValueError(f"{depth} encoder blocks do not split into {groups} equal groups")
-        image_size = IMAGE_SIZES[stem]
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch_size}")
-        self.input_shape = (in_channels, image_size, image_size)
         conv_proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.stem = nn.Sequential(conv_proj, ClassTokenEmbed(dim, (image_size // patch_size) ** 2))
         per_group = depth // groups

@@ -38,7 +38,6 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention
 from gatesearch.errors import UserError
 from gatesearch.flops import flop_counter
 from gatesearch.models import GatedResNet, Gates
-from gatesearch.models.blocks import BasicBlock, Bottleneck
 from gatesearch.models.vit import SelfAttention
 from gatesearch.patterns import SkipPattern
 from gatesearch.registry import Registry
@@ -276,8 +275,8 @@ def trace_layers(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
             layers.append(Layer(names[m], "call", 0, 0))
 
         def add(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            for i in range(_residual_adds(m)):
-                layers.append(Layer(names[m] + (".add" if i == 0 else f".add{i}"), "add", 0, 3 * out.numel()))
+            for _ in range(m.residual_adds):  # the block's residual additions (GatedNet protocol)
+                layers.append(Layer(names[m] + ".add", "add", 0, 3 * out.numel()))
 
         inside_attention = {id(d) for m in model.modules() if _kind(m) == "attn" for d in m.modules() if d is not m}
         for m in model.modules():
@@ -287,7 +286,7 @@ def trace_layers(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
                 hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
                 continue
             hooks.append(m.register_forward_hook(call))
-            if _residual_adds(m):
+            if getattr(m, "residual_adds", 0):
                 hooks.append(m.register_forward_hook(add))
         was_training = model.training
         model.eval()
@@ -299,11 +298,6 @@ def trace_layers(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
                 h.remove()
             model.train(was_training)
     return layers
-
-
-def _residual_adds(m: nn.Module) -> int:
-    """Residual adds a block runs: one per ResNet block, ``residual_adds`` (2) per transformer block."""
-    return 1 if isinstance(m, (BasicBlock, Bottleneck)) else getattr(type(m), "residual_adds", 0)
 
 
 _FUSED_KINDS = ("norm", "act", "add")
