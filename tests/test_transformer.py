@@ -134,20 +134,21 @@ def _name(model: nn.Module) -> str:
 
 def test_soft_keep_scales_both_residual_branches(small: nn.Module) -> None:
     """The documented rule written out: each unit block computes h + k*attn(n1(h)), then + k*mlp(n2(h));
-    the base blocks use k*LN_on + (1-k)*LN_off (switchable LN) with the stage's unit factor."""
+    a stage's base blocks use, per sample, LN set "on" where its unit's k > 0 and "off" where k = 0."""
     x = torch.randn(*X_SHAPE)
     keep = torch.rand(2, small.n_units)
+    keep[0, 1] = keep[1, 3] = 0.0  # two samples skip a unit: their base blocks use the other LN set
     with torch.no_grad():
         h = small.stem(x)
         for stage in small.stages:
             k = keep[:, stage.unit_offset].view(-1, *([1] * (h.dim() - 1)))
             for b in stage.base:
                 if type(b).__name__ == "PatchMerging":
-                    h = b(h, keep[:, stage.unit_offset])
+                    h = torch.where(k > 0, b(h, 0), b(h, 1))
                     continue
                 n1, n2, attn, mlp = _parts(b)
-                h = h + attn(_mix(n1, h, k))
-                h = h + mlp(_mix(n2, h, k))
+                h = h + attn(_route(n1, h, k))
+                h = h + mlp(_route(n2, h, k))
             for b in stage.units[0]:
                 n1, n2, attn, mlp = _parts(b)
                 h = h + k * attn(n1(h))
@@ -156,8 +157,8 @@ def test_soft_keep_scales_both_residual_branches(small: nn.Module) -> None:
         torch.testing.assert_close(small(x, keep), ref, atol=1e-5, rtol=1e-5)
 
 
-def _mix(ln: SwitchableLayerNorm, t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    return k * ln.lns[0](t) + (1 - k) * ln.lns[1](t)
+def _route(ln: SwitchableLayerNorm, t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return torch.where(k > 0, ln.lns[0](t), ln.lns[1](t))
 
 
 def _parts(block: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module]:

@@ -101,9 +101,10 @@ class _GlobalAvgPool(torch.autograd.Function):
         return (g / (h * w)).expand(b, c, h, w)
 
 
-def build_gate(kind: str, channels: int) -> nn.Module:
+def build_gate(kind: str, channels: int, init_keep: float = 0.9) -> nn.Module:
+    """A gate head for a unit whose input has ``channels`` channels, starting at keep probability ``init_keep``."""
     if kind == "logit":
-        return LogitGate()
+        return LogitGate(init_keep)
     if kind == "aig":
-        return AIGGate(channels)
+        return AIGGate(channels, init_keep=init_keep)
     raise ValueError(f"unknown gate head {kind!r}; use 'logit' or 'aig'")

@@ -129,6 +129,7 @@ class SwitchableLayerNorm(nn.Module):
     normalisation ``xhat``, so it is computed once and the per-sample affine
     ``xhat * lerp(w_off, w_on, keep) + lerp(b_off, b_on, keep)`` applied in one ``addcmul``
     (``lerp`` returns its end points exactly, so 0/1 factors pick one set's weights exactly).
+    The transformer stages pass 0/1 (whether the stage's unit runs, as ``gated_resnet.Stage``).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:

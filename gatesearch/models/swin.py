@@ -39,7 +39,8 @@ class SwinBlock(nn.Module):
     """torchvision's ``SwinTransformerBlock``: ``h + attn(norm1(h))``, then ``+ mlp(norm2(h))`` on
     ``[B, H, W, C]``. ``which`` picks the switchable LN set; ``scale [B]`` multiplies both branches."""
 
-    residual_adds = 2  # for the latency trace
+    residual_adds = 2  # elementwise additions per call (latency trace)
+    downsample = None  # identity shortcut: a skipped unit returns its input (blocks.skipped)
 
     def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float,
                  norm: Callable[..., nn.Module], eps: float) -> None:
@@ -90,13 +91,13 @@ class GatedSwin(GatedTransformer):
         self, patch_size: int, embed_dim: int, depths: Sequence[int], num_heads: Sequence[int], window: int,
         num_classes: int, gating: str = "stage", stem: str = "imagenet", switchable_bn: bool | None = None,
         gate_head: str | None = None, in_channels: int = 3, mlp_ratio: float = 4.0, eps: float = 1e-5,
-        mandatory: Sequence[int] | None = None,
+        mandatory: Sequence[int] | None = None, gate_init_keep: float = 0.9, gate_downsample: bool | None = None,
     ) -> None:
         super().__init__()
         if stem not in IMAGE_SIZES:
             raise ValueError(f"stem must be one of {tuple(IMAGE_SIZES)}, got {stem!r}")
         image_size = IMAGE_SIZES[stem]
-        switchable = self._setup(gating, stem, switchable_bn, num_classes, in_channels, image_size)
+        switchable = self._setup(gating, stem, switchable_bn, num_classes, in_channels, image_size, gate_downsample)
         if mandatory is not None and (gating != "stage" or len(mandatory) != len(depths)
                                       or not all(0 <= m <= n for m, n in zip(mandatory, depths))):
             raise ValueError(f"mandatory {list(mandatory)} needs gating='stage' and one count <= depth per stage")
@@ -122,7 +123,7 @@ class GatedSwin(GatedTransformer):
         num_features = embed_dim * 2 ** (len(depths) - 1)
         self.pool = MeanPool(num_features, eps)
         self.fc = nn.Linear(num_features, num_classes)
-        self._finish(unit_channels, gate_head)
+        self._finish(unit_channels, gate_head, gate_init_keep)
         for m in self.modules():  # torchvision's SwinTransformer init (gate heads keep their own)
             if isinstance(m, nn.Linear) and not _inside(m, self.gate_heads):
                 nn.init.trunc_normal_(m.weight, std=0.02)

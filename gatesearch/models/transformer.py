@@ -56,13 +56,15 @@ class TokenStage(nn.Module):
         self.switch_unit = unit_offset if switchable and units else None
         self._as_map = as_map
 
-    def _which(self, gates: Gates) -> int | torch.Tensor:
+    def _which(self, gates: Gates, batch: int) -> int | torch.Tensor:
         if self.switch_unit is None or gates is None:
             return UNIT_ON
         if isinstance(gates, SkipPattern):
             return UNIT_OFF if gates.skipped[self.switch_unit] else UNIT_ON
         if isinstance(gates, torch.Tensor):
-            return gates[:, self.switch_unit]
+            # As gated_resnet.Stage: the LN set follows whether the unit runs (keep > 0), a discrete
+            # choice (ADN Sec. 3.4); a calibrated full network (keep p_s) uses the "unit runs" set.
+            return (gates[:, self.switch_unit] > 0).to(gates.dtype).expand(batch)  # [B]
         raise ValueError("switchable LN needs the gate decision before the stage runs: pass a SkipPattern or a "
                          "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")
 
@@ -71,7 +73,7 @@ class TokenStage(nn.Module):
         so nothing is shared and it must be ``None``."""
         if first_out is not None:
             raise ValueError("transformer stages share no first op between sub-networks")
-        which = self._which(gates)
+        which = self._which(gates, h.shape[0])
         for block in self.base:
             h = block(h, which)
         for j, unit in enumerate(self.units):
@@ -107,7 +109,10 @@ class GatedTransformer(nn.Module):
     switchable_bn: bool  # switchable LayerNorm here (the config key is shared with the ResNets)
 
     def _setup(self, gating: str, stem: str, switchable_bn: bool | None, num_classes: int, in_channels: int,
-               input_size: int) -> bool:
+               input_size: int, gate_downsample: bool | None) -> bool:
+        if gate_downsample:
+            raise ValueError("transformer units keep their shape (patch merging stays mandatory): "
+                             "gate_downsample does not apply")
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
         if stem not in STEMS:
@@ -120,10 +125,11 @@ class GatedTransformer(nn.Module):
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
         return switchable_bn
 
-    def _finish(self, unit_channels: list[int], gate_head: str | None) -> None:
+    def _finish(self, unit_channels: list[int], gate_head: str | None, gate_init_keep: float) -> None:
         self.n_units = len(unit_channels)
         self.unit_channels = tuple(unit_channels)
-        self.gate_heads = nn.ModuleList(build_gate(gate_head, c) for c in unit_channels) if gate_head else None
+        self.gate_heads = (nn.ModuleList(build_gate(gate_head, c, gate_init_keep) for c in unit_channels)
+                           if gate_head else None)
 
     @staticmethod
     def as_map(h: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,8 @@ class EncoderBlock(nn.Module):
     """torchvision's ``EncoderBlock`` (pre-norm): ``h + attn(ln_1(h))``, then ``+ mlp(ln_2(h))``.
     ``which`` picks the switchable LN set; ``scale [B]`` multiplies both residual branches."""
 
-    residual_adds = 2  # for the latency trace
+    residual_adds = 2  # elementwise additions per call (latency trace)
+    downsample = None  # identity shortcut: a skipped unit returns its input (blocks.skipped)
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, norm: Callable[..., nn.Module], eps: float) -> None:
         super().__init__()
@@ -110,12 +111,13 @@ class GatedViT(GatedTransformer):
         self, patch_size: int, dim: int, depth: int, num_heads: int, mlp_dim: int, num_classes: int,
         gating: str = "stage", stem: str = "imagenet", switchable_bn: bool | None = None,
         gate_head: str | None = None, in_channels: int = 3, groups: int = 4, eps: float = 1e-6,
+        gate_init_keep: float = 0.9, gate_downsample: bool | None = None,
     ) -> None:
         super().__init__()
         if stem not in IMAGE_SIZES:
             raise ValueError(f"stem must be one of {tuple(IMAGE_SIZES)}, got {stem!r}")
         image_size = IMAGE_SIZES[stem]
-        switchable = self._setup(gating, stem, switchable_bn, num_classes, in_channels, image_size)
+        switchable = self._setup(gating, stem, switchable_bn, num_classes, in_channels, image_size, gate_downsample)
         if depth % groups:
             raise ValueError(f"{depth} encoder blocks do not split into {groups} equal groups")
         if image_size % patch_size:
@@ -134,7 +136,7 @@ class GatedViT(GatedTransformer):
         self.stages = nn.ModuleList(stages)
         self.pool = ClassTokenPool(dim, eps)
         self.fc = nn.Linear(dim, num_classes)
-        self._finish(unit_channels, gate_head)
+        self._finish(unit_channels, gate_head, gate_init_keep)
         self._init_weights(conv_proj)
 
     def _init_weights(self, conv_proj: nn.Conv2d) -> None:
