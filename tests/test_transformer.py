@@ -304,3 +304,30 @@ def test_latency_trace_counts_attention_layernorm_and_gelu(small: nn.Module) -> 
         assert kinds.count("add") == 2 * n_blocks
         assert kinds.count("layernorm") == 2 * n_blocks + merges + 1 + stem_ln  # + final norm
         assert all(layer.flops > 0 for layer in layers if layer.kind == "attn")
+
+
+@pytest.mark.parametrize("name, method", [("vit_ti_4", "adn"), ("swin_nano_2", "probgates")])
+def test_fit_evaluates_and_checkpoints_a_transformer(name: str, method: str, tmp_path: Path) -> None:
+    """The trainer, the every-pattern evaluation and the checkpoint round trip on a transformer
+    (synthetic 32x32 data, two steps)."""
+    from gatesearch.checkpoint import load_checkpoint
+    from gatesearch.train import fit
+
+    cfg = quick_cfg(str(tmp_path), method, model__name=name, data__name="synthetic", data__synthetic_size=48,
+                    data__batch_size=8, data__eval_batch_size=48, train__epochs=1, train__max_steps_per_epoch=2,
+                    train__eval_every=1, optim__name="adamw", optim__lr=1e-3, optim__weight_decay=0.05)
+    result = fit(cfg)
+    assert {"top1_super", "top1_base", "top1_FTFT"} <= set(result.metrics)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for p in (SkipPattern.super_net(4), SkipPattern.base_net(4)):
+            torch.testing.assert_close(ck.model(x, p), result.model.eval()(x, p))
+
+
+def test_gate_options_reach_the_transformer_gates() -> None:
+    model = create_model("vit_ti_4", 10, gate_head="logit", gate_init_keep=0.7)
+    probs = [torch.softmax(h(torch.zeros(1)), -1)[0, 1].item() for h in model.gate_heads]
+    assert probs == pytest.approx([0.7] * 4)
+    with pytest.raises(ValueError, match="gate_downsample"):
+        create_model("swin_nano_2", 10, gating="block", gate_downsample=True)
