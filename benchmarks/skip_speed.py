@@ -11,7 +11,11 @@ NCHW (PyTorch's default) and channels_last (oneDNN's native layout on CPU, what 
 uses); in NCHW the memory-bound layers of the mandatory early stages cost more per MAC than the
 skippable late ones, so the latency ratio lags the MAC ratio there.
 
-    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick]
+For vit_b_16 / swin_t (batch 2, 224x224) and vit_ti_4 / swin_nano_2 (batch 16, 32x32) the same
+table: base/super latency next to the MAC ratio (ADN Table 1, RTX 3090: 0.65 ViT-b/16, 0.54 Swin-T;
+channels_last only changes their patch-embedding conv).
+
+    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick] [--models vit_b_16 swin_t ...]
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from gatesearch.patterns import SkipPattern, all_patterns
 CASES = [  # name, stem, batch, image size
     ("resnet50", "imagenet", 8, 224),
     ("resnet20", "cifar", 64, 32),
+    # transformers (ADN Table 1 on an RTX 3090, batch 64: base/super latency 0.65 ViT-b/16, 0.54 Swin-T);
+    # batch 2 at 224x224 keeps 34 variants x rounds of ViT-B/16 to minutes on a CPU
+    ("vit_b_16", "imagenet", 2, 224),
+    ("swin_t", "imagenet", 2, 224),
+    ("vit_ti_4", "cifar", 16, 32),
+    ("swin_nano_2", "cifar", 16, 32),
 ]
 
 
@@ -107,11 +117,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per variant")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true", help="resnet20 only (a smoke run)")
+    ap.add_argument("--models", nargs="+", default=None, help="only these cases (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}  threads={torch.get_num_threads()}  device=cpu  rounds={args.rounds}")
-    for name, stem, batch, size in CASES[1:] if args.quick else CASES:
-        inner, rounds = (1, args.rounds) if name == "resnet50" else (3, 3 * args.rounds)  # small model: more samples
+    cases = [c for c in CASES if c[0] == "resnet20"] if args.quick else CASES
+    for name, stem, batch, size in [c for c in cases if args.models is None or c[0] in args.models]:
+        inner, rounds = (1, args.rounds) if stem == "imagenet" else (3, 3 * args.rounds)  # small model: more samples
         print("\n".join(run_case(name, stem, batch, size, rounds, inner)), flush=True)
 
 

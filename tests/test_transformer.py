@@ -331,3 +331,16 @@ def test_gate_options_reach_the_transformer_gates() -> None:
     assert probs == pytest.approx([0.7] * 4)
     with pytest.raises(ValueError, match="gate_downsample"):
         create_model("swin_nano_2", 10, gating="block", gate_downsample=True)
+
+
+def test_torchscript_export_and_profile_rows(small: nn.Module, tmp_path: Path) -> None:
+    """TorchScript export of the base-net traces and matches; ``profile`` rows cover every pattern and unit."""
+    from gatesearch.selection.latency import profile_rows
+
+    p = SkipPattern.base_net(4)
+    path = export(small, p, "torchscript", tmp_path / "base.pt", (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(path))(x), small(x, p), atol=1e-5, rtol=1e-5)
+    rows = profile_rows(small, (3, 32, 32), batch=1, runs=1, warmup=0, device_name="host")
+    assert {r.pattern for r in rows} == {str(q) for q in all_patterns(4)} | {f"unit:{u}" for u in range(4)}
