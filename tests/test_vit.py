@@ -11,7 +11,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from gatesearch.cost import count_macs, count_params
 from gatesearch.models import create_model
 from gatesearch.models.norm import SwitchableLayerNorm
-from gatesearch.models.vit import load_torchvision
+from gatesearch.models.vit import convert_torchvision_state_dict, load_torchvision
 from gatesearch.patterns import SkipPattern, all_patterns
 
 _threads = pytest.fixture(autouse=True)(one_thread)
@@ -73,3 +73,19 @@ def test_small_vit_loads_torchvision_in_every_layout(gating: str) -> None:
                 del ref.encoder.layers[i]
             torch.testing.assert_close(model(x, SkipPattern.base_net(4)), ref(x), atol=1e-5, rtol=0)
     assert len(all_patterns(model.n_units)) == 2 ** {"stage": 4, "block": 12, "none": 0}[gating]
+
+
+def test_conversion_rejects_a_foreign_state_dict_and_keeps_gate_heads() -> None:
+    ref = VisionTransformer(32, 4, 12, 3, 192, 768, num_classes=10)
+    model = create_model("vit_ti_4", 10, gate_head="logit")
+    heads = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("gate_heads.")}
+    converted = convert_torchvision_state_dict(model, ref.state_dict())
+    assert all(torch.equal(converted[k], v) for k, v in heads.items())
+    with pytest.raises(ValueError, match="unexpected torchvision ViT key"):
+        convert_torchvision_state_dict(model, {**ref.state_dict(), "extra.weight": torch.zeros(1)})
+    partial = {k: v for k, v in ref.state_dict().items() if not k.startswith("heads.")}
+    with pytest.raises(ValueError, match="leaves 2 keys unset"):
+        convert_torchvision_state_dict(model, partial)
+    wide = VisionTransformer(32, 4, 12, 3, 96, 768, num_classes=10)
+    with pytest.raises(ValueError, match="has no place"):
+        convert_torchvision_state_dict(model, wide.state_dict())

@@ -31,7 +31,7 @@ from torchvision.ops.misc import MLP, Permute
 
 from gatesearch.models.gated_resnet import MODELS
 from gatesearch.models.norm import UNIT_ON, PlainLayerNorm, SwitchableLayerNorm
-from gatesearch.models.transformer import GatedTransformer, TokenStage, block_prefixes, load_mapped, residual, split
+from gatesearch.models.transformer import GatedTransformer, TokenStage, block_prefixes, convert_mapped, residual, split
 from gatesearch.models.vit import IMAGE_SIZES
 
 
@@ -171,9 +171,15 @@ def torchvision_key_map(model: GatedSwin) -> Callable[[str], str]:
     return rename
 
 
+def convert_torchvision_state_dict(model: GatedSwin, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision ``swin_*`` (v1) state dict as this model's, through ``torchvision_key_map``; loads
+    with ``model.load_state_dict(..., strict=True)`` (see ``transformer.convert_mapped``)."""
+    return convert_mapped(model, state_dict, torchvision_key_map(model))
+
+
 def load_torchvision(model: GatedSwin, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load a torchvision ``swin_*`` (v1) state dict strictly through ``torchvision_key_map``."""
-    load_mapped(model, state_dict, torchvision_key_map(model))
+    """``model.load_state_dict(convert_torchvision_state_dict(model, state_dict), strict=True)``."""
+    model.load_state_dict(convert_torchvision_state_dict(model, state_dict), strict=True)
 
 
 def _builder(patch: int, embed: int, depths: list[int], heads: list[int], window: int, default_stem: str,

@@ -1,8 +1,9 @@
-"""What ViT and Swin share: token stages with a mandatory base and skippable units, and the
-gated-model interface of ``GatedResNet`` (``stem``, ``stages``, ``pool``/``fc`` = ``head``,
-``n_units``, ``unit_channels``, ``forward(x, gates, return_features)``, ``forward_from_stem``,
-``forward_patterns``, ``gate_heads``), so the methods, the trie, cost, latency and export see
-one shape of model.
+"""What ViT and Swin share: token stages with a mandatory base and skippable units, the gated
+network protocol (``stem``, ``stages``, ``head`` = ``fc(pool(h))``, ``n_units``, ``unit_channels``,
+``gate_heads``, ``gating``, ``switchable_bn``, ``num_classes``, ``in_channels``, ``input_size``,
+``forward(x, gates, return_features)``, ``forward_from_stem``, ``forward_patterns``), so the
+methods, the trie, cost, latency and export see the same shape of model as for the ResNets, and
+the torchvision state-dict conversion.
 
 A transformer block is two residual branches, ``h + attn(norm1(h))`` then ``+ mlp(norm2(h))``.
 A keep factor ``k [B]`` (tensor gates) scales both branches of each block of its unit,
@@ -27,9 +28,6 @@ from gatesearch.models.gated_resnet import GATINGS, STEMS, Gates, mandatory_bloc
 from gatesearch.models.gates import build_gate
 from gatesearch.models.norm import UNIT_OFF, UNIT_ON, SwitchableLayerNorm
 from gatesearch.patterns import SkipPattern
-
-#: ``(mandatory, index) -> block``: a stage's block factory; ``mandatory`` picks switchable norms.
-BlockFactory = Callable[[bool, int], nn.Module]
 
 
 def split(n: int, gating: str) -> tuple[int, list[list[int]]]:
@@ -100,7 +98,7 @@ def residual(h: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor | None) 
 class GatedTransformer(nn.Module):
     """Base of ``GatedViT`` / ``GatedSwin`` (the ``GatedNet`` protocol's attributes and methods):
     subclasses call ``_setup``, set ``stem``, ``stages`` (``TokenStage``s), ``pool`` (token map ->
-    ``[B, C]``) and ``fc``, call ``_finish(unit_channels, gate_head)``, and define ``as_map``.
+    ``[B, C]``) and ``fc``, call ``_finish``, and define ``as_map``.
     ``forward_from_stem`` differs from ``GatedNet``'s in one place: stage outputs are returned as
     ``as_map`` views, so ADN's feature KL is a softmax over channels per token."""
 
@@ -183,18 +181,28 @@ def block_prefixes(model: GatedTransformer) -> list[str]:
     return out
 
 
-def load_mapped(model: nn.Module, state_dict: dict[str, torch.Tensor], rename: Callable[[str], str]) -> None:
-    """``model.load_state_dict`` (strict) of ``state_dict`` with every key renamed by ``rename``; a key
-    that lands on a ``SwitchableLayerNorm`` is copied into both of its sets (``.lns.0`` and ``.lns.1``),
-    so either switch state starts from the pretrained norm."""
+def convert_mapped(model: nn.Module, state_dict: dict[str, torch.Tensor], rename: Callable[[str], str]
+                   ) -> dict[str, torch.Tensor]:
+    """``state_dict`` (a torchvision model's) with every key renamed by ``rename``, ready for
+    ``model.load_state_dict(..., strict=True)``: a key that lands on a ``SwitchableLayerNorm`` is
+    copied into both of its sets (``.lns.0``, ``.lns.1``), so either switch state starts from the
+    pretrained norm; gate-head keys keep the model's values. A key ``rename`` does not know, a key
+    the model lacks, or a model key left without a value raises ``ValueError``."""
     switchable = {name for name, m in model.named_modules() if isinstance(m, SwitchableLayerNorm)}
-    mapped: dict[str, torch.Tensor] = {}
+    own = model.state_dict()
+    out = {k: v for k, v in own.items() if k.startswith("gate_heads.")}
     for key, value in state_dict.items():
-        dst = rename(key)
+        try:
+            dst = rename(key)
+        except KeyError as e:
+            raise ValueError(str(e).strip("'\"")) from None
         owner, _, leaf = dst.rpartition(".")
-        if owner in switchable:
-            for i in (UNIT_ON, UNIT_OFF):
-                mapped[f"{owner}.lns.{i}.{leaf}"] = value.clone()
-        else:
-            mapped[dst] = value
-    model.load_state_dict(mapped, strict=True)
+        targets = [f"{owner}.lns.{i}.{leaf}" for i in (UNIT_ON, UNIT_OFF)] if owner in switchable else [dst]
+        for t in targets:
+            if t not in own or own[t].shape != value.shape:
+                raise ValueError(f"torchvision key {key!r} has no place in this model ({t!r})")
+            out[t] = value.clone()
+    missing = sorted(set(own) - set(out))
+    if missing:
+        raise ValueError(f"the torchvision state dict leaves {len(missing)} keys unset, e.g. {missing[0]!r}")
+    return out

@@ -27,7 +27,7 @@ from torchvision.models.vision_transformer import MLPBlock
 
 from gatesearch.models.gated_resnet import MODELS
 from gatesearch.models.norm import UNIT_ON, PlainLayerNorm, SwitchableLayerNorm
-from gatesearch.models.transformer import GatedTransformer, TokenStage, block_prefixes, load_mapped, residual, split
+from gatesearch.models.transformer import GatedTransformer, TokenStage, block_prefixes, convert_mapped, residual, split
 
 IMAGE_SIZES = {"cifar": 32, "imagenet": 224}
 
@@ -178,9 +178,15 @@ def torchvision_key_map(model: GatedViT) -> Callable[[str], str]:
     return rename
 
 
+def convert_torchvision_state_dict(model: GatedViT, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision ``vit_*`` state dict as this model's, through ``torchvision_key_map``; loads
+    with ``model.load_state_dict(..., strict=True)`` (see ``transformer.convert_mapped``)."""
+    return convert_mapped(model, state_dict, torchvision_key_map(model))
+
+
 def load_torchvision(model: GatedViT, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load a torchvision ``vit_*`` state dict strictly through ``torchvision_key_map``."""
-    load_mapped(model, state_dict, torchvision_key_map(model))
+    """``model.load_state_dict(convert_torchvision_state_dict(model, state_dict), strict=True)``."""
+    model.load_state_dict(convert_torchvision_state_dict(model, state_dict), strict=True)
 
 
 def _builder(patch: int, dim: int, depth: int, heads: int, mlp_dim: int, default_stem: str, doc: str
