@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -323,6 +324,16 @@ def test_fit_evaluates_and_checkpoints_a_transformer(name: str, method: str, tmp
     with torch.no_grad():
         for p in (SkipPattern.super_net(4), SkipPattern.base_net(4)):
             torch.testing.assert_close(ck.model(x, p), result.model.eval()(x, p))
+    if name != "swin_nano_2":
+        return  # the CLI part once (the cheaper model): the selector (trie, latency model, menus), export
+    from gatesearch.cli import main
+
+    assert main(["select", "--checkpoint", str(tmp_path / "last.pt"), "--device", "jetson",
+                 "--out", str(tmp_path / "menus")]) == 0
+    menu = json.loads((tmp_path / "menus" / "jetson-orin-nano" / "menu.json").read_text())
+    assert {e["pattern"] for e in menu["entries"] if e["strategy"] == "pattern"} == {str(p) for p in all_patterns(4)}
+    assert main(["export", "--checkpoint", str(tmp_path / "last.pt"), "--pattern", "TFTF", "--format", "onnx",
+                 "--out", str(tmp_path / "m.onnx")]) == 0
 
 
 def test_gate_options_reach_the_transformer_gates() -> None:
