@@ -11,7 +11,11 @@ NCHW (PyTorch's default) and channels_last (oneDNN's native layout on CPU, what 
 uses); in NCHW the memory-bound layers of the mandatory early stages cost more per MAC than the
 skippable late ones, so the latency ratio lags the MAC ratio there.
 
-    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick] [--models mobilenet_v2 ...]
+For vit_b_16 / swin_t (batch 2, 224x224) and vit_ti_4 / swin_nano_2 (batch 16, 32x32) the same
+table: base/super latency next to the MAC ratio (ADN Table 1, RTX 3090: 0.65 ViT-b/16, 0.54 Swin-T;
+channels_last only changes their patch-embedding conv).
+
+    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick] [--models mobilenet_v2 vit_b_16 swin_t ...]
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ CASES = [  # name, stem, batch, image size
     ("resnet50", "imagenet", 8, 224),
     ("mobilenet_v2", "imagenet", 8, 224),
     ("resnet20", "cifar", 64, 32),
+    # transformers (ADN Table 1 on an RTX 3090, batch 64: base/super latency 0.65 ViT-b/16, 0.54 Swin-T);
+    # batch 2 at 224x224 keeps 34 variants x rounds of ViT-B/16 to minutes on a CPU
+    ("vit_b_16", "imagenet", 2, 224),
+    ("swin_t", "imagenet", 2, 224),
+    ("vit_ti_4", "cifar", 16, 32),
+    ("swin_nano_2", "cifar", 16, 32),
 ]
 
 

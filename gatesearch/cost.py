@@ -1,6 +1,7 @@
 """Cost of a sub-network: MACs and parameters, measured by running it.
 
-MACs come from ``torch.utils.flop_counter`` (FLOPs / 2 for the matmul/conv ops it counts),
+MACs come from ``torch.utils.flop_counter`` (FLOPs / 2 for the matmul/conv/attention ops it
+counts; ``gatesearch.flops`` adds CPU fused attention),
 never from hand-kept tables; active parameters are those of the modules that actually ran,
 so a skipped unit's weights and an unused switchable-BN set do not count.
 """
@@ -11,8 +12,9 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.swin_transformer import ShiftedWindowAttention
 
+from gatesearch.flops import flop_counter
 from gatesearch.models import Gates
 
 
@@ -22,10 +24,15 @@ def count_macs(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -> 
     was_training = model.training
     model.eval()
     x = torch.zeros(input_shape, device=_device_of(model))
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:  # counts CPU fused attention too
         model(x, gates)
     model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+#: Modules that use their children's weights functionally (the children are never called, so no
+#: hook sees them run): when one of these runs, all of its parameters count.
+WHOLE_MODULES: tuple[type[nn.Module], ...] = (ShiftedWindowAttention,)
 
 
 @torch.no_grad()
@@ -44,6 +51,7 @@ def count_params(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
         for h in hooks:
             h.remove()
         model.train(was_training)
+    ran |= {id(d) for m in model.modules() if id(m) in ran and isinstance(m, WHOLE_MODULES) for d in m.modules()}
     return sum(p.numel() for m in model.modules() if id(m) in ran for p in m.parameters(recurse=False))
 
 

@@ -19,9 +19,10 @@ def test_adn_split(n, expected):
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("gating", ["stage", "block", "none"])
 def test_every_model_builds_and_runs(name, gating):
-    stem = "cifar" if name in ("resnet20", "resnet56", "resnet110") else "imagenet"
+    stem = "cifar" if name in ("resnet20", "resnet56", "resnet110", "vit_ti_4", "swin_nano_2") else "imagenet"
     model = create_model(name, 7, gating=gating, stem=stem).eval()
-    x = torch.randn(SMALL_INPUT[stem])
+    transformer = name.startswith(("vit", "swin"))  # built for one input size (ViT: its position embeddings)
+    x = torch.randn(2, 3, model.input_size, model.input_size) if transformer else torch.randn(SMALL_INPUT[stem])
     n_stages = len(model.stages)
     if gating == "stage":
         assert model.n_units == n_stages

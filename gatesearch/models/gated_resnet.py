@@ -26,7 +26,7 @@ from torch import nn
 from gatesearch.models.base import GatedNet, GateFn, Gates
 from gatesearch.models.blocks import BasicBlock, Bottleneck, skipped
 from gatesearch.models.gates import build_gate
-from gatesearch.models.norm import UNIT_OFF, UNIT_ON, PlainNorm, SwitchableBatchNorm2d
+from gatesearch.models.norm import UNIT_OFF, UNIT_ON, PlainNorm, SwitchableBatchNorm2d, unit_switch
 from gatesearch.patterns import SkipPattern
 from gatesearch.registry import Registry
 
@@ -62,13 +62,9 @@ class Stage(nn.Module):
         if isinstance(gates, SkipPattern):
             return UNIT_OFF if gates.skipped[self.switch_unit] else UNIT_ON
         if isinstance(gates, torch.Tensor):
-            # The BN set follows whether the unit runs (keep > 0), not how much of its residual is
-            # added: a calibrated full network (keep p_s, Gated Depth Sec. 4) runs every unit, so its
-            # base uses the "unit runs" set and only the gated residual is scaled (ADN Sec. 3.4's
-            # switch is a discrete choice; a 0/1 keep routes each sample to its set). The value is
-            # 1[keep > 0]; the gradient is keep's own (straight-through, as the Gumbel gates' is).
-            k = gates[:, self.switch_unit]
-            return ((k > 0).to(k.dtype) + (k - k.detach())).expand(batch)  # [B]
+            # the BN set follows whether the unit runs, not how much of its residual is added: a
+            # calibrated full network scales only its gated residuals (norm.unit_switch)
+            return unit_switch(gates[:, self.switch_unit]).expand(batch)  # [B]
         raise ValueError("switchable BN needs the gate decision before the stage runs: pass a SkipPattern or a "
                          "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")
 

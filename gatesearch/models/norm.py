@@ -172,3 +172,58 @@ class PlainNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
         return self.bn(x)
+
+
+class SwitchableLayerNorm(nn.Module):
+    """Two LayerNorm sets over the last dimension; ``forward(x, which)`` picks one.
+
+    Adaptive Depth Networks (Kang & Lee, Sec. 3.4, last paragraph; the ablation of Sec. 4.5,
+    Table 4, ViT-b/32) replace switchable BN by switchable LN in the mandatory sub-paths of
+    transformers: one set when the stage's skippable sub-path runs, one when it is skipped.
+
+    ``which``: ``UNIT_ON`` / ``UNIT_OFF`` (pattern path: one set runs, the other is untouched), or a
+    ``[B]`` tensor of keep factors (tensor path). LayerNorm has no batch statistics, so routing each
+    sample to its own set is exact in training and evaluation alike. The tensor path is
+    ``keep * ln_on(x) + (1 - keep) * ln_off(x)`` (soft factors interpolate): both sets share the
+    normalisation ``xhat``, so it is computed once and the per-sample affine
+    ``xhat * lerp(w_off, w_on, keep) + lerp(b_off, b_on, keep)`` applied in one ``addcmul``
+    (``lerp`` returns its end points exactly, so 0/1 factors pick one set's weights exactly).
+    The transformer stages pass 0/1 (whether the stage's unit runs, as ``gated_resnet.Stage``).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.lns = nn.ModuleList([nn.LayerNorm(num_features, eps=eps), nn.LayerNorm(num_features, eps=eps)])
+
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:
+        """``x [B, ..., C]`` -> same shape; ``which`` an int or ``[B]`` keep factors."""
+        if isinstance(which, int):
+            return self.lns[which](x)
+        on, off = self.lns[UNIT_ON], self.lns[UNIT_OFF]
+        xhat = torch.nn.functional.layer_norm(x, on.normalized_shape, None, None, on.eps)
+        k = which.to(on.weight.dtype).view(-1, *([1] * (x.dim() - 1)))  # [B, 1, ..., 1]
+        scale, shift = torch.lerp(off.weight, on.weight, k), torch.lerp(off.bias, on.bias, k)  # [B, 1, .., C]
+        return torch.addcmul(shift.to(xhat.dtype), xhat, scale.to(xhat.dtype))
+
+    def bake(self, which: int) -> PlainLayerNorm:
+        """A plain LayerNorm holding a copy of set ``which`` (``export`` uses it for pruned nets)."""
+        src = self.lns[which]
+        fixed = PlainLayerNorm(src.normalized_shape, eps=src.eps)
+        fixed.load_state_dict(src.state_dict())
+        return fixed
+
+
+class PlainLayerNorm(nn.LayerNorm):
+    """A LayerNorm that ignores the switch (same parameters and keys as ``nn.LayerNorm``), so
+    mandatory and skippable transformer blocks have one call signature."""
+
+    def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x)
+
+
+def unit_switch(keep: torch.Tensor) -> torch.Tensor:
+    """The norm-set switch of a stage from its unit's keep factors ``[B]``: ``1[keep > 0]`` in value
+    (a unit that runs at all uses the "unit runs" set: a calibrated full network's keep p_s too,
+    Gated Depth Sec. 4; ADN Sec. 3.4's switch is discrete), ``keep``'s own gradient (straight-through,
+    as the Gumbel gates')."""
+    return (keep > 0).to(keep.dtype) + (keep - keep.detach())
