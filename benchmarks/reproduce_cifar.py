@@ -20,6 +20,7 @@ records the git commit of both phases.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -106,8 +107,7 @@ def eval_phase(args: argparse.Namespace, run: str, out: Path) -> None:
     from gatesearch.checkpoint import load_checkpoint
     from gatesearch.data import build_data
     from gatesearch.evaluate import candidate_table, frontier_of
-    from gatesearch.methods import METHODS
-    from gatesearch.train import resolve_device
+    from gatesearch.train import resolve_device, restore_method
 
     torch.set_num_threads(args.threads)
     flat = run_config(args, run)
@@ -117,14 +117,15 @@ def eval_phase(args: argparse.Namespace, run: str, out: Path) -> None:
     device = resolve_device(args.device)
     model = ck.model.to(device)
     data = build_data(cfg.data, cfg.train.seed)
-    method = METHODS.get(cfg.method.name)(cfg, model, len(data.train))
-    method.load_state_dict(ck.method_state)
+    if cfg.train.channels_last:  # the layout it was trained and evaluated in
+        model.to(memory_format=torch.channels_last)
+    method = restore_method(cfg, model, data, ck.method_state)
     t0 = time.time()
     splits = {}
     for split, loader in (("val", data.val), ("test", data.test)):
         rows = candidate_table(model, method, loader, device, input_shape=ck.input_shape,
                                bn_loader=data.train, bn_batches=cfg.train.bn_reestimate_batches)
-        splits[split] = {"candidates": [r.as_dict() for r in rows], "frontier_score": frontier_of(rows)}
+        splits[split] = {"candidates": [dataclasses.asdict(r) for r in rows], "frontier_score": frontier_of(rows)}
     phase = json.loads((last.parent / "phase.json").read_text()) if (last.parent / "phase.json").is_file() else {}
     record = {
         "run": run, "config": flat, "epochs": ck.epoch + 1, "n_units": model.n_units,
