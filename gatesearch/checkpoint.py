@@ -102,8 +102,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def build_model(cfg: Config, num_classes: int, input_shape: tuple[int, ...]) -> GatedResNet:
     """The model a config describes, for ``num_classes`` outputs and ``input_shape`` (C, H, W) inputs."""
     m = cfg.model
+    # ResNet-only layout keys (config.ModelConfig rejects them for the other backbones)
+    resnet = {"gate_downsample": m.gate_downsample, "zero_init_residual": m.zero_init_residual} if is_resnet(m.name) else {}
     return create_model(
         m.name, num_classes, gating=m.gating, stem=m.stem, switchable_bn=m.switchable_bn,
         gate_head=None if m.gate_head == "none" else m.gate_head, in_channels=input_shape[0],
-        gate_init_keep=m.gate_init_keep, gate_downsample=m.gate_downsample, zero_init_residual=m.zero_init_residual,
+        gate_init_keep=m.gate_init_keep, **resnet,
     )
+
+
+def is_resnet(name: str) -> bool:
+    """A ``GatedResNet`` builder (the ones with block gating of downsampling blocks and zero-init)."""
+    return name.startswith("resnet")

@@ -55,6 +55,10 @@ class ModelConfig:
         _check(not (self.switchable_bn and self.gating != "stage"), "model.switchable_bn", "needs model.gating=stage")
         _check(0.0 < self.gate_init_keep < 1.0, "model.gate_init_keep", f"must be in (0, 1), got {self.gate_init_keep}")
         _check(not (self.gate_downsample and self.gating != "block"), "model.gate_downsample", "needs model.gating=block")
+        resnet = self.name.startswith("resnet")
+        _check(resnet or not self.gate_downsample, "model.gate_downsample", f"applies to the ResNets only, not {self.name}")
+        _check(resnet or not self.zero_init_residual, "model.zero_init_residual",
+               f"applies to the ResNets only, not {self.name}")
         from gatesearch.models.torchvision_init import TORCHVISION_RESNETS
 
         _check(self.init_from is None or (self.name in TORCHVISION_RESNETS and self.stem == "imagenet"), "model.init_from",

@@ -13,6 +13,7 @@ from _training import one_thread
 
 from gatesearch.config import from_flat
 from gatesearch.cost import count_params
+from gatesearch.evaluate import candidate_table
 from gatesearch.export import export, prune
 from gatesearch.methods import METHODS
 from gatesearch.models import create_model
@@ -20,7 +21,7 @@ from gatesearch.models.mobilenetv2 import InvertedResidual, convert_torchvision_
 from gatesearch.models.norm import PlainNorm, SwitchableBatchNorm2d
 from gatesearch.patterns import SkipPattern, all_patterns
 from gatesearch.selection.latency import profile_rows, trace_layers
-from gatesearch.selection.score import evaluate_patterns_naive, evaluate_patterns_trie, score_model
+from gatesearch.selection.score import evaluate_patterns_naive, evaluate_patterns_trie
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)  # small convs: one thread is faster
 SMALL = "mobilenet_v2_x0_5"
@@ -141,13 +142,13 @@ def test_trie_equals_naive(small: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("gate_head", ["logit", "aig"])
-def test_score_model_with_probgates_strategies(gate_head: str) -> None:
+def test_candidate_table_with_probgates_strategies(gate_head: str) -> None:
     torch.manual_seed(0)
     model = create_model(SMALL, 10, stem="cifar", gate_head=gate_head, switchable_bn=False).eval()
     data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))]
-    res = score_model(model, data, thresholds=(0.5,), runs=2)
-    assert {s.strategy for s in res.scores} == {"pattern", "threshold:0.50", "always_on", "stochastic", "ensemble"}
-    assert sum(s.strategy == "pattern" for s in res.scores) == 2**5
+    rows = candidate_table(model, None, data, "cpu", input_shape=(3, 32, 32), thresholds=(0.5,), runs=2)
+    assert {s.strategy for s in rows} == {"pattern", "threshold:0.50", "always_on", "stochastic", "ensemble"}
+    assert sum(s.strategy == "pattern" for s in rows) == 2**5
 
 
 def test_forward_patterns_equals_separate_forwards(small: torch.nn.Module) -> None:

@@ -100,7 +100,7 @@ class GatedMobileNetV2(GatedNet):
 
     def __init__(self, num_classes: int, width: float = 1.0, gating: str = "stage", stem: str = "imagenet",
                  switchable_bn: bool | None = None, gate_head: str | None = None, in_channels: int = 3,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, gate_init_keep: float = 0.9) -> None:
         super().__init__()
         if gating not in GATINGS:
             raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
@@ -139,7 +139,7 @@ class GatedMobileNetV2(GatedNet):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(last, num_classes))
         self._init_weights()  # before the gate heads, which keep their own init
-        self.gate_heads = nn.ModuleList(build_gate(gate_head, c) for c in unit_channels) if gate_head else None
+        self.gate_heads = nn.ModuleList(build_gate(gate_head, c, gate_init_keep) for c in unit_channels) if gate_head else None
 
     def _init_weights(self) -> None:
         """torchvision's MobileNetV2 init: conv Kaiming (fan-out), BN 1/0, linear N(0, 0.01)."""
