@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gatesearch.errors import UserError
+from gatesearch.preflight import check_search
 from gatesearch.search.space import SearchSpace, load_space
 from gatesearch.search.trainable import (
     CHECKPOINT_FILE,
@@ -289,6 +290,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     if not opts.resume and (study_dir / "tuner.pkl").exists():
         raise UserError(f"{study_dir} already holds study {space.study.name!r}: pass --resume to continue it, "
                         "or choose another --storage")
+    check_search(opts.address, uri, storage, study_dir, opts.resume)  # before any run or file is written
     exp_id, parent_id = _parent_run(opts, space, uri, study_dir)
     ctx = TrialContext(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, study=space.study.name,
                        epochs=space.study.epochs, objective_metrics=tuple(space.study.metrics),
