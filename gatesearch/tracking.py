@@ -40,7 +40,8 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0, what: str = "tracking.u
     import urllib.error
     import urllib.request
 
-    req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1")
+    # GET get-by-name: read-only, answered by every MLflow 2/3 server (404 RESOURCE_DOES_NOT_EXIST is an answer too)
+    req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
     user, password, token = (os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                                                           "MLFLOW_TRACKING_TOKEN"))
     if user and password:
@@ -54,7 +55,8 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0, what: str = "tracking.u
         if e.code in (401, 403):
             raise UserError(f"{what} {uri}: the MLflow server refused access (HTTP {e.code}); set "
                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
-        raise UserError(f"{what} {uri}: not an MLflow server (HTTP {e.code} from its REST API)") from None
+        if b'"error_code"' not in e.read(4096):
+            raise UserError(f"{what} {uri}: not an MLflow server (HTTP {e.code} from its REST API)") from None
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise UserError(f"{what} {uri}: no MLflow server answers ({reason})") from None
