@@ -66,6 +66,8 @@ class DataConfig:
     synthetic_size: int = 512  # synthetic only: images per split
 
     def __post_init__(self) -> None:
+        _check(self.image_size >= 1, "data.image_size", f"must be >= 1, got {self.image_size}")
+        _check(self.synthetic_size >= 1, "data.synthetic_size", f"must be >= 1, got {self.synthetic_size}")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
@@ -108,6 +110,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "train.device",
                f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        _check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
