@@ -151,3 +151,11 @@ def check_search(address: str | None, tracking_uri: str, storage: Path, study_di
         check_trusted_storage(storage, study_dir)
     check_tracking_uri(tracking_uri, what="--tracking-uri")
     check_ray_address(address)
+
+
+def ray_connect_error(address: str, error: BaseException) -> str:
+    """The one line for a ``ray.init(address=...)`` that failed although the address answered."""
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    hint = "" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else (
+        "; if the cluster uses token auth, export RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+    return f"--address {address}: cannot join the Ray cluster ({first}){hint}"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gatesearch.errors import UserError
-from gatesearch.preflight import check_search
+from gatesearch.preflight import check_search, ray_connect_error
 from gatesearch.search.space import SearchSpace, load_space
 from gatesearch.search.trainable import (
     CHECKPOINT_FILE,
@@ -79,7 +79,10 @@ def _init_ray(opts: SearchOptions, space: SearchSpace) -> bool:
     if ray.is_initialized():
         return False
     if opts.address:
-        ray.init(address=opts.address, logging_level="WARNING")
+        try:
+            ray.init(address=opts.address, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as e:  # e.g. token auth, no token
+            raise UserError(ray_connect_error(opts.address, e)) from None
     else:
         need = math.ceil(space.study.max_concurrent_trials * space.study.cpu)
         ray.init(num_cpus=opts.num_cpus or max(need, os.cpu_count() or 1), include_dashboard=False,
