@@ -24,9 +24,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\nhint: {self.prog} --help\n")
 
 
-def _number(kind: type, low: float, strict: bool) -> Callable[[str], float]:
+def _number(kind: type, low: float, strict: bool) -> Callable[[str], int | float]:
     """An argparse ``type``: a finite ``kind`` (int or float) >= ``low`` (> ``low`` when ``strict``)."""
-    def parse(text: str) -> float:
+    def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
@@ -35,7 +35,7 @@ def _number(kind: type, low: float, strict: bool) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text!r}")
         return value
 
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.__name__ = kind.__name__  # what argparse calls the type in its own messages
     return parse
 
 
@@ -184,8 +184,9 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int, default=1, help="batch size the latencies are for")
     p.add_argument("--torch-device", default="cpu", help="where to score: cpu | cuda | auto")
     p.add_argument("--limit", type=nonneg_int, default=40, help="rows printed per menu")
-    p.add_argument("--threads", type=positive_int, default=1,
-                   help="torch CPU threads for scoring and host timing (1: stable timings on a shared machine)")
+    p.add_argument("--threads", type=nonneg_int, default=1,
+                   help="torch CPU threads for scoring and host timing (1: stable timings on a shared machine; "
+                   "0: leave as is)")
     p.set_defaults(func=_cmd_select)
 
 

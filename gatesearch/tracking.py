@@ -52,9 +52,15 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0, what: str = "tracking.u
         with urllib.request.urlopen(req, timeout=timeout_s):
             return
     except urllib.error.HTTPError as e:
-        if e.code in (401, 403):
-            raise UserError(f"{what} {uri}: the MLflow server refused access (HTTP {e.code}); set "
+        if e.code in (401, 403) and not user:
+            raise UserError(f"{what} {uri}: the MLflow server wants a login (HTTP {e.code}); set "
                             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        if e.code == 401:
+            raise UserError(f"{what} {uri}: the MLflow server refused the login of user {user!r} (HTTP 401); "
+                            "check MLFLOW_TRACKING_PASSWORD") from None
+        if e.code == 403:
+            raise UserError(f"{what} {uri}: MLflow user {user!r} has no permission to read experiments "
+                            "(HTTP 403); ask the server's admin for one") from None
         if b'"error_code"' not in e.read(4096):
             raise UserError(f"{what} {uri}: not an MLflow server (HTTP {e.code} from its REST API)") from None
     except (urllib.error.URLError, OSError) as e:

@@ -8,6 +8,7 @@ as real processes, where the exit status and the absence of a traceback are the 
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
 import subprocess
@@ -76,6 +77,32 @@ def silent_port() -> Iterator[int]:
     for c in held:
         c.close()
     srv.close()
+
+
+class _FakeServer(http.server.BaseHTTPRequestHandler):
+    """``/login/...``: 401 (MLflow's basic-auth app without a login); ``/plain/...``: a 404 page that is not
+    MLflow's; ``/mlflow/...``: MLflow's JSON 404 for a missing experiment (a server that works)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        code, body = {"login": (401, b"unauthorized"), "plain": (404, b"<html>no</html>"),
+                      "mlflow": (404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}')}[self.path.split("/")[1]]
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fake_http() -> Iterator[str]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeServer)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +200,7 @@ def test_test_split_of_other_shape(tmp_path: Path, capsys: pytest.CaptureFixture
 # ---------------------------------------------------------------- unreachable services
 
 
-def _service_cases(silent: int) -> dict[str, tuple[list[str], str]]:
+def _service_cases(silent: int, fake: str) -> dict[str, tuple[list[str], str]]:
     dead = _dead_port()
     search = ["search", "--space", SPACE, "--storage", "STORE"]
     return {
@@ -186,21 +213,33 @@ def _service_cases(silent: int) -> dict[str, tuple[list[str], str]]:
                               f"http://127.0.0.1:{dead}"),
         "train_silent_mlflow": (["train", "--set", "train.out_dir=OUT", "--tracking-uri", f"http://127.0.0.1:{silent}"],
                                 f"http://127.0.0.1:{silent}"),
+        "train_mlflow_wants_login": (["train", "--set", "train.out_dir=OUT", "--tracking-uri", f"{fake}/login"],
+                                     "MLFLOW_TRACKING_USERNAME"),
+        "train_not_mlflow": (["train", "--set", "train.out_dir=OUT", "--tracking-uri", f"{fake}/plain"],
+                             "not an MLflow server"),
         "select_run_dead_mlflow": (["select", "--run", "0123abcd", "--device", "jetson", "--out", "OUT",
                                     "--tracking-uri", f"http://127.0.0.1:{dead}"], f"http://127.0.0.1:{dead}"),
     }
 
 
 SERVICE_NAMES = ["search_dead_ray", "search_dead_ray_client", "search_bad_ray_port", "search_dead_mlflow",
-                 "train_dead_mlflow", "train_silent_mlflow", "select_run_dead_mlflow"]
+                 "train_dead_mlflow", "train_silent_mlflow", "train_mlflow_wants_login", "train_not_mlflow",
+                 "select_run_dead_mlflow"]
 
 
 @pytest.mark.parametrize("case", SERVICE_NAMES)
-def test_unreachable_service(case: str, silent_port: int, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    argv, name = _service_cases(silent_port)[case]
+def test_unreachable_service(case: str, silent_port: int, fake_http: str, tmp_path: Path,
+                             capsys: pytest.CaptureFixture) -> None:
+    argv, name = _service_cases(silent_port, fake_http)[case]
     subst = {"STORE": str(tmp_path / "rr"), "DB": f"sqlite:///{tmp_path / 'mlflow.db'}", "OUT": str(tmp_path / "out")}
     argv = [subst.get(a, a.replace("OUT", subst["OUT"]) if a.endswith("=OUT") else a) for a in argv]
     _expect_clean_failure(argv, name, capsys, [tmp_path], SERVICE_S)  # no parent run, no marker, no storage
+
+
+def test_mlflow_answering_not_found_is_reachable(fake_http: str) -> None:
+    from gatesearch.tracking import check_tracking_uri
+
+    check_tracking_uri(f"{fake_http}/mlflow")  # MLflow's JSON 404 is an answer: no error
 
 
 # ---------------------------------------------------------------- output paths
@@ -265,7 +304,8 @@ VALUE_CASES = {
     "budget_zero": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--budget-ms", "0"], "--budget-ms"),
     "budget_negative": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--budget-ms", "-5"], "--budget-ms"),
     "budget_nan": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--budget-ms", "nan"], "--budget-ms"),
-    "select_threads_zero": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--threads", "0"], "--threads"),
+    "select_threads_negative": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--threads", "-2"],
+                                "--threads"),
     "select_torch_device_bogus": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--torch-device", "bogus"],
                                   "--torch-device"),
     "select_unknown_device": (["select", "--checkpoint", "{ckpt}", "--device", "tpu-v9"], "tpu-v9"),
