@@ -125,11 +125,13 @@ def check_ray_address(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S)
 
 
 def check_trusted_storage(storage: Path, study_dir: Path) -> None:
-    """``--resume`` unpickles Ray Tune's ``tuner.pkl`` from the study directory, which runs code:
-    refuse a storage that someone else could have written (writable by all, or owned by another
-    user than this one or root), up to the pickle itself."""
+    """``--resume`` unpickles Ray Tune's ``tuner.pkl`` (and the searcher's and trainable's pickles
+    beside it) from the study directory, which runs code: refuse a storage that someone else could
+    have written (writable by all, or owned by another user than this one or root), from the storage
+    directory down to each pickle."""
     me = os.geteuid()
-    for p in (storage, study_dir, study_dir / "tuner.pkl"):
+    pickles = sorted(study_dir.glob("*.pkl")) if study_dir.is_dir() else []
+    for p in (storage, study_dir, *pickles):
         if not p.exists():
             continue
         st = p.stat()

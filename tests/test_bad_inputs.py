@@ -399,17 +399,21 @@ def test_usage_error_is_one_line_plus_hint(case: str, tmp_path: Path, capsys: py
 # ---------------------------------------------------------------- secure by default
 
 
-def test_resume_refuses_storage_writable_by_others(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("writable", ["rr", "rr/quickstart", "rr/quickstart/tuner.pkl", "rr/quickstart/searcher.pkl"])
+def test_resume_refuses_storage_writable_by_others(writable: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
     storage = tmp_path / "rr"
     (storage / "quickstart").mkdir(parents=True)
-    (storage / "quickstart" / "tuner.pkl").write_bytes(b"not really a pickle")
-    storage.chmod(0o777)
+    for name in ("tuner.pkl", "searcher.pkl"):
+        (storage / "quickstart" / name).write_bytes(b"not really a pickle")
+    (tmp_path / writable).chmod(0o777)
     argv = ["search", "--space", SPACE, "--storage", str(storage), "--resume",
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     try:
-        _expect_clean_failure(argv, "--resume", capsys, [tmp_path], FAST_S)
+        err = _expect_clean_failure(argv, "--resume", capsys, [tmp_path], FAST_S)
+        assert str(tmp_path / writable) in err[0]
     finally:
-        storage.chmod(0o755)
+        (tmp_path / writable).chmod(0o755)
 
 
 # ---------------------------------------------------------------- the process boundary
@@ -429,3 +433,19 @@ def test_fresh_process(argv: list[str], name: str, tmp_path: Path) -> None:
     assert out.returncode == 2 and 1 <= len(err) <= 2 and name in err[0], out.stderr
     assert time.perf_counter() - t0 < SERVICE_S + 10  # + interpreter and torch import
     assert list(tmp_path.iterdir()) == []
+
+
+def test_trusted_storage_checks(tmp_path: Path) -> None:
+    from gatesearch.errors import UserError
+    from gatesearch.preflight import check_trusted_storage
+
+    study = tmp_path / "rr" / "s"
+    study.mkdir(parents=True)
+    (study / "tuner.pkl").write_bytes(b"x")
+    check_trusted_storage(tmp_path / "rr", study)  # this user's own, not world-writable: resumed
+    check_trusted_storage(tmp_path / "none", tmp_path / "none" / "s")  # nothing to resume yet
+    if os.geteuid() != 0:
+        pytest.skip("only root can hand a file to another user")
+    os.chown(study / "tuner.pkl", 54321, -1)
+    with pytest.raises(UserError, match="belongs to user id 54321"):
+        check_trusted_storage(tmp_path / "rr", study)
