@@ -4,8 +4,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# A local `ray.init()` and a later `ray start` must agree on auth; tests and the quick start use none.
-export RAY_AUTH_MODE ?= disabled
+# Ray token authentication stays on (Ray 2.60's default for a local `ray.init()`, which keeps its token in
+# ~/.ray/auth_token); `RAY_AUTH_MODE=disabled make ...` is the opt-out, never a default here.
 
 .PHONY: venv quickstart test compose-tool lint bench clean
 

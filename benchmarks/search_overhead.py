@@ -45,7 +45,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="training steps per epoch (batch 64, 3x32x32)")
     ap.add_argument("--images", type=int, default=3200, help="synthetic images per split (train is 90%%)")
     args = ap.parse_args()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
 
     from gatesearch.search.runner import SearchOptions, run_search

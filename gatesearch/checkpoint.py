@@ -79,16 +79,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} does not exist")
     try:
         state: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types on a truncated / foreign file
+        raise UserError(f"checkpoint {path} is corrupt or not a gatesearch checkpoint ({type(e).__name__})") from None
+    _check_fields(path, state)
+    try:
         # written before model.gate_downsample existed: block gating then kept downsampling blocks mandatory
         cfg = from_flat({"model.gate_downsample": False, **state["config"]})
     except ConfigError as e:
         raise UserError(f"checkpoint {path}: stored config is invalid ({e})") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types on a truncated / foreign file
-        raise UserError(f"checkpoint {path} is corrupt or not a gatesearch checkpoint ({type(e).__name__})") from None
-    model = build_model(cfg, state["num_classes"], tuple(state["input_shape"]))
     try:
+        model = build_model(cfg, state["num_classes"], tuple(state["input_shape"]))
         model.load_state_dict(state["model"])
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
         raise UserError(f"checkpoint {path}: weights do not match {cfg.model.name} ({str(e).splitlines()[0]})") from None
     model.to(map_location).eval()
     return Checkpoint(
@@ -97,6 +99,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         history=state.get("history", []), method_state=state.get("method_state", {}),
         weights=state.get("weights", "trained"), train_weights=state.get("train_weights"),
     )
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+# field -> (what it must be, test): what ``save_checkpoint`` writes; a foreign or edited file fails here
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "config": ("a dict of dotted config keys", lambda v: isinstance(v, dict)),
+    "model": ("a state dict of tensors", lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())),
+    "num_classes": ("an integer >= 1", lambda v: _is_int(v, 1)),
+    "input_shape": ("[C, H, W] of integers >= 1", lambda v: isinstance(v, (list, tuple)) and len(v) == 3 and all(
+        _is_int(x, 1) for x in v)),
+    "epoch": ("an integer >= 0", lambda v: _is_int(v, 0)),
+    "metrics": ("a dict of numbers", lambda v: isinstance(v, dict)),
+    "optimizer": ("an optimizer state dict or None", lambda v: v is None or isinstance(v, dict)),
+}
+
+
+def _check_fields(path: Path, state: Any) -> None:
+    """Every field ``load_checkpoint`` reads is present and of the type ``save_checkpoint`` writes."""
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {path} is not a gatesearch checkpoint (holds a {type(state).__name__})")
+    for name, (want, ok) in _FIELDS.items():
+        if name not in state:
+            raise UserError(f"checkpoint {path}: field {name!r} is missing (not a gatesearch checkpoint?)")
+        if not ok(state[name]):
+            raise UserError(f"checkpoint {path}: field {name!r} must be {want}, got {str(state[name])[:60]!r}")
+    for name, kind in (("history", list), ("method_state", dict)):
+        if not isinstance(state.get(name, kind()), kind):
+            raise UserError(f"checkpoint {path}: field {name!r} must be a {kind.__name__}")
 
 
 def build_model(cfg: Config, num_classes: int, input_shape: tuple[int, ...]) -> GatedResNet:

@@ -7,12 +7,39 @@ checkpoint, ...) becomes one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
+from gatesearch import preflight
 from gatesearch.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line plus a hint, not the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nhint: {self.prog} --help\n")
+
+
+def _number(kind: type, low: float, strict: bool) -> Callable[[str], int | float]:
+    """An argparse ``type``: a finite ``kind`` (int or float) >= ``low`` (> ``low`` when ``strict``)."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # what argparse calls the type in its own messages
+    return parse
+
+
+positive_int, nonneg_int, positive_float = _number(int, 0, True), _number(int, 0, False), _number(float, 0, True)
 
 
 def _cmd_patterns(args: argparse.Namespace) -> int:
@@ -41,12 +68,12 @@ def _cmd_patterns(args: argparse.Namespace) -> int:
 def _add_patterns(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("patterns", help="build a model and print MACs/params of every skip pattern")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=positive_int, default=10)
     p.add_argument("--gating", default="stage", choices=["stage", "block", "none"])
     p.add_argument("--stem", default=None, choices=["cifar", "imagenet"],
                    help="default: imagenet for --image-size >= 64, else cifar")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--limit", type=int, default=64, help="print at most this many patterns")
+    p.add_argument("--image-size", type=positive_int, default=32)
+    p.add_argument("--limit", type=nonneg_int, default=64, help="print at most this many patterns")
     p.set_defaults(func=_cmd_patterns)
 
 
@@ -71,7 +98,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial (repeatable), e.g. --set data.root=/data/cifar10")
     p.add_argument("--storage", default=None, help="Ray Tune storage directory (default: ./ray_results)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (ignored with --address)")
+    p.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of the local Ray (ignored with --address)")
     p.add_argument("--no-select", action="store_true",
                    help="skip the selector run that writes menus for study.devices from the best trial")
     p.set_defaults(func=_cmd_search)
@@ -84,9 +111,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load(args.config, args.set or [])
     if args.tracking_uri:
         cfg = with_overrides(cfg, {"tracking.uri": args.tracking_uri})
+    preflight.check_output_dir(cfg.train.out_dir, "train.out_dir")
+    preflight.torch_device(cfg.train.device, "train.device")
     reporters: list = [ConsoleReporter(cfg.train.log_every)]
     if not args.no_mlflow:
-        from gatesearch.tracking import MLflowReporter
+        from gatesearch.tracking import MLflowReporter, check_tracking_uri
+
+        check_tracking_uri(cfg.tracking.uri)
 
         reporters.append(MLflowReporter(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name))
     try:
@@ -116,12 +147,17 @@ def _cmd_select(args: argparse.Namespace) -> int:
     from gatesearch.selection.pareto import format_menu, pick
     from gatesearch.selection.select import SelectOptions, run_select
 
-    if (args.reestimate_bn is not None and args.reestimate_bn < 0) or args.batch < 1:
-        raise UserError("--reestimate-bn must be >= 0 and --batch >= 1")
+    preflight.check_output_dir(args.out, "--out")
+    preflight.torch_device(args.torch_device, "--torch-device")
+    if args.run:
+        from gatesearch.tracking import check_tracking_uri
+
+        check_tracking_uri(args.tracking_uri, what="--tracking-uri")
     menus, files = run_select(SelectOptions(
         devices=tuple(args.device), out=args.out, checkpoint=args.checkpoint, run=args.run,
         tracking_uri=args.tracking_uri, budget_ms=args.budget_ms, lut=args.lut, data_root=args.data_root,
         reestimate_bn=args.reestimate_bn, batch=args.batch, torch_device=args.torch_device, threads=args.threads,
+        lut_any_device=args.lut_any_device,
     ))
     for menu in menus:
         print(format_menu(menu, limit=args.limit, budget_ms=args.budget_ms))
@@ -138,19 +174,23 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--checkpoint", help="checkpoint file (last.pt)")
     src.add_argument("--run", help="MLflow run id: use its checkpoint artifact and log the menus to it")
     p.add_argument("--device", action="append", required=True, help="device profile (repeatable), e.g. jetson, h100, host")
-    p.add_argument("--budget-ms", type=float, default=None, help="print the most accurate entry within this latency")
+    p.add_argument("--budget-ms", type=positive_float, default=None,
+                   help="print the most accurate entry within this latency (ms, > 0)")
     p.add_argument("--lut", default=None, help="latency lookup table from `gatesearch profile` (CSV)")
+    p.add_argument("--lut-any-device", action="store_true",
+                   help="use the LUT even though its device column names none of the requested devices")
     p.add_argument("--out", default="outputs/select", help="output directory (menus, figures)")
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (with --run)")
     p.add_argument("--data-root", default=None, help="override the checkpoint's data.root")
-    p.add_argument("--reestimate-bn", type=int, default=None, metavar="N",
+    p.add_argument("--reestimate-bn", type=nonneg_int, default=None, metavar="N",
                    help="re-estimate BN statistics per candidate from N training batches "
                         "(default: as the checkpoint was trained, train.bn_reestimate_batches)")
-    p.add_argument("--batch", type=int, default=1, help="batch size the latencies are for")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size the latencies are for")
     p.add_argument("--torch-device", default="cpu", help="where to score: cpu | cuda | auto")
-    p.add_argument("--limit", type=int, default=40, help="rows printed per menu")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads for scoring and host timing (1: stable timings on a shared machine)")
+    p.add_argument("--limit", type=nonneg_int, default=40, help="rows printed per menu")
+    p.add_argument("--threads", type=nonneg_int, default=1,
+                   help="torch CPU threads for scoring and host timing (1: stable timings on a shared machine; "
+                   "0: leave as is)")
     p.set_defaults(func=_cmd_select)
 
 
@@ -183,8 +223,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from gatesearch.checkpoint import load_checkpoint
     from gatesearch.selection.latency import profile_rows, write_lut
 
-    if args.batch < 1 or args.runs < 1 or args.warmup < 0:
-        raise UserError("--batch and --runs must be >= 1, --warmup >= 0")
+    preflight.check_output_file(args.out, "--out")  # before minutes of timing, not after
+    preflight.torch_device(args.torch_device, "--torch-device")
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.torch_device if args.torch_device != "auto" else
@@ -203,12 +243,12 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="measure every pattern's latency on this machine into a LUT (CSV)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="LUT CSV: pattern,batch,median_ms,p90_ms,runs,device")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--runs", type=positive_int, default=30)
+    p.add_argument("--warmup", type=nonneg_int, default=5)
     p.add_argument("--device-name", default=None, help="device column, e.g. jetson-orin-nano (default: host / GPU name)")
     p.add_argument("--torch-device", default="auto", help="cpu | cuda | auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch CPU threads (0: leave as is)")
     p.set_defaults(func=_cmd_profile)
 
 
@@ -218,6 +258,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from gatesearch.export import export
     from gatesearch.patterns import SkipPattern
 
+    preflight.check_output_file(args.out, "--out")
     ck = load_checkpoint(args.checkpoint)
     try:
         pattern = SkipPattern.parse(args.pattern, ck.model.n_units)
@@ -235,7 +276,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pattern", required=True, help="T/F per unit, T = skipped (e.g. TFFT)")
     p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
     p.add_argument("--out", required=True)
-    p.add_argument("--batch", type=int, default=1, help="example batch for tracing (ONNX batch axis is dynamic)")
+    p.add_argument("--batch", type=positive_int, default=1, help="example batch for tracing (ONNX batch axis is dynamic)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -254,7 +295,7 @@ _SUBCOMMANDS: list[tuple[str, str]] = [
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gatesearch",
         description="Train gated-depth ResNets, search their recipe with Ray Tune + Optuna, "
         "and select per-device Pareto menus of sub-networks (MLflow-tracked).",
@@ -267,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line + hint, exit 2) or --help (0)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -12,6 +12,7 @@ key or a bad value with a ``ConfigError`` whose message names the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -83,6 +84,8 @@ class DataConfig:
     synthetic_size: int = 512  # synthetic only: images per split
 
     def __post_init__(self) -> None:
+        _check(self.image_size >= 1, "data.image_size", f"must be >= 1, got {self.image_size}")
+        _check(self.synthetic_size >= 1, "data.synthetic_size", f"must be >= 1, got {self.synthetic_size}")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
         _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
@@ -136,6 +139,9 @@ class TrainConfig:
     log_every: int = 20  # steps between progress updates
 
     def __post_init__(self) -> None:
+        _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "train.device",
+               f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        _check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
@@ -291,6 +297,8 @@ class Config:
         from gatesearch.methods import METHODS
 
         _check(self.method.name in METHODS, "method.name", f"unknown method {self.method.name!r}; known: {', '.join(METHODS.names())}")
+        _check(self.model.gating != "none" or self.method.name == "plain", "model.gating",
+               f"none leaves no units to skip; method {self.method.name} needs stage or block (or use method plain)")
         if self.method.name == "probgates":
             _check(self.model.gate_head != "none", "model.gate_head", "probgates needs a learned gate: logit or aig")
         if self.model.gate_head == "aig":
@@ -360,6 +368,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        _check(math.isfinite(value), key, f"must be a finite number, got {value!r}")  # inf lr trains to NaN
         return float(value)
     if tp is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
@@ -458,6 +467,14 @@ def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return from_flat(flat)
 
 
+def read_utf8(path: Path, what: str) -> str:
+    """The text of ``path``; a file that is not UTF-8 (a binary, a Latin-1 export) is one ConfigError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
+
+
 def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config (or start from defaults) and apply ``key=value`` overrides."""
     nested: dict[str, Any] = {}
@@ -466,7 +483,7 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            nested = yaml.safe_load(p.read_text()) or {}
+            nested = yaml.safe_load(read_utf8(p, "config file")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     cfg = from_nested(nested)

@@ -159,15 +159,40 @@ def _digits(cfg: DataConfig, seed: int) -> DataBundle:
     return bundle_from_arrays(cfg, seed, _take(arrays, perm[n_test:]), test, 10, pad=1, flip=False)
 
 
-def _npz_split(path: Path) -> Arrays:
+def _npz_split(path: Path, num_classes: int) -> Arrays:
     if not path.is_file():
         raise UserError(f"data.root: {path} does not exist (need train.npz and test.npz)")
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             images, labels = z["images"], z["labels"]
     except (OSError, KeyError, ValueError) as e:
         raise UserError(f"{path}: not a readable npz with 'images' and 'labels' ({e})") from None
+    check_arrays(images, labels, num_classes, str(path))
     return Arrays(torch.as_tensor(images).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(labels, dtype=torch.long))
+
+
+def check_arrays(images: np.ndarray, labels: np.ndarray, num_classes: int, origin: str) -> None:
+    """Refuse data that would crash mid-epoch or train on garbage: ``images`` uint8 ``[N, H, W, C]``
+    with C in (1, 3) (channels last, as CIFAR's own arrays), ``labels`` integer ``[N]`` in
+    ``[0, num_classes)``, N >= 1. The message names the file, the array and what was expected."""
+    want = f"uint8 [N, H, W, C] with C = 1 or 3 (channels last), got {images.dtype} {list(images.shape)}"
+    if images.dtype != np.uint8:
+        raise UserError(f"{origin}: array 'images' must be {want}")
+    if images.ndim != 4 or images.shape[3] not in (1, 3) or min(images.shape[1:3]) < 2:
+        hint = "; it looks channels-first: transpose to [N, H, W, C]" if images.ndim == 4 and images.shape[1] in (
+            1, 3) else ""
+        raise UserError(f"{origin}: array 'images' must be {want}{hint}")
+    if len(images) == 0:
+        raise UserError(f"{origin}: array 'images' is empty (0 images)")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{origin}: array 'labels' must be integer class ids [N], got {labels.dtype} "
+                        f"{list(labels.shape)}")
+    if len(labels) != len(images):
+        raise UserError(f"{origin}: array 'labels' has {len(labels)} entries for {len(images)} images")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise UserError(f"{origin}: array 'labels' holds class ids {low}..{high}; this data set has "
+                        f"{num_classes} classes (0..{num_classes - 1})")
 
 
 def _torchvision_split(cfg: DataConfig, train: bool, classes: int) -> Arrays:
@@ -191,7 +216,10 @@ def _cifar(classes: int) -> Callable[[DataConfig, int], DataBundle]:
         else:
             if not root.is_dir():
                 raise UserError(f"data.root: directory {root} does not exist")
-            train, test = _npz_split(root / "train.npz"), _npz_split(root / "test.npz")
+            train, test = _npz_split(root / "train.npz", classes), _npz_split(root / "test.npz", classes)
+            if train.images.shape[1:] != test.images.shape[1:]:
+                raise UserError(f"data.root: {root}: test.npz images are {list(test.images.shape[1:])} (C, H, W), "
+                                f"train.npz images {list(train.images.shape[1:])}")
         return bundle_from_arrays(cfg, seed, train, test, classes, pad=4)
 
     return build

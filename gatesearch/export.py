@@ -10,6 +10,7 @@ its parameter count is ``count_params(model, pattern)``.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from gatesearch.errors import UserError
 from gatesearch.models import GatedNet
 from gatesearch.models.norm import UNIT_OFF, UNIT_ON, PlainNorm, SwitchableBatchNorm2d
 from gatesearch.patterns import SkipPattern
+from gatesearch.preflight import atomic_target
 
 FORMATS = ("onnx", "torchscript")
 
@@ -104,10 +106,15 @@ def export(model: GatedNet, pattern: SkipPattern, fmt: str, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     net = prune(model, pattern).cpu()
     x = torch.randn(batch, *input_shape)
-    with torch.no_grad():
-        if fmt == "torchscript":
-            torch.jit.trace(net, x).save(str(out))
-        else:
-            torch.onnx.export(net, (x,), str(out), input_names=["x"], output_names=["logits"],
-                              dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    tmp = atomic_target(out)  # a failed export leaves no half-written model at ``out``
+    try:
+        with torch.no_grad():
+            if fmt == "torchscript":
+                torch.jit.trace(net, x).save(str(tmp))
+            else:
+                torch.onnx.export(net, (x,), str(tmp), input_names=["x"], output_names=["logits"],
+                                  dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

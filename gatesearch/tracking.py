@@ -21,6 +21,53 @@ from gatesearch.config import Config, to_flat
 _BATCH = 100  # log_batch accepts at most 100 params / 1000 metrics per call
 
 
+def check_tracking_uri(uri: str, timeout_s: float = 5.0, what: str = "tracking.uri") -> None:
+    """Fail in seconds, with one line naming ``uri``, when the store cannot be used: an ``http(s)://``
+    server that does not answer, refuses the credentials (``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``) or is not MLflow; a ``sqlite:///`` file
+    whose directory is not writable. MLflow's own client retries a dead server for minutes."""
+    from gatesearch.errors import UserError
+
+    if uri.startswith("sqlite:///"):
+        from gatesearch.preflight import check_output_file
+
+        check_output_file(uri[len("sqlite:///"):], what)
+        return
+    if not uri.startswith(("http://", "https://")):
+        return
+    import base64
+    import os
+    import urllib.error
+    import urllib.request
+
+    # GET get-by-name: read-only, answered by every MLflow 2/3 server (404 RESOURCE_DOES_NOT_EXIST is an answer too)
+    req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
+    user, password, token = (os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                                          "MLFLOW_TRACKING_TOKEN"))
+    if user and password:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    elif token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403) and not user:
+            raise UserError(f"{what} {uri}: the MLflow server wants a login (HTTP {e.code}); set "
+                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        if e.code == 401:
+            raise UserError(f"{what} {uri}: the MLflow server refused the login of user {user!r} (HTTP 401); "
+                            "check MLFLOW_TRACKING_PASSWORD") from None
+        if e.code == 403:
+            raise UserError(f"{what} {uri}: MLflow user {user!r} has no permission to read experiments "
+                            "(HTTP 403); ask the server's admin for one") from None
+        if b'"error_code"' not in e.read(4096):
+            raise UserError(f"{what} {uri}: not an MLflow server (HTTP {e.code} from its REST API)") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"{what} {uri}: no MLflow server answers ({reason})") from None
+
+
 def run_tags(cfg: Config) -> dict[str, str]:
     return {"method": cfg.method.name, "model": cfg.model.name, "dataset": cfg.data.name}
 
@@ -36,9 +83,16 @@ class MLflowReporter:
     def __init__(self, uri: str, experiment: str = "gatesearch", run_name: str | None = None,
                  run_id: str | None = None, parent_run_id: str | None = None,
                  artifact_location: str | None = None, tags: dict[str, str] | None = None) -> None:
-        self.client, self.uri = study_client(uri), uri
+        self.uri, self._client = uri, None
         self.experiment, self.run_name, self.run_id = experiment, run_name, run_id
         self.parent_run_id, self.artifact_location, self.extra_tags = parent_run_id, artifact_location, tags or {}
+
+    @property
+    def client(self) -> MlflowClient:
+        """Made at first use: a run that fails before ``on_start`` (bad data, ...) leaves no store behind."""
+        if self._client is None:
+            self._client = study_client(self.uri)
+        return self._client
 
     def on_start(self, cfg: Config, info: dict[str, Any]) -> None:
         tags = {**run_tags(cfg), **self.extra_tags}

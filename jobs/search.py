@@ -1,7 +1,10 @@
 """Ray job entry point for a search: ``gatesearch search`` with this script's arguments.
 
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/search.py --space search_spaces/cifar10_resnet20.yaml --tracking-uri http://127.0.0.1:5000
+
+(token auth: the submitting shell has the cluster's token in ``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``;
+the job's driver inherits it from the cluster, see docs/search.md).
 
 Inside a Ray job the driver joins the job's cluster (``--address auto`` unless one is given), and
 results default to ``~/gatesearch/`` on the node running the job (see ``job_argv``).

@@ -1,6 +1,6 @@
 """Ray job entry point for the selector: ``gatesearch select`` with this script's arguments.
 
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+    RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/select.py --run MLFLOW_RUN_ID --device jetson-orin-nano --tracking-uri http://127.0.0.1:5000
 """
 

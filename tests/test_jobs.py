@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -55,9 +58,13 @@ def ray_cluster():
     if sys.platform != "linux":
         pytest.skip("the cluster test finds its own Ray processes through /proc")
     temp_dir = tempfile.mkdtemp(prefix="gsray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
+    # token auth on, with a token of this test's own (in the environment, so ~/.ray/auth_token is left alone):
+    # `ray start`, its workers, the job's driver and `ray job submit` all read it from RAY_AUTH_TOKEN
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
     port, dash = _free_port(), _free_port()
     cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", f"--ray-client-server-port={_free_port()}",
@@ -65,7 +72,7 @@ def ray_cluster():
            "--include-dashboard=true", "--disable-usage-stats"]
     try:
         subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=120)
-        yield f"http://127.0.0.1:{dash}", env
+        yield f"http://127.0.0.1:{dash}", env, token
     finally:
         _stop_cluster(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -74,7 +81,10 @@ def ray_cluster():
 @pytest.mark.slow
 @pytest.mark.flaky(reruns=1, reruns_delay=2)  # a real `ray start` cluster: see test_search_runner.RAY_TIMING
 def test_ray_job_submit_runs_a_search(ray_cluster, tmp_path):
-    address, env = ray_cluster
+    address, env, token = ray_cluster
+    with pytest.raises(urllib.error.HTTPError) as refused:  # the cluster is not open to a caller without the token
+        urllib.request.urlopen(f"{address}/api/jobs/", timeout=30)
+    assert refused.value.code in (401, 403)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     job_id = f"gatesearch-test-{os.getpid()}"
     submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
@@ -84,7 +94,7 @@ def test_ray_job_submit_runs_a_search(ray_cluster, tmp_path):
     subprocess.run(submit, env=env, check=True, capture_output=True, text=True, timeout=120)
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
+    client = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token}"})
     deadline = time.time() + 300
     while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.time() < deadline, client.get_job_logs(job_id)[-4000:]
@@ -131,9 +141,15 @@ def test_job_entry_points_pass_their_arguments(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
-def test_docker_compose_file_is_valid():
+def test_docker_compose_file_is_valid(tmp_path):
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}  # none of the compose values
+    refused = subprocess.run(["docker-compose", "--env-file", str(empty), "-f", "docker-compose.yml", "config"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert refused.returncode != 0 and "in .env" in refused.stderr  # no secrets, no start: ${VAR:?message}
     out = subprocess.run(["docker-compose", "--env-file", ".env.example", "-f", "docker-compose.yml", "config"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     import yaml
 
@@ -147,3 +163,17 @@ def test_docker_compose_file_is_valid():
     gpu = services["ray-worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia"
     assert "postgresql://" in str(services["mlflow"]) and "s3://" in str(services["mlflow"])
+    mlflow_env = services["mlflow"]["environment"]
+    assert "--app-name basic-auth" in str(services["mlflow"]["command"]) and mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    for name in ("ray-head", "ray-worker-gpu"):  # token auth on, with the token and MLflow login from .env
+        ray_env = services[name]["environment"]
+        assert ray_env["RAY_AUTH_MODE"] == "token" and ray_env["RAY_AUTH_TOKEN"]
+        assert ray_env["MLFLOW_TRACKING_PASSWORD"] == mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+
+
+def test_ray_auth_is_not_disabled_by_default():
+    """Token auth is Ray's default; the Makefile, compose file and job entry points never switch it off."""
+    for path in ("Makefile", "docker-compose.yml", ".env.example", "jobs/search.py", "jobs/select.py"):
+        text = (ROOT / path).read_text()
+        assert "RAY_AUTH_MODE=disabled" not in text.replace("`RAY_AUTH_MODE=disabled make", "") and \
+            "RAY_AUTH_MODE: disabled" not in text and ":-disabled" not in text, path

@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before Ray starts: no token for later `ray start`s
-
 ray = pytest.importorskip("ray")
 from mlflow import MlflowClient  # noqa: E402
 

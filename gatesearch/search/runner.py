@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gatesearch.errors import UserError
+from gatesearch.preflight import check_search, ray_connect_error
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
 from gatesearch.search.space import SearchSpace, load_space
 from gatesearch.search.trainable import (
@@ -85,7 +86,10 @@ def _init_ray(opts: SearchOptions, space: SearchSpace) -> bool:
     if ray.is_initialized():
         return False
     if opts.address:
-        ray.init(address=opts.address, logging_level="WARNING")
+        try:
+            ray.init(address=opts.address, logging_level="WARNING")
+        except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as e:  # e.g. token auth, no token
+            raise UserError(ray_connect_error(opts.address, e)) from None
     else:
         need = math.ceil(space.study.max_concurrent_trials * space.study.cpu)
         ray.init(num_cpus=opts.num_cpus or max(need, os.cpu_count() or 1), include_dashboard=False,
@@ -344,15 +348,17 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     if not opts.resume and (study_dir / "tuner.pkl").exists():
         raise UserError(f"{study_dir} already holds study {space.study.name!r}: pass --resume to continue it, "
                         "or choose another --storage")
-    exp_id, parent_id = _parent_run(opts, space, uri, study_dir)
-    ctx = TrialContext(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, study=space.study.name,
-                       epochs=space.study.epochs, objective_metrics=tuple(space.study.metrics),
-                       fault=os.environ.get(FAULT_ENV, ""), fault_dir=str(study_dir / "faults"))
+    check_search(opts.address, uri, storage, study_dir, opts.resume)  # before any run or file is written
     # num_to_keep forces an experiment snapshot per checkpoint; with tiny epochs Tune warns about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray first: a cluster that refuses this client (auth) fails before a parent run or marker exists
     started = _init_ray(opts, space)
     t0 = time.perf_counter()
     try:
+        exp_id, parent_id = _parent_run(opts, space, uri, study_dir)
+        ctx = TrialContext(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, study=space.study.name,
+                           epochs=space.study.epochs, objective_metrics=tuple(space.study.metrics),
+                           fault=os.environ.get(FAULT_ENV, ""), fault_dir=str(study_dir / "faults"))
         results = _build_tuner(opts, space, ctx, storage).fit()
     finally:
         shutil.rmtree(scratch_dir(space.study.name), ignore_errors=True)  # this node's trial scratch files

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import yaml
 
-from gatesearch.config import ConfigError, flat_keys, from_flat, parse_override
+from gatesearch.config import ConfigError, flat_keys, from_flat, parse_override, read_utf8
 from gatesearch.search.baselines import OPTUNA_ATTR, TRIAL_KEY, Baseline, paper_baselines
 
 KINDS = ("choice", "uniform", "loguniform", "int")
@@ -415,7 +415,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"search space {p} does not exist")
-    text = p.read_text()
+    text = read_utf8(p, "search space")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

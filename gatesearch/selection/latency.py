@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
+import math
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -406,14 +408,44 @@ class LutRow:
 
 
 def write_lut(path: str | Path, rows: Iterable[LutRow]) -> Path:
+    """Write the CSV to a temporary sibling, then rename it: a failed write leaves no half table."""
+    import os
+
+    from gatesearch.preflight import atomic_target
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(LUT_COLUMNS)
-        for r in rows:
-            w.writerow([r.pattern, r.batch, f"{r.median_ms:.6f}", f"{r.p90_ms:.6f}", r.runs, r.device])
+    tmp = atomic_target(path)
+    try:
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(LUT_COLUMNS)
+            for r in rows:
+                w.writerow([r.pattern, r.batch, f"{r.median_ms:.6f}", f"{r.p90_ms:.6f}", r.runs, r.device])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _lut_row(rec: dict[str, str]) -> LutRow:
+    """One CSV record as a ``LutRow``; a ValueError names the bad field (latencies finite, >= 0)."""
+    pat = rec["pattern"].strip()
+    if not pat.startswith("unit:"):
+        pat = str(SkipPattern.parse(pat))
+    else:
+        int(pat[5:])
+    row = LutRow(pat, int(rec["batch"]), float(rec["median_ms"]), float(rec["p90_ms"]), int(rec["runs"]),
+                 rec["device"].strip())
+    for name in ("median_ms", "p90_ms"):
+        value = getattr(row, name)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite latency >= 0, got {value}")
+    if row.batch < 1 or row.runs < 1:
+        raise ValueError(f"batch and runs must be >= 1, got batch {row.batch}, runs {row.runs}")
+    if not row.device:
+        raise ValueError("empty device")
+    return row
 
 
 def read_lut(path: str | Path) -> list[LutRow]:
@@ -422,22 +454,19 @@ def read_lut(path: str | Path) -> list[LutRow]:
     if not path.is_file():
         raise UserError(f"LUT file {path} does not exist")
     rows = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in LUT_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"LUT {path}: missing columns {missing}; expected {','.join(LUT_COLUMNS)}")
-        for line, rec in enumerate(reader, start=2):
-            try:
-                pat = rec["pattern"].strip()
-                if not pat.startswith("unit:"):
-                    pat = str(SkipPattern.parse(pat))
-                else:
-                    int(pat[5:])
-                rows.append(LutRow(pat, int(rec["batch"]), float(rec["median_ms"]), float(rec["p90_ms"]),
-                                   int(rec["runs"]), rec["device"].strip()))
-            except (ValueError, TypeError, AttributeError) as e:
-                raise UserError(f"LUT {path} line {line}: malformed row ({e})") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"LUT {path}: not a UTF-8 text file (byte {e.start}); expected the CSV of `gatesearch profile`") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in LUT_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise UserError(f"LUT {path}: missing columns {missing}; expected {','.join(LUT_COLUMNS)}")
+    for line, rec in enumerate(reader, start=2):
+        try:
+            rows.append(_lut_row(rec))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise UserError(f"LUT {path} line {line}: malformed row ({e})") from None
     if not rows:
         raise UserError(f"LUT {path} has no rows")
     return rows

@@ -18,6 +18,7 @@ the Pareto set (top-1 vs latency) flagged, written as JSON and Parquet with the 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -142,14 +143,24 @@ def write_menu(menu: Menu, out_dir: str | Path, stem: str = "menu") -> tuple[Pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from gatesearch.preflight import atomic_target
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jpath, ppath = out / f"{stem}.json", out / f"{stem}.parquet"
     record = {**menu.meta(), "entries": menu.entries}
-    jpath.write_text(json.dumps(record, indent=1, allow_nan=False))
+    text = json.dumps(record, indent=1, allow_nan=False)  # before anything is written: NaN raises here
     table = pa.table({c: [e[c] for e in menu.entries] for c in MENU_COLUMNS}, schema=_schema(pa))
     table = table.replace_schema_metadata({_META_KEY: json.dumps(menu.meta()).encode()})
-    pq.write_table(table, ppath)
+    tmp_j, tmp_p = atomic_target(jpath), atomic_target(ppath)  # both files complete, or neither replaced
+    try:
+        tmp_j.write_text(text)
+        pq.write_table(table, tmp_p)
+        os.replace(tmp_j, jpath)
+        os.replace(tmp_p, ppath)
+    finally:
+        tmp_j.unlink(missing_ok=True)
+        tmp_p.unlink(missing_ok=True)
     return jpath, ppath
 
 

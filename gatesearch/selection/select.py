@@ -197,6 +197,7 @@ class SelectOptions:
     torch_device: str = "cpu"
     beam_width: int = 8
     threads: int = 1  # torch CPU threads (host timings and the host profile use the same count)
+    lut_any_device: bool = False  # use a LUT whose device column names none of ``devices``
 
 
 def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
@@ -217,10 +218,11 @@ def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
     if o.checkpoint is None and o.run is None:
         raise UserError("give --checkpoint PATH or --run MLFLOW_RUN_ID")
     rows = read_lut(o.lut) if o.lut else None
-    if rows and len(devices) > 1 and not any(_lut_for(rows, get_device(d), devices) for d in devices):
+    if rows and not any(_lut_for(rows, get_device(d), devices if o.lut_any_device else ()) for d in devices):
         names = ", ".join(sorted({r.device for r in rows}))
-        raise UserError(f"LUT {o.lut} was measured on {names}, none of the requested devices; name one --device "
-                        f"or write the device name into the LUT's device column")
+        hint = "pass --lut-any-device to use it anyway" if len(devices) == 1 else "name one --device"
+        raise UserError(f"--lut {o.lut} was measured on {names}, none of the requested devices "
+                        f"({', '.join(devices)}); {hint}, or profile with --device-name")
     out = Path(o.out)
     path = Path(o.checkpoint) if o.checkpoint else _run_checkpoint(o, out)
     dev = torch_device(o.torch_device)

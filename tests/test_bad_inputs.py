@@ -1,0 +1,451 @@
+"""Bad inputs a user can give, one parametrized test per class: each must exit 2 within its time
+limit with at most two lines on stderr (the error, maybe a hint), no traceback, the offending name
+in the message, and nothing created or changed on disk (no checkpoint, menu, LUT, MLflow store or run).
+
+Cases run in-process through ``gatesearch.cli.main``; ``test_fresh_process`` repeats two of them
+as real processes, where the exit status and the absence of a traceback are the process's own.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gatesearch.checkpoint import build_model, save_checkpoint
+from gatesearch.cli import main
+from gatesearch.config import from_flat
+from gatesearch.selection.latency import LutRow, write_lut
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = str(ROOT / "search_spaces" / "quickstart.yaml")
+FAST_S = 10.0  # local checks (files, values, usage)
+SERVICE_S = 15.0  # a dead or silent server, a dead Ray address: the issue's bound
+
+
+def _tree(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``roots`` with (size, mtime_ns): equal before and after means nothing changed."""
+    out = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                st = p.lstat()
+                out[str(p)] = (st.st_size if p.is_file() else 0, st.st_mtime_ns if p.is_file() else 0)
+    return out
+
+
+def _dead_port() -> int:
+    """A localhost port nothing listens on (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung server)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join()
+    for c in held:
+        c.close()
+    srv.close()
+
+
+class _FakeServer(http.server.BaseHTTPRequestHandler):
+    """``/login/...``: 401 (MLflow's basic-auth app without a login); ``/plain/...``: a 404 page that is not
+    MLflow's; ``/mlflow/...``: MLflow's JSON 404 for a missing experiment (a server that works)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        code, body = {"login": (401, b"unauthorized"), "plain": (404, b"<html>no</html>"),
+                      "mlflow": (404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}')}[self.path.split("/")[1]]
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def fake_http() -> Iterator[str]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeServer)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An untrained resnet20 checkpoint (digits input, 1x8x8), a good LUT for it, and broken variants."""
+    d = tmp_path_factory.mktemp("assets")
+    cfg = from_flat({"model.name": "resnet20", "data.name": "digits", "method.name": "adn", "train.device": "cpu",
+                     "train.out_dir": str(d)})
+    model = build_model(cfg, 10, (1, 8, 8))
+    ckpt = save_checkpoint(d / "last.pt", model, cfg, epoch=0, metrics={}, input_shape=(1, 8, 8), num_classes=10)
+    state = torch.load(ckpt, weights_only=True)
+    for name, edit in {"no_classes": lambda s: s.pop("num_classes"), "bad_model": lambda s: s.update(model=[1, 2]),
+                       "short_shape": lambda s: s.update(input_shape=[3, 32]),
+                       "wrong_channels": lambda s: s.update(input_shape=[3, 8, 8])}.items():
+        s = dict(state)
+        edit(s)
+        torch.save(s, d / f"{name}.pt")
+    torch.save([1, 2, 3], d / "not_dict.pt")
+    rows = [LutRow(p, 1, 1.0 + i, 1.5 + i, 3, "jetson-orin-nano") for i, p in enumerate(["FFF", "TTT"])]
+    write_lut(d / "lut.csv", rows)
+    head = "pattern,batch,median_ms,p90_ms,runs,device\n"
+    for name, body in {"neg_lut": "FFF,1,-5.0,1.0,3,jetson-orin-nano\n", "nan_lut": "FFF,1,nan,nan,3,jetson-orin-nano\n",
+                       "zero_batch_lut": "FFF,0,1.0,1.0,3,jetson-orin-nano\n", "h100_lut": "FFF,1,1.0,1.0,3,h100\n"}.items():
+        (d / f"{name}.csv").write_text(head + body)
+    (d / "latin1_lut.csv").write_bytes((head + "FFF,1,1.0,1.0,3,j\xe9tson\n").encode("latin-1"))
+    (d / "latin1.yaml").write_bytes("train:\n  out_dir: caf\xe9\n".encode("latin-1"))
+    (d / "latin1_space.yaml").write_bytes(Path(SPACE).read_bytes().replace(b"# Quick", b"# \xe9 Quick"))
+    (d / "a_file").write_text("x")
+    return {"dir": d, "ckpt": ckpt, **{p.stem: p for p in d.iterdir()}}
+
+
+def _expect_clean_failure(argv: list[str], name: str, capsys: pytest.CaptureFixture, watch: list[Path],
+                          limit_s: float) -> list[str]:
+    before = _tree(*watch)
+    t0 = time.perf_counter()
+    rc = main(argv)
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, (rc, err)
+    assert 1 <= len(err) <= 2 and "Traceback" not in "\n".join(err), err
+    assert name in err[0], (name, err)
+    assert elapsed < limit_s, f"took {elapsed:.1f} s"
+    assert _tree(*watch) == before, "a file was created or changed"
+    return err
+
+
+# ---------------------------------------------------------------- data that trains wrongly or crashes
+
+
+def _npz(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    np.savez(path, images=images, labels=labels)
+
+
+_U8 = np.zeros((20, 32, 32, 3), np.uint8)
+_Y = np.arange(20) % 10
+DATA_CASES = {
+    "grayscale_3d": (np.zeros((20, 32, 32), np.uint8), _Y, "'images'"),
+    "channels_first": (np.zeros((20, 3, 32, 32), np.uint8), _Y, "channels-first"),
+    "float_images": (_U8.astype(np.float32), _Y, "'images'"),
+    "empty": (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64), "'images' is empty"),
+    "fewer_labels": (_U8, _Y[:15], "'labels' has 15 entries for 20 images"),
+    "label_too_big": (_U8, np.full(20, 10), "'labels'"),
+    "negative_label": (_U8, np.full(20, -1), "'labels'"),
+    "float_labels": (_U8, _Y.astype(np.float32) + 0.5, "'labels'"),
+    "one_hot_labels": (_U8, np.eye(10)[_Y].astype(np.int64), "'labels'"),
+    "object_array": (np.array([None] * 20, dtype=object), _Y, "train.npz"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATA_CASES))
+def test_bad_npz_data(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    images, labels, name = DATA_CASES[case]
+    root = tmp_path / "data"
+    root.mkdir()
+    if case == "object_array":
+        np.savez(root / "train.npz", images=images, labels=labels)  # pickled: np.load refuses it
+    else:
+        _npz(root / "train.npz", images, labels)
+    _npz(root / "test.npz", _U8, _Y)
+    argv = ["train", "--set", "data.name=cifar10", "--set", f"data.root={root}", "--set", "train.device=cpu",
+            "--set", f"train.out_dir={tmp_path / 'out'}", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    _expect_clean_failure(argv, name, capsys, [tmp_path], FAST_S)
+
+
+def test_test_split_of_other_shape(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    _npz(root / "train.npz", _U8, _Y)
+    _npz(root / "test.npz", np.zeros((20, 28, 28, 3), np.uint8), _Y)
+    argv = ["train", "--no-mlflow", "--set", "data.name=cifar10", "--set", f"data.root={root}",
+            "--set", f"train.out_dir={tmp_path / 'out'}", "--set", "train.device=cpu"]
+    _expect_clean_failure(argv, "test.npz", capsys, [tmp_path], FAST_S)
+
+
+# ---------------------------------------------------------------- unreachable services
+
+
+def _service_cases(silent: int, fake: str) -> dict[str, tuple[list[str], str]]:
+    dead = _dead_port()
+    search = ["search", "--space", SPACE, "--storage", "STORE"]
+    return {
+        "search_dead_ray": ([*search, "--address", f"127.0.0.1:{dead}", "--tracking-uri", "DB"], f"127.0.0.1:{dead}"),
+        "search_dead_ray_client": ([*search, "--address", f"ray://127.0.0.1:{dead}", "--tracking-uri", "DB"],
+                                   "--address"),
+        "search_bad_ray_port": ([*search, "--address", "127.0.0.1:http", "--tracking-uri", "DB"], "--address"),
+        "search_dead_mlflow": ([*search, "--tracking-uri", f"http://127.0.0.1:{dead}"], f"http://127.0.0.1:{dead}"),
+        "train_dead_mlflow": (["train", "--set", "train.out_dir=OUT", "--tracking-uri", f"http://127.0.0.1:{dead}"],
+                              f"http://127.0.0.1:{dead}"),
+        "train_silent_mlflow": (["train", "--set", "train.out_dir=OUT", "--tracking-uri", f"http://127.0.0.1:{silent}"],
+                                f"http://127.0.0.1:{silent}"),
+        "train_mlflow_wants_login": (["train", "--set", "train.out_dir=OUT", "--tracking-uri", f"{fake}/login"],
+                                     "MLFLOW_TRACKING_USERNAME"),
+        "train_not_mlflow": (["train", "--set", "train.out_dir=OUT", "--tracking-uri", f"{fake}/plain"],
+                             "not an MLflow server"),
+        "select_run_dead_mlflow": (["select", "--run", "0123abcd", "--device", "jetson", "--out", "OUT",
+                                    "--tracking-uri", f"http://127.0.0.1:{dead}"], f"http://127.0.0.1:{dead}"),
+    }
+
+
+SERVICE_NAMES = ["search_dead_ray", "search_dead_ray_client", "search_bad_ray_port", "search_dead_mlflow",
+                 "train_dead_mlflow", "train_silent_mlflow", "train_mlflow_wants_login", "train_not_mlflow",
+                 "select_run_dead_mlflow"]
+
+
+@pytest.mark.parametrize("case", SERVICE_NAMES)
+def test_unreachable_service(case: str, silent_port: int, fake_http: str, tmp_path: Path,
+                             capsys: pytest.CaptureFixture) -> None:
+    argv, name = _service_cases(silent_port, fake_http)[case]
+    subst = {"STORE": str(tmp_path / "rr"), "DB": f"sqlite:///{tmp_path / 'mlflow.db'}", "OUT": str(tmp_path / "out")}
+    argv = [subst.get(a, a.replace("OUT", subst["OUT"]) if a.endswith("=OUT") else a) for a in argv]
+    _expect_clean_failure(argv, name, capsys, [tmp_path], SERVICE_S)  # no parent run, no marker, no storage
+
+
+def test_mlflow_answering_not_found_is_reachable(fake_http: str) -> None:
+    from gatesearch.tracking import check_tracking_uri
+
+    check_tracking_uri(f"{fake_http}/mlflow")  # MLflow's JSON 404 is an answer: no error
+
+
+# ---------------------------------------------------------------- output paths
+
+
+OUTPUT_CASES = {
+    "train_out_dir_is_file": (["train", "--no-mlflow", "--set", "train.out_dir={file}"], "train.out_dir"),
+    "train_out_dir_under_file": (["train", "--no-mlflow", "--set", "train.out_dir={file}/run"], "train.out_dir"),
+    "train_out_dir_read_only": (["train", "--no-mlflow", "--set", "train.out_dir={ro}/run"], "train.out_dir"),
+    "train_sqlite_under_file": (["train", "--set", "train.out_dir={new}", "--tracking-uri", "sqlite:///{file}/m.db"],
+                                "tracking.uri"),
+    "profile_out_is_dir": (["profile", "--checkpoint", "{ckpt}", "--out", "{dir}"], "--out"),
+    "profile_out_under_file": (["profile", "--checkpoint", "{ckpt}", "--out", "{file}/lut.csv"], "--out"),
+    "profile_out_read_only": (["profile", "--checkpoint", "{ckpt}", "--out", "{ro}/lut.csv"], "--out"),
+    "select_out_is_file": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--out", "{file}"], "--out"),
+    "export_out_read_only": (["export", "--checkpoint", "{ckpt}", "--pattern", "FFF", "--out", "{ro}/m.onnx"], "--out"),
+    "search_storage_is_file": (["search", "--space", SPACE, "--storage", "{file}", "--tracking-uri", "{db}"],
+                               "--storage"),
+}
+
+
+def _read_only_dir(tmp_path: Path) -> Path:
+    """A directory this process cannot write in: chmod for a user, a /proc path for root (root ignores modes)."""
+    if os.geteuid() == 0:
+        return Path("/proc/self/gatesearch-read-only")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    return ro
+
+
+@pytest.mark.parametrize("case", sorted(OUTPUT_CASES))
+def test_unwritable_output(case: str, assets: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv, name = OUTPUT_CASES[case]
+    (tmp_path / "file").write_text("keep me")
+    (tmp_path / "dir").mkdir()
+    try:
+        _expect_clean_failure(_fill(argv, assets, tmp_path, ro=str(_read_only_dir(tmp_path))), name, capsys,
+                              [tmp_path, assets["dir"]], FAST_S)
+    finally:
+        for p in tmp_path.iterdir():
+            p.chmod(0o700)
+
+
+# ---------------------------------------------------------------- values out of range
+
+
+VALUE_CASES = {
+    "lr_inf_yaml": (["train", "--no-mlflow", "--set", "optim.lr=.inf"], "optim.lr"),
+    "lr_overflow": (["train", "--no-mlflow", "--set", "optim.lr=1e999"], "optim.lr"),
+    "lr_nan": (["train", "--no-mlflow", "--set", "optim.lr=.nan"], "optim.lr"),
+    "weight_decay_inf": (["train", "--no-mlflow", "--set", "optim.weight_decay=.inf"], "optim.weight_decay"),
+    "log_every_zero": (["train", "--no-mlflow", "--set", "train.log_every=0"], "train.log_every"),
+    "synthetic_size_zero": (["train", "--no-mlflow", "--set", "data.name=synthetic", "--set", "data.synthetic_size=0"],
+                            "data.synthetic_size"),
+    "image_size_zero": (["train", "--no-mlflow", "--set", "data.image_size=0"], "data.image_size"),
+    "train_device_tpu": (["train", "--no-mlflow", "--set", "train.device=tpu"], "train.device"),
+    "train_device_missing_gpu": (["train", "--no-mlflow", "--set", "train.device=cuda:99"], "train.device"),
+    "adn_without_units": (["train", "--no-mlflow", "--set", "model.gating=none"], "model.gating"),
+    "gated_depth_without_units": (["train", "--no-mlflow", "--set", "model.gating=none", "--set",
+                                   "method.name=gated_depth"], "model.gating"),
+    "budget_zero": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--budget-ms", "0"], "--budget-ms"),
+    "budget_negative": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--budget-ms", "-5"], "--budget-ms"),
+    "budget_nan": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--budget-ms", "nan"], "--budget-ms"),
+    "select_threads_negative": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--threads", "-2"],
+                                "--threads"),
+    "select_torch_device_bogus": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--torch-device", "bogus"],
+                                  "--torch-device"),
+    "select_unknown_device": (["select", "--checkpoint", "{ckpt}", "--device", "tpu-v9"], "tpu-v9"),
+    "lut_negative_latency": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--lut", "{neg_lut}"], "median_ms"),
+    "lut_nan_latency": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--lut", "{nan_lut}"], "median_ms"),
+    "lut_zero_batch": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--lut", "{zero_batch_lut}"], "batch"),
+    "profile_torch_device_bogus": (["profile", "--checkpoint", "{ckpt}", "--out", "{new}/l.csv", "--torch-device", "tpu"],
+                                   "--torch-device"),
+    "profile_runs_zero": (["profile", "--checkpoint", "{ckpt}", "--out", "{new}/l.csv", "--runs", "0"], "--runs"),
+    "patterns_image_size_zero": (["patterns", "--image-size", "0"], "--image-size"),
+    "patterns_classes_zero": (["patterns", "--num-classes", "0"], "--num-classes"),
+    "export_batch_zero": (["export", "--checkpoint", "{ckpt}", "--pattern", "FFF", "--out", "{new}/m.onnx", "--batch", "0"],
+                          "--batch"),
+    "search_num_cpus_zero": (["search", "--space", SPACE, "--num-cpus", "0"], "--num-cpus"),
+}
+
+
+def _fill(argv: list[str], assets: dict, tmp_path: Path, **extra: str) -> list[str]:
+    """``{ckpt}``, ``{new}`` (a path to create), ``{file}``, ``{dir}``, ``{db}``, an asset's name -> paths;
+    ``train`` and ``select`` get an output directory under ``tmp_path`` unless the case names one."""
+    subst = {**{k: str(v) for k, v in assets.items()}, "new": str(tmp_path / "new"), "file": str(tmp_path / "file"),
+             "dir": str(tmp_path / "dir"), "db": f"sqlite:///{tmp_path / 'mlflow.db'}", **extra}
+    out = [a.format(**subst) for a in argv]
+    if argv[0] == "train" and not any("train.out_dir" in a for a in argv):
+        out += ["--set", f"train.out_dir={tmp_path / 'out'}"]
+    if argv[0] == "select" and "--out" not in argv:
+        out += ["--out", str(tmp_path / "menus")]
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_CASES))
+def test_value_out_of_range(case: str, assets: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv, name = VALUE_CASES[case]
+    _expect_clean_failure(_fill(argv, assets, tmp_path), name, capsys, [tmp_path, assets["dir"]], FAST_S)
+
+
+# ---------------------------------------------------------------- files that are not what they claim
+
+
+FILE_CASES = {
+    "config_not_utf8": (["train", "--no-mlflow", "--config", "{latin1}"], "latin1.yaml"),
+    "space_not_utf8": (["search", "--space", "{latin1_space}"], "latin1_space.yaml"),
+    "lut_not_utf8": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--lut", "{latin1_lut}"], "latin1_lut.csv"),
+    "lut_of_other_device": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--lut", "{h100_lut}"], "--lut"),
+    "ckpt_without_num_classes": (["export", "--checkpoint", "{no_classes}", "--pattern", "FFF", "--out", "{new}/m.onnx"],
+                                 "num_classes"),
+    "ckpt_malformed_model": (["export", "--checkpoint", "{bad_model}", "--pattern", "FFF", "--out", "{new}/m.onnx"],
+                             "'model'"),
+    "ckpt_short_input_shape": (["select", "--checkpoint", "{short_shape}", "--device", "jetson"], "input_shape"),
+    "ckpt_wrong_channels": (["profile", "--checkpoint", "{wrong_channels}", "--out", "{new}/l.csv"], "wrong_channels.pt"),
+    "ckpt_not_a_dict": (["export", "--checkpoint", "{not_dict}", "--pattern", "FFF", "--out", "{new}/m.onnx"],
+                        "not a gatesearch checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_file_not_what_it_claims(case: str, assets: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv, name = FILE_CASES[case]
+    _expect_clean_failure(_fill(argv, assets, tmp_path), name, capsys, [tmp_path, assets["dir"]], FAST_S)
+
+
+def test_lut_of_other_device_with_flag_is_used(assets: dict) -> None:
+    from gatesearch.selection.latency import read_lut
+    from gatesearch.selection.select import _lut_for, get_device
+
+    rows = read_lut(assets["h100_lut"])
+    assert _lut_for(rows, get_device("jetson"), ()) == []  # refused unless --lut-any-device
+    assert _lut_for(rows, get_device("jetson"), ("jetson",)) == rows  # the flag's path: the only device asked for
+
+
+# ---------------------------------------------------------------- usage errors
+
+
+USAGE_CASES = {
+    "no_command": ([], "COMMAND"),
+    "unknown_command": (["trian"], "'trian'"),
+    "missing_required": (["export", "--pattern", "FFF"], "--checkpoint"),
+    "not_an_integer": (["patterns", "--image-size", "big"], "--image-size"),
+    "unknown_option": (["patterns", "--bogus"], "--bogus"),
+    "bad_choice": (["patterns", "--gating", "half"], "--gating"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_CASES))
+def test_usage_error_is_one_line_plus_hint(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv, name = USAGE_CASES[case]
+    err = _expect_clean_failure(argv, name, capsys, [tmp_path], FAST_S)
+    assert len(err) == 2 and err[1].startswith("hint: gatesearch")
+
+
+# ---------------------------------------------------------------- secure by default
+
+
+@pytest.mark.parametrize("writable", ["rr", "rr/quickstart", "rr/quickstart/tuner.pkl", "rr/quickstart/searcher.pkl"])
+def test_resume_refuses_storage_writable_by_others(writable: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    storage = tmp_path / "rr"
+    (storage / "quickstart").mkdir(parents=True)
+    for name in ("tuner.pkl", "searcher.pkl"):
+        (storage / "quickstart" / name).write_bytes(b"not really a pickle")
+    (tmp_path / writable).chmod(0o777)
+    argv = ["search", "--space", SPACE, "--storage", str(storage), "--resume",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    try:
+        err = _expect_clean_failure(argv, "--resume", capsys, [tmp_path], FAST_S)
+        assert str(tmp_path / writable) in err[0]
+    finally:
+        (tmp_path / writable).chmod(0o755)
+
+
+# ---------------------------------------------------------------- the process boundary
+
+
+@pytest.mark.parametrize("argv,name", [
+    (["search", "--space", SPACE, "--address", "127.0.0.1:PORT", "--storage", "TMP/rr"], "--address"),
+    (["select", "--checkpoint", "x.pt", "--device", "jetson", "--budget-ms", "-1"], "--budget-ms"),
+])
+def test_fresh_process(argv: list[str], name: str, tmp_path: Path) -> None:
+    argv = [a.replace("PORT", str(_dead_port())).replace("TMP", str(tmp_path)) for a in argv]
+    argv += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "gatesearch.cli", *argv], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and 1 <= len(err) <= 2 and name in err[0], out.stderr
+    assert time.perf_counter() - t0 < SERVICE_S + 10  # + interpreter and torch import
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trusted_storage_checks(tmp_path: Path) -> None:
+    from gatesearch.errors import UserError
+    from gatesearch.preflight import check_trusted_storage
+
+    study = tmp_path / "rr" / "s"
+    study.mkdir(parents=True)
+    (study / "tuner.pkl").write_bytes(b"x")
+    check_trusted_storage(tmp_path / "rr", study)  # this user's own, not world-writable: resumed
+    check_trusted_storage(tmp_path / "none", tmp_path / "none" / "s")  # nothing to resume yet
+    if os.geteuid() != 0:
+        pytest.skip("only root can hand a file to another user")
+    os.chown(study / "tuner.pkl", 54321, -1)
+    with pytest.raises(UserError, match="belongs to user id 54321"):
+        check_trusted_storage(tmp_path / "rr", study)
