@@ -15,7 +15,7 @@ For vit_b_16 / swin_t (batch 2, 224x224) and vit_ti_4 / swin_nano_2 (batch 16, 3
 table: base/super latency next to the MAC ratio (ADN Table 1, RTX 3090: 0.65 ViT-b/16, 0.54 Swin-T;
 channels_last only changes their patch-embedding conv).
 
-    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick] [--models vit_b_16 swin_t ...]
+    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick] [--models vit_b_16 swin_t ...] [--ends]
 """
 
 from __future__ import annotations
@@ -69,9 +69,10 @@ def paired_ratio(samples: dict[str, list[float]], key: str, ref: str) -> float:
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
-def run_case(name: str, stem: str, batch: int, size: int, rounds: int, inner: int) -> list[str]:
-    """Every pattern in both memory layouts (NCHW, and channels_last: oneDNN's native CPU layout, what
-    a deployment runs), plus the no-gating reference in each, timed interleaved in one loop."""
+def run_case(name: str, stem: str, batch: int, size: int, rounds: int, inner: int, ends: bool = False) -> list[str]:
+    """Every pattern (``ends``: only the super- and base-net) in both memory layouts (NCHW, and
+    channels_last: oneDNN's native CPU layout, what a deployment runs), plus the no-gating reference
+    in each, timed interleaved in one loop."""
     torch.manual_seed(0)
     classes = 1000 if stem == "imagenet" else 10
     gated = create_model(name, classes, gating="stage", stem=stem).eval()
@@ -79,6 +80,8 @@ def run_case(name: str, stem: str, batch: int, size: int, rounds: int, inner: in
     x = torch.randn(batch, 3, size, size)
     shape = tuple(x.shape)
     patterns = all_patterns(gated.n_units)
+    if ends:
+        patterns = [patterns[0], patterns[-1]]
     variants: dict[str, tuple[torch.nn.Module, object, torch.Tensor]] = {}
     for layout, fmt in LAYOUTS.items():
         g, n = copy.deepcopy(gated).to(memory_format=fmt), copy.deepcopy(plain).to(memory_format=fmt)
@@ -118,13 +121,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true", help="resnet20 only (a smoke run)")
     ap.add_argument("--models", nargs="+", default=None, help="only these cases (default: all)")
+    ap.add_argument("--ends", action="store_true",
+                    help="time only the super-net and the base-net (more rounds in the same time on large models)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}  threads={torch.get_num_threads()}  device=cpu  rounds={args.rounds}")
     cases = [c for c in CASES if c[0] == "resnet20"] if args.quick else CASES
     for name, stem, batch, size in [c for c in cases if args.models is None or c[0] in args.models]:
         inner, rounds = (1, args.rounds) if stem == "imagenet" else (3, 3 * args.rounds)  # small model: more samples
-        print("\n".join(run_case(name, stem, batch, size, rounds, inner)), flush=True)
+        print("\n".join(run_case(name, stem, batch, size, rounds, inner, args.ends)), flush=True)
 
 
 if __name__ == "__main__":
