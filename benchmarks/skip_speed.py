@@ -15,7 +15,10 @@ For vit_b_16 / swin_t (batch 2, 224x224) and vit_ti_4 / swin_nano_2 (batch 16, 3
 table: base/super latency next to the MAC ratio (ADN Table 1, RTX 3090: 0.65 ViT-b/16, 0.54 Swin-T;
 channels_last only changes their patch-embedding conv).
 
-    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick] [--models vit_b_16 swin_t ...] [--ends]
+    python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick] [--models mobilenet_v2 vit_b_16 swin_t ...]
+
+``--ends`` times only the super-net, the base-net and the no-gating reference (more rounds in the
+same time on the large transformers).
 """
 
 from __future__ import annotations
