@@ -11,14 +11,12 @@ NCHW (PyTorch's default) and channels_last (oneDNN's native layout on CPU, what 
 uses); in NCHW the memory-bound layers of the mandatory early stages cost more per MAC than the
 skippable late ones, so the latency ratio lags the MAC ratio there.
 
-For vit_b_16 / swin_t (batch 2, 224x224) and vit_ti_4 / swin_nano_2 (batch 16, 32x32) the same
+For vit_b_16 / swin_t (batch 2, 224x224; ``--ends``: only super, base and no-gating, more rounds in
+the same time) and vit_ti_4 / swin_nano_2 (batch 16, 32x32) the same
 table: base/super latency next to the MAC ratio (ADN Table 1, RTX 3090: 0.65 ViT-b/16, 0.54 Swin-T;
 channels_last only changes their patch-embedding conv).
 
     python benchmarks/skip_speed.py [--rounds 7] [--threads N] [--quick] [--models mobilenet_v2 vit_b_16 swin_t ...]
-
-``--ends`` times only the super-net, the base-net and the no-gating reference (more rounds in the
-same time on the large transformers).
 """
 
 from __future__ import annotations
