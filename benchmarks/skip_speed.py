@@ -11,7 +11,8 @@ NCHW (PyTorch's default) and channels_last (oneDNN's native layout on CPU, what 
 uses); in NCHW the memory-bound layers of the mandatory early stages cost more per MAC than the
 skippable late ones, so the latency ratio lags the MAC ratio there.
 
-For vit_b_16 / swin_t (batch 2, 224x224) and vit_ti_4 / swin_nano_2 (batch 16, 32x32) the same
+For vit_b_16 / swin_t (batch 2, 224x224; ``--ends``: only super, base and no-gating, more rounds in
+the same time) and vit_ti_4 / swin_nano_2 (batch 16, 32x32) the same
 table: base/super latency next to the MAC ratio (ADN Table 1, RTX 3090: 0.65 ViT-b/16, 0.54 Swin-T;
 channels_last only changes their patch-embedding conv).
 
@@ -122,7 +123,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--quick", action="store_true", help="resnet20 only (a smoke run)")
     ap.add_argument("--models", nargs="+", default=None, help="only these cases (default: all)")
-    ap.add_argument("--ends", action="store_true", help="time only the super-net and the base-net")
+    ap.add_argument("--ends", action="store_true",
+                    help="time only the super-net and the base-net (more rounds in the same time on large models)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}  threads={torch.get_num_threads()}  device=cpu  rounds={args.rounds}")

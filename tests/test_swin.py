@@ -70,3 +70,11 @@ def test_small_swin_loads_torchvision_in_every_layout(gating: str) -> None:
             for s in (1, 3, 5, 7):
                 del ref.features[s][1]
             torch.testing.assert_close(model(x, SkipPattern.base_net(4)), ref(x), atol=1e-5, rtol=0)
+
+
+def test_conversion_rejects_a_deeper_torchvision_swin() -> None:
+    from gatesearch.models.swin import convert_torchvision_state_dict
+
+    deeper = SwinTransformer([2, 2], 32, [2, 2, 3, 2], [1, 2, 4, 8], [4, 4], num_classes=10)
+    with pytest.raises(ValueError, match="unexpected torchvision Swin key 'features.5.2"):
+        convert_torchvision_state_dict(create_model("swin_nano_2", 10), deeper.state_dict())

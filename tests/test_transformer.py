@@ -355,3 +355,21 @@ def test_torchscript_export_and_profile_rows(small: nn.Module, tmp_path: Path) -
         torch.testing.assert_close(torch.jit.load(str(path))(x), small(x, p), atol=1e-5, rtol=1e-5)
     rows = profile_rows(small, (3, 32, 32), batch=1, runs=1, warmup=0, device_name="host")
     assert {r.pattern for r in rows} == {str(q) for q in all_patterns(4)} | {f"unit:{u}" for u in range(4)}
+
+
+def test_roofline_charges_attention_kernels_and_unfused_layernorm() -> None:
+    """t = max(flops / (peak * eff), bytes / bw) + kernels * launch, summed; on a fusing profile a
+    LayerNorm still costs a kernel while GELU (an activation) is folded and dropout costs nothing."""
+    from dataclasses import replace
+
+    from gatesearch.selection.latency import Layer, get_device, predict_ms
+
+    prof = replace(get_device("jetson"), conv_overhead_us=0.0)
+    assert prof.fused_elementwise
+    peak, bw, launch = prof.peak_flops * prof.efficiency, prof.mem_bandwidth_gbs * 1e9, prof.launch_overhead_us * 1e-6
+    attn = Layer("a", "attn", 4_000_000, 50_000, kernels=3)
+    ln = Layer("n", "layernorm", 0, 20_000)
+    expected = (max(4e6 / peak, 50_000 * prof.bytes_per_element / bw) + 3 * launch
+                + max(0.0, 20_000 * prof.bytes_per_element / bw) + launch)
+    layers = [attn, ln, Layer("g", "act", 0, 20_000), Layer("d", "noop", 0, 20_000)]
+    assert predict_ms(layers, prof) == pytest.approx(1e3 * expected)

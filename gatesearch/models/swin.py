@@ -155,13 +155,14 @@ def torchvision_key_map(model: GatedSwin) -> Callable[[str], str]:
 
     def rename(key: str) -> str:
         m = re.fullmatch(r"features\.(\d+)\.(.+)", key)
-        if m:
-            i, rest = int(m.group(1)), m.group(2)
-            if i == 0:
-                return f"stem.{rest}"
-            if i % 2:
-                j, _, tail = rest.partition(".")
+        i, rest = (int(m.group(1)), m.group(2)) if m else (-1, "")
+        if i == 0:
+            return f"stem.{rest}"
+        if i > 0 and i % 2 and (i - 1) // 2 < len(per_stage):
+            j, _, tail = rest.partition(".")
+            if j.isdigit() and int(j) < len(per_stage[(i - 1) // 2]):
                 return f"{per_stage[(i - 1) // 2][int(j)]}.{tail}"
+        elif i > 0 and i % 2 == 0 and i // 2 < len(per_stage):
             return f"stages.{i // 2}.base.0.{rest}"
         for src, dst in (("norm.", "pool.norm."), ("head.", "fc.")):
             if key.startswith(src):

@@ -165,7 +165,7 @@ def torchvision_key_map(model: GatedViT) -> Callable[[str], str]:
 
     def rename(key: str) -> str:
         m = re.fullmatch(r"encoder\.layers\.encoder_layer_(\d+)\.(.+)", key)
-        if m:
+        if m and int(m.group(1)) < len(blocks):
             return f"{blocks[int(m.group(1))]}.{m.group(2)}"
         fixed = {"class_token": "stem.1.class_token", "encoder.pos_embedding": "stem.1.pos_embedding"}
         if key in fixed:
