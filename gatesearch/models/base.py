@@ -108,3 +108,37 @@ class GatedNet(nn.Module):
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [] if self.gate_heads is None else list(self.gate_heads.parameters())
+
+
+GATINGS = ("stage", "block", "none")
+STEMS = ("cifar", "imagenet")
+
+
+def check_layout(gating: str, stem: str, switchable: bool | None, norm: str = "BN") -> bool:
+    """Validate a backbone's ``gating`` / ``stem`` and resolve ``switchable`` (``None``: on for stage
+    gating, the ADN layout); returns whether the mandatory blocks carry switchable ``norm`` sets."""
+    if gating not in GATINGS:
+        raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+    if switchable is None:
+        switchable = gating == "stage"
+    if switchable and gating != "stage":
+        raise ValueError(f"switchable_bn needs gating='stage' (one {norm} set per state of the stage's unit)")
+    return switchable
+
+
+def stage_switch(gates: Gates, switch_unit: int | None, batch: int, norm: str = "BN") -> int | torch.Tensor:
+    """Which norm set a stage's mandatory blocks use under ``gates``: ``UNIT_ON`` / ``UNIT_OFF`` for a
+    pattern (one set, the other untouched), a ``[B]`` switch for keep tensors (``norm.unit_switch``:
+    the set follows whether the unit runs, so a calibrated full network uses the "unit runs" set)."""
+    from gatesearch.models.norm import UNIT_OFF, UNIT_ON, unit_switch
+
+    if switch_unit is None or gates is None:
+        return UNIT_ON
+    if isinstance(gates, SkipPattern):
+        return UNIT_OFF if gates.skipped[switch_unit] else UNIT_ON
+    if isinstance(gates, torch.Tensor):
+        return unit_switch(gates[:, switch_unit]).expand(batch)  # [B]
+    raise ValueError(f"switchable {norm} needs the gate decision before the stage runs: pass a SkipPattern or a "
+                     "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")

@@ -23,17 +23,15 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from gatesearch.models.base import GatedNet, GateFn, Gates
+from gatesearch.models.base import GATINGS, STEMS, GatedNet, GateFn, Gates, check_layout, stage_switch
 from gatesearch.models.blocks import BasicBlock, Bottleneck, skipped
 from gatesearch.models.gates import build_gate
-from gatesearch.models.norm import UNIT_OFF, UNIT_ON, PlainNorm, SwitchableBatchNorm2d, unit_switch
+from gatesearch.models.norm import PlainNorm, SwitchableBatchNorm2d
 from gatesearch.patterns import SkipPattern
 from gatesearch.registry import Registry
 
 __all__ = ["GATINGS", "STEMS", "GatedResNet", "GateFn", "Gates", "MODELS", "Stage", "create_model", "mandatory_blocks"]
 
-GATINGS = ("stage", "block", "none")
-STEMS = ("cifar", "imagenet")
 
 
 def mandatory_blocks(n: int) -> int:
@@ -57,16 +55,7 @@ class Stage(nn.Module):
         self.switch_unit = unit_offset if switchable else None
 
     def _which(self, gates: Gates, batch: int) -> int | torch.Tensor:
-        if self.switch_unit is None or gates is None:
-            return UNIT_ON
-        if isinstance(gates, SkipPattern):
-            return UNIT_OFF if gates.skipped[self.switch_unit] else UNIT_ON
-        if isinstance(gates, torch.Tensor):
-            # the BN set follows whether the unit runs, not how much of its residual is added: a
-            # calibrated full network scales only its gated residuals (norm.unit_switch)
-            return unit_switch(gates[:, self.switch_unit]).expand(batch)  # [B]
-        raise ValueError("switchable BN needs the gate decision before the stage runs: pass a SkipPattern or a "
-                         "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")
+        return stage_switch(gates, self.switch_unit, batch)
 
     def forward(self, h: torch.Tensor, gates: Gates, conv1_out: torch.Tensor | None = None) -> torch.Tensor:
         """``conv1_out``: the first base block's ``conv1(h)``, when already computed."""
@@ -118,18 +107,11 @@ class GatedResNet(GatedNet):
         """``gate_downsample``: block gating also makes each stage's shape-changing first block a unit
         (``None``: on for ``gating="block"``, the papers' layout); it needs ``gating="block"``."""
         super().__init__()
-        if gating not in GATINGS:
-            raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
+        switchable_bn = check_layout(gating, stem, switchable_bn)
         if gate_downsample is None:
             gate_downsample = gating == "block"
         if gate_downsample and gating != "block":
             raise ValueError("gate_downsample needs gating='block'")
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        if switchable_bn is None:
-            switchable_bn = gating == "stage"
-        if switchable_bn and gating != "stage":
-            raise ValueError("switchable_bn needs gating='stage' (one BN set per state of the stage's unit)")
         self.gating, self.stem_kind, self.switchable_bn = gating, stem, switchable_bn
         self.gate_downsample = gate_downsample
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, 32 if stem == "cifar" else 224

@@ -34,9 +34,9 @@ from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
 
-from gatesearch.models.base import GatedNet
+from gatesearch.models.base import GatedNet, check_layout
 from gatesearch.models.blocks import NormFactory, _join
-from gatesearch.models.gated_resnet import GATINGS, MODELS, STEMS, Stage, mandatory_blocks
+from gatesearch.models.gated_resnet import MODELS, Stage, mandatory_blocks
 from gatesearch.models.gates import build_gate
 from gatesearch.models.norm import UNIT_ON, PlainNorm, SwitchableBatchNorm2d
 
@@ -102,14 +102,7 @@ class GatedMobileNetV2(GatedNet):
                  switchable_bn: bool | None = None, gate_head: str | None = None, in_channels: int = 3,
                  dropout: float = 0.2, gate_init_keep: float = 0.9) -> None:
         super().__init__()
-        if gating not in GATINGS:
-            raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        if switchable_bn is None:
-            switchable_bn = gating == "stage"
-        if switchable_bn and gating != "stage":
-            raise ValueError("switchable_bn needs gating='stage' (one BN set per state of the stage's unit)")
+        switchable_bn = check_layout(gating, stem, switchable_bn)
         self.gating, self.stem_kind, self.switchable_bn = gating, stem, switchable_bn
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, 32 if stem == "cifar" else 224
         cifar = stem == "cifar"

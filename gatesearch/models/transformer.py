@@ -24,9 +24,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from gatesearch.models.gated_resnet import GATINGS, STEMS, Gates, mandatory_blocks
+from gatesearch.models.base import check_layout, stage_switch
+from gatesearch.models.gated_resnet import Gates, mandatory_blocks
 from gatesearch.models.gates import build_gate
-from gatesearch.models.norm import UNIT_OFF, UNIT_ON, SwitchableLayerNorm, unit_switch
+from gatesearch.models.norm import UNIT_OFF, UNIT_ON, SwitchableLayerNorm
 from gatesearch.patterns import SkipPattern
 
 
@@ -55,16 +56,7 @@ class TokenStage(nn.Module):
         self._as_map = as_map
 
     def _which(self, gates: Gates, batch: int) -> int | torch.Tensor:
-        if self.switch_unit is None or gates is None:
-            return UNIT_ON
-        if isinstance(gates, SkipPattern):
-            return UNIT_OFF if gates.skipped[self.switch_unit] else UNIT_ON
-        if isinstance(gates, torch.Tensor):
-            # As gated_resnet.Stage: the LN set follows whether the unit runs (keep > 0), a discrete
-            # choice (ADN Sec. 3.4); a calibrated full network (keep p_s) uses the "unit runs" set.
-            return unit_switch(gates[:, self.switch_unit]).expand(batch)  # [B]
-        raise ValueError("switchable LN needs the gate decision before the stage runs: pass a SkipPattern or a "
-                         "[B, n_units] tensor, or build the model with switchable_bn=False for data-dependent gates")
+        return stage_switch(gates, self.switch_unit, batch, "LN")
 
     def forward(self, h: torch.Tensor, gates: Gates, first_out: torch.Tensor | None = None) -> torch.Tensor:
         """``first_out``: the protocol's shared prefix; transformer blocks open with a switchable LN,
@@ -111,14 +103,7 @@ class GatedTransformer(nn.Module):
         if gate_downsample:
             raise ValueError("transformer units keep their shape (patch merging stays mandatory): "
                              "gate_downsample does not apply")
-        if gating not in GATINGS:
-            raise ValueError(f"gating must be one of {GATINGS}, got {gating!r}")
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        if switchable_bn is None:
-            switchable_bn = gating == "stage"
-        if switchable_bn and gating != "stage":
-            raise ValueError("switchable_bn needs gating='stage' (one LN set per state of the stage's unit)")
+        switchable_bn = check_layout(gating, stem, switchable_bn, "LN")
         self.gating, self.stem_kind, self.switchable_bn = gating, stem, switchable_bn
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
         return switchable_bn
