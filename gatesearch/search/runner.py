@@ -128,7 +128,7 @@ def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Pa
     run_id = tracking.start_study_run(uri, exp_id, s.name, space.source, Path(space.path).name or "space.yaml",
                                       params, tags)
     study_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": run_id}))
+    write_json(marker, {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": run_id})
     return exp_id, run_id
 
 
@@ -337,6 +337,13 @@ def _interrupted(space: SearchSpace, study_dir: Path, elapsed_s: float) -> bool:
         len(trials) < space.study.trials and budget_left)
 
 
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (a temporary file renamed over ``path``): a crash leaves the old file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
 def run_search(opts: SearchOptions) -> dict[str, Any]:
     """Validate the space, run (or resume) the study, write summary.json / best.json, return the summary."""
     space = load_space(opts.space, opts.overrides)  # every config problem stops here, before Ray starts
@@ -370,15 +377,15 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     summary = summarize(space, results, study_dir) | {"wall_time_s": time.perf_counter() - t0,
                                                       "tracking_uri": uri, "parent_run_id": parent_id,
                                                       "experiment_id": exp_id, "interrupted": interrupted}
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json(study_dir / "summary.json", summary)
     best = summary["best"]
-    (study_dir / "best.json").write_text(json.dumps(
-        {"study": space.study.name, "trial_id": best and best["trial_id"], "checkpoint": best and best["checkpoint"],
-         "mlflow_run_id": best and best["mlflow_run_id"], "objectives": best and best["objectives"],
-         "tracking_uri": uri, "devices": list(space.study.devices)}, indent=2))
+    write_json(study_dir / "best.json",
+               {"study": space.study.name, "trial_id": best and best["trial_id"], "checkpoint": best and best["checkpoint"],
+                "mlflow_run_id": best and best["mlflow_run_id"], "objectives": best and best["objectives"],
+                "tracking_uri": uri, "devices": list(space.study.devices)})
     if opts.select and space.study.devices and not interrupted:
         summary["menus"] = select_best(summary, space.study.devices, study_dir)
-        (study_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_json(study_dir / "summary.json", summary)
     _log_summary(uri, parent_id, summary, study_dir)
     return summary
 
