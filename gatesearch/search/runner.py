@@ -447,7 +447,8 @@ def describe(summary: dict[str, Any]) -> str:
              f"{summary['n_error']} errored ({summary['wall_time_s']:.0f} s)"]
     for t in summary["pareto"]:
         vals = ", ".join(f"{k}={v:.4f}" for k, v in t["objectives"].items() if isinstance(v, (int, float)))
-        lines.append(f"  {'best' if t is summary['best'] else 'pareto'} trial {t['trial_id']}: {vals}  "
+        is_best = summary["best"] is not None and t["trial_id"] == summary["best"]["trial_id"]  # also for a summary read back
+        lines.append(f"  {"best" if is_best else "pareto"} trial {t['trial_id']}: {vals}  "
                      f"mlflow run {t['mlflow_run_id']}")
     if summary["best"]:
         lines.append(f"  best checkpoint: {summary['best']['checkpoint']}")
