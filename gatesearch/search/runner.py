@@ -448,7 +448,7 @@ def describe(summary: dict[str, Any]) -> str:
     for t in summary["pareto"]:
         vals = ", ".join(f"{k}={v:.4f}" for k, v in t["objectives"].items() if isinstance(v, (int, float)))
         is_best = summary["best"] is not None and t["trial_id"] == summary["best"]["trial_id"]  # also for a summary read back
-        lines.append(f"  {"best" if is_best else "pareto"} trial {t['trial_id']}: {vals}  "
+        lines.append(f"  {'best' if is_best else 'pareto'} trial {t['trial_id']}: {vals}  "
                      f"mlflow run {t['mlflow_run_id']}")
     if summary["best"]:
         lines.append(f"  best checkpoint: {summary['best']['checkpoint']}")
