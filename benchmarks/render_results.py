@@ -76,6 +76,10 @@ def claims(runs: dict[str, dict[str, Any]]) -> list[str]:
     """Each paper's claim, checked on the test numbers; 'not run yet' where a run is missing."""
     out = []
     f = {k: _fixed(v) for k, v in runs.items()}
+    if "plain_full" in runs and runs["plain_full"]["epochs"] == 30:
+        top = f["plain_full"]["F" * runs["plain_full"]["n_units"]]["top1"]
+        out.append(f"- **Sanity bar** (issue #16: plain full-depth ResNet-20 >= 86.5 % test top-1 at 30 epochs): "
+                   f"{100 * top:.2f} % ({'met' if top >= 0.865 else 'not met: the loop must be checked before the rest is read'}).")
 
     def sup(k: str) -> float:
         return f[k]["F" * runs[k]["n_units"]]["top1"]
