@@ -222,7 +222,7 @@ class GatedDepthConfig:
 
 @dataclass(frozen=True)
 class ProbGatesConfig:
-    """Probabilistic gates; paper = ``../shared/papers/002_7f2a293bb907def9.txt`` (Herrmann, Bowen & Zabih),
+    """Probabilistic gates; paper ``002_7f2a293bb907def9`` (shared papers folder) (Herrmann, Bowen & Zabih),
     AIG = ConvNet-AIG's code. ``docs/training.md`` maps each key to its statement and test."""
 
     loss: Literal["per_gate", "per_batch", "const_quad"] = "per_batch"  # paper Sec. 3.1: its proposal

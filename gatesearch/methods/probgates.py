@@ -1,5 +1,5 @@
 """``probgates``: learned probabilistic gates (Herrmann, Bowen & Zabih, "Deep networks with
-probabilistic gates", ``../shared/papers/002_7f2a293bb907def9.txt``; built on ConvNet-AIG, Veit &
+probabilistic gates", paper ``002_7f2a293bb907def9`` (the project's papers folder); built on ConvNet-AIG, Veit &
 Belongie, "Convolutional Networks with Adaptive Inference Graphs", ECCV 2018).
 
 Every unit has a gate that yields ``[B, 2]`` logits: ``model.gate_head=logit`` (one learned

@@ -1,6 +1,6 @@
 """Switchable (skip-aware) BatchNorm.
 
-Adaptive Depth Networks (Kang & Lee, ``../shared/papers/001_...txt`` Sec. 3.4) give the mandatory
+Adaptive Depth Networks (Kang & Lee, paper ``001_...`` Sec. 3.4) give the mandatory
 blocks of a stage two BN sets that "are switched depending on whether its skippable sub-path is
 skipped": the features that reach them differ in distribution depending on whether the stage's
 gated unit runs after them, so each case has its own statistics and affine parameters.

@@ -4,7 +4,7 @@ A study that searches a method first trains that method's published setting, so 
 reported against it (``summary.json``: best searched trial vs best baseline). One baseline per
 method the space can produce (``method.name``'s choices, or its fixed value); ``plain`` and
 ``stochastic_depth`` have none. The recipes, each value checked against the paper text in
-``../shared/papers/``:
+the project's papers (000 Gated Depth, 001 ADN, 002 probabilistic gates):
 
 - ``adn`` (001, Sec. 4.2: "The hyperparameter α in Algorithm 1 is set to 0.5 for all networks",
   the Table 1 runs; Algorithm 1 line 8: ``loss_base`` holds the per-stage feature KL terms):
