@@ -93,8 +93,11 @@ def draw_pattern(keep_probs: list[float]) -> SkipPattern:
 
 
 def calibrated(pattern: SkipPattern, keep_probs: list[float], device: torch.device | None = None) -> Gates:
-    """Super-net gates whose gated paths are scaled by their keep probability: a ``[1, n_units]``
-    keep-factor tensor filled with ``p_s`` (broadcast over the batch). Other patterns unchanged."""
+    """Super-net gates whose gated paths are scaled by their keep probability (Gated Depth, paper 000
+    Sec. 4 "Inference-time Considerations"; stochastic depth's test rule, Huang et al. 2016 Sec. 3): a
+    ``[1, n_units]`` keep-factor tensor filled with ``p_s`` (broadcast over the batch); the stages then
+    use their "unit runs" norm set (``models.base.stage_switch``). Other patterns unchanged. Tested
+    against the forward written out block by block (``tests/test_evaluate.py``)."""
     if any(pattern.skipped) or not pattern.skipped:
         return pattern
     return torch.tensor([keep_probs], device=device)
