@@ -55,6 +55,15 @@ RUNS: dict[str, dict[str, Any]] = {
                             "method.probgates.inference": "threshold"},
 }
 
+#: Checks of the loop behind the table, run only when named (``--run``): the issue asks that a
+#: plain full-depth ResNet-20 below its 86.5% bar be explained before the rest is reported.
+DIAGNOSTICS: dict[str, dict[str, Any]] = {
+    # the one init the recipes issue changed since the ~84.5% 15-epoch run (DESIGN_NOTES 31)
+    "plain_full_zero_init": {"method.name": "plain", "model.zero_init_residual": True},
+    # seed-to-seed spread of the same recipe (init, split stays seed 0, augmentation, order)
+    "plain_full_seed1": {"method.name": "plain", "train.seed": 1},
+}
+
 
 def git_commit() -> str:
     try:
@@ -67,7 +76,8 @@ def git_commit() -> str:
 
 
 def run_config(args: argparse.Namespace, run: str) -> dict[str, Any]:
-    flat = {**COMMON, **RUNS[run], "data.root": str(Path(args.data_root).resolve()), "train.epochs": args.epochs,
+    flat = {**COMMON, **{**RUNS, **DIAGNOSTICS}[run], "data.root": str(Path(args.data_root).resolve()),
+            "train.epochs": args.epochs,
             "train.out_dir": str(Path(args.work_dir).resolve() / run), "train.device": args.device,
             "tracking.run_name": f"reproduce-{run}"}
     if args.eval_every:
@@ -145,7 +155,8 @@ def eval_phase(args: argparse.Namespace, run: str, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", required=True, help="npz directory with train.npz and test.npz")
-    p.add_argument("--run", action="append", choices=sorted(RUNS), help="only these runs (repeatable)")
+    p.add_argument("--run", action="append", choices=sorted({**RUNS, **DIAGNOSTICS}),
+                   help="only these runs (repeatable); the diagnostics run only when named")
     p.add_argument("--epochs", type=int, default=COMMON["train.epochs"])
     p.add_argument("--eval-every", type=int, default=0, help="validation every N epochs (0: the default, 5)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
