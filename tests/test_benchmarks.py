@@ -60,3 +60,34 @@ def test_reproduce_cifar_writes_a_resumable_run_json_and_the_renderer_shows_its_
     fff = next(r for r in rec["test"]["candidates"] if r["pattern"] == "FFF")
     assert f"{100 * fff['top1']:.2f}*" in out and f"{rec['test']['frontier_score']:.4f}" in out
     assert "kept" in doc.read_text() and (results / "t" / "frontier.png").is_file()
+
+
+def _record(run: str, top1_full: float, top1_base: float, **config) -> dict:
+    rows = [{"pattern": p, "strategy": "pattern", "top1": t, "macs": m, "cost": m / 40.0, "unit_rates": [], "n": 100,
+             "top1_std": 0.0} for p, t, m in (("FFF", top1_full, 40.0), ("TTT", top1_base, 26.0))]
+    split = {"candidates": rows, "frontier_score": 0.5}
+    return {"run": run, "config": {"method.name": "plain", "train.seed": 0, **config}, "epochs": 30, "n_units": 3,
+            "train_time_s": 3600.0, "val": split, "test": split}
+
+
+def test_renderer_keeps_loop_checks_out_of_the_table_and_the_claims(tmp_path):
+    """A diagnostic run (a name outside render_results.ORDER) is listed with what it changed, and is
+    neither a row of the per-pattern table nor one of the 'plain networks' of the frontier claim."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("render_results", ROOT / "benchmarks" / "render_results.py")
+    rr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rr)
+    folder = tmp_path / "t"
+    folder.mkdir()
+    recs = {"plain_full": _record("plain_full", 0.8618, 0.10), "adn": _record("adn", 0.87, 0.85, **{"method.name": "adn"}),
+            "plain_full_seed1": _record("plain_full_seed1", 0.8655, 0.11, **{"train.seed": 1})}
+    for name, r in recs.items():
+        (folder / f"{name}.json").write_text(json.dumps(r))
+    section = rr.render("t", tmp_path, tmp_path / "R.md")
+    table, checks = section.split("Loop checks")
+    assert "| plain_full_seed1 |" not in table and "| plain_full |" in table
+    assert "| plain_full_seed1 | `train.seed=1` | 86.55 |" in checks and "| plain_full | (the table's run) | 86.18 |" in checks
+    assert "86.18 % (not met); the loop checks below: plain_full_seed1 86.55 %" in table
+    assert "plain_full_seed1 0.5" not in table  # the frontier claim names only the table's plain runs
