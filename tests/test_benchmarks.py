@@ -91,3 +91,49 @@ def test_renderer_keeps_loop_checks_out_of_the_table_and_the_claims(tmp_path):
     assert "| plain_full_seed1 | `train.seed=1` | 86.55 |" in checks and "| plain_full | (the table's run) | 86.18 |" in checks
     assert "86.18 % (not met); the loop checks below: plain_full_seed1 86.55 %" in table
     assert "plain_full_seed1 0.5" not in table  # the frontier claim names only the table's plain runs
+
+
+def test_study_record_and_render_show_the_summary_numbers(tmp_path):
+    """render_study.py: the committed record keeps every trial with a path relative to the study, the
+    best trial's menus, and the rendered section quotes the summary's numbers (best vs baseline)."""
+    import json
+
+    study = tmp_path / "ray" / "s"
+    (study / "menus" / "b1" / "host").mkdir(parents=True)
+    entries = [{"pattern": "FFF", "strategy": "pattern", "top1": 0.9, "macs": 40, "params": 3, "latency_ms": 2.0,
+                "activation": 1.0, "pareto": True},
+               {"pattern": "TTT", "strategy": "pattern", "top1": 0.8, "macs": 26, "params": 2, "latency_ms": 1.5,
+                "activation": 0.0, "pareto": False}]
+    (study / "menus" / "b1" / "host" / "menu.json").write_text(json.dumps(
+        {"device": "host", "frontier_score": 0.9, "latency_source": "measured", "search": "exhaustive",
+         "extras": {"split": "val"}, "entries": entries}))
+    trial = {"mlflow_run_id": None, "train_time_s": 7200.0, "error": None}
+    summary = {
+        "study": "s", "objective": [{"metric": "frontier_score", "mode": "max"}], "n_trials": 2, "n_complete": 2,
+        "n_error": 0, "baselines": ["adn"], "wall_time_s": 5400.0, "experiment_id": "1", "parent_run_id": "p1",
+        "interrupted": False, "tracking_uri": None, "best": {"trial_id": "b1"}, "menus": {"b1": str(study / "menus" / "b1")},
+        "vs_baselines": [{"metric": "frontier_score", "mode": "max", "best_searched": 0.8123, "best_searched_trial_id": "s2",
+                          "best_baseline": 0.8456, "best_baseline_method": "adn", "best_baseline_trial_id": "b1",
+                          "difference": 0.8123 - 0.8456}],
+        "trials": [{**trial, "trial_id": "b1", "state": "COMPLETE", "epochs_done": 10, "baseline": "adn",
+                    "objectives": {"frontier_score": 0.8456}, "checkpoint": str(study / "t000_b1" / "last.pt"),
+                    "config": {"method.name": "adn", "method.adn.alpha": 0.5}},
+                   {**trial, "trial_id": "s2", "state": "STOPPED", "epochs_done": 3, "baseline": None,
+                    "objectives": {"frontier_score": 0.8123}, "checkpoint": None,
+                    "config": {"method.name": "gated_depth", "method.gated_depth.k": 7}}],
+    }
+    (study / "summary.json").write_text(json.dumps(summary))
+    doc, results = tmp_path / "R.md", tmp_path / "studies"
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_study.py"), "--summary", str(study / "summary.json"),
+                          "--results-dir", str(results), "--doc", str(doc)], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    rec = json.loads((results / "s.json").read_text())
+    assert rec["trials"][0]["checkpoint"] == "t000_b1/last.pt" and rec["menus"]["b1"]["host"]["n_entries"] == 2
+    assert [e["pattern"] for e in rec["menus"]["b1"]["host"]["pareto"]] == ["FFF"]
+    assert "| 0 | `b1` **best** | paper baseline | adn | alpha=0.5 | COMPLETE | 10 | 0.8456 | 2.00 |" in out
+    assert "| 1 | `s2` | searched | gated_depth | k=7 | stopped early (ASHA) | 3 | 0.8123 |" in out
+    assert "searched `s2` 0.8123 vs baseline adn `b1` 0.8456: difference -0.0333 (the paper recipe stays ahead)" in out
+    assert "`FFF` 90.00 % @ 2 ms" in out and "1.50 h wall time" in out
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_study.py"), "--study", "s", "--results-dir",
+                            str(results), "--doc", str(doc)], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert again == out and doc.read_text().count("<!-- study:s:begin -->") == 1

@@ -1,0 +1,173 @@
+"""Record a finished study as data and render its summary into ``docs/RESULTS.md``: no number typed by hand.
+
+    # after `gatesearch search --space search_spaces/cifar10_resnet20_cpu.yaml`:
+    python benchmarks/render_study.py --summary ray_results/cifar10_resnet20_cpu/summary.json
+    python benchmarks/render_study.py --study cifar10_resnet20_cpu          # re-render the committed record
+
+``--summary`` copies the study's ``summary.json`` (every trial: baseline or searched, config, state,
+epochs, objective, MLflow run), the best trial's menus (each device's frontier score and Pareto
+entries) and the MLflow parent run into ``docs/results/studies/<study>.json``, with the storage
+paths made relative to the study directory. The section between ``<!-- study:<study>:begin -->``
+and ``<!-- study:<study>:end -->`` is then rendered from that file: the trials, the best searched
+trial against the best paper baseline, the winning config, its menus, and where each of them sits
+in MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results" / "studies"
+MENU_KEYS = ("pattern", "strategy", "top1", "macs", "params", "latency_ms", "activation")
+
+
+def _relative(path: str | None, study_dir: Path) -> str | None:
+    if not path:
+        return path
+    p = Path(path)
+    return str(p.relative_to(study_dir)) if p.is_relative_to(study_dir) else str(p)
+
+
+def _mlflow_runs(uri: str | None, run_ids: list[str | None]) -> dict[str, dict[str, str]]:
+    """Each child run's name and status as MLflow holds them ({} where the store cannot be read)."""
+    if not uri:
+        return {}
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        out = {}
+        for rid in filter(None, run_ids):
+            info = client.get_run(rid).info
+            out[rid] = {"mlflow_run_name": info.run_name, "mlflow_status": info.status}
+        return out
+    except Exception as e:  # noqa: BLE001 - the record is still worth writing without them
+        print(f"MLflow store {uri} not read ({type(e).__name__}: {e}); run names left out")
+        return {}
+
+
+def record_from_summary(summary_path: Path, space: str | None = None) -> dict[str, Any]:
+    """The committed record of one study: its summary with relative paths, plus the best trial's menus."""
+    summary = json.loads(summary_path.read_text())
+    study_dir = summary_path.resolve().parent
+    runs = _mlflow_runs(summary.get("tracking_uri"), [t.get("mlflow_run_id") for t in summary["trials"]])
+    trials = [{**t, "checkpoint": _relative(t.get("checkpoint"), study_dir), **runs.get(t.get("mlflow_run_id"), {})}
+              for t in summary["trials"]]
+    menus: dict[str, Any] = {}
+    for trial_id, folder in (summary.get("menus") or {}).items():
+        for menu_file in sorted(Path(folder).glob("*/menu.json")):
+            m = json.loads(menu_file.read_text())
+            menus.setdefault(trial_id, {})[m["device"]] = {
+                "frontier_score": m["frontier_score"], "latency_source": m["latency_source"], "split": m["extras"].get("split"),
+                "search": m["search"], "n_entries": len(m["entries"]),
+                "pareto": [{k: e.get(k) for k in MENU_KEYS} for e in m["entries"] if e.get("pareto")],
+            }
+    keep = ("study", "objective", "n_trials", "n_complete", "n_error", "baselines", "vs_baselines", "wall_time_s",
+            "experiment_id", "parent_run_id", "interrupted")
+    best = summary.get("best")
+    return {**{k: summary.get(k) for k in keep}, "space": space, "tracking_uri": summary.get("tracking_uri"),
+            "best_trial_id": best and best["trial_id"], "trials": trials, "menus": menus}
+
+
+def _objective(rec: dict[str, Any], t: dict[str, Any]) -> str:
+    metric = rec["objective"][0]["metric"]
+    v = (t.get("objectives") or {}).get(metric)
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _short_config(cfg: dict[str, Any]) -> str:
+    """The trial's sampled keys but ``method.name``, without the ``method.<name>.`` prefix."""
+    method = cfg.get("method.name")
+    prefix = f"method.{method}."
+    return ", ".join(f"{k.removeprefix(prefix)}={_value(v)}" for k, v in sorted(cfg.items()) if k != "method.name")
+
+
+def render_section(rec: dict[str, Any]) -> list[str]:
+    metric, mode = rec["objective"][0]["metric"], rec["objective"][0]["mode"]
+    lines = [f"Study `{rec['study']}`" + (f" (`{rec['space']}`)" if rec.get("space") else "")
+             + f": {rec['n_trials']} trials, {rec['n_complete']} ran the full budget, {rec['n_error']} failed, "
+             f"{rec['wall_time_s'] / 3600:.2f} h wall time{' (interrupted)' if rec.get('interrupted') else ''}; "
+             f"objective `{metric}` ({mode}), on validation. Rendered by `python benchmarks/render_study.py --study "
+             f"{rec['study']}` from `docs/results/studies/{rec['study']}.json`.", "",
+             f"| # | trial | kind | method | config | state | epochs | {metric} | train h |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for i, t in enumerate(rec["trials"]):
+        cfg = t.get("config") or {}
+        kind = "paper baseline" if t.get("baseline") else "searched"
+        star = " **best**" if t["trial_id"] == rec.get("best_trial_id") else ""
+        state = {"STOPPED": "stopped early (ASHA)"}.get(t["state"], t["state"])
+        lines.append(f"| {i} | `{t['trial_id']}`{star} | {kind} | {cfg.get('method.name', '')} | {_short_config(cfg)}"
+                     f" | {state} | {t['epochs_done']} | {_objective(rec, t)} | {(t.get('train_time_s') or 0) / 3600:.2f} |")
+    lines.append("")
+    for row in rec.get("vs_baselines") or []:
+        if row["best_searched"] is None or row["best_baseline"] is None:
+            lines.append(f"- `{row['metric']}`: no searched trial or no baseline ran the full budget; nothing to compare.")
+            continue
+        better = row["difference"] > 0 if row["mode"] == "max" else row["difference"] < 0
+        lines.append(f"- **Best searched vs best paper baseline** (`{row['metric']}`): searched `{row['best_searched_trial_id']}` "
+                     f"{row['best_searched']:.4f} vs baseline {row['best_baseline_method']} `{row['best_baseline_trial_id']}` "
+                     f"{row['best_baseline']:.4f}: difference {row['difference']:+.4f} "
+                     f"({'the search beat the paper recipe' if better else 'the paper recipe stays ahead'}).")
+    best = next((t for t in rec["trials"] if t["trial_id"] == rec.get("best_trial_id")), None)
+    if best:
+        cfg = ", ".join(f"`{k}={_value(v)}`" for k, v in sorted((best.get("config") or {}).items()))
+        lines.append(f"- **Winning config** (`{best['trial_id']}`, {'paper baseline ' + best['baseline'] if best.get('baseline') else 'searched'}): "
+                     f"{cfg}; {metric} {_objective(rec, best)}; checkpoint `<storage>/{rec['study']}/{best['checkpoint']}`.")
+    for trial_id, devices in (rec.get("menus") or {}).items():
+        for device, m in devices.items():
+            front = ", ".join(f"`{e['pattern']}`{'' if e['strategy'] == 'pattern' else ' ' + e['strategy']} "
+                              f"{100 * e['top1']:.2f} % @ {e['latency_ms']:.3g} ms" for e in m["pareto"])
+            lines.append(f"- Menu of `{trial_id}` for `{device}` ({m['latency_source']} latency, {m['split']} split, "
+                         f"{m['n_entries']} candidates, frontier score {m['frontier_score']:.4f}): {front}.")
+    lines += ["", f"In MLflow (`{rec['tracking_uri']}`, experiment id {rec['experiment_id']}): the parent run "
+              f"`study-{rec['study']}` (`{rec['parent_run_id']}`) holds the study's params, `summary.json` and the metrics "
+              f"`best_{metric}`, `best_searched_{metric}`, `best_baseline_{metric}`, `baseline_difference_{metric}`; one "
+              f"child run per trial (`{rec['study']}-<index>-<method>`, `-baseline` for a paper baseline):",
+              "", "| # | trial | child run | MLflow status |", "|---|---|---|---|"]
+    for i, t in enumerate(rec["trials"]):
+        name = t.get("mlflow_run_name") or "?"
+        lines.append(f"| {i} | `{t['trial_id']}` | `{name}` (`{t.get('mlflow_run_id')}`) | {t.get('mlflow_status') or '?'} |")
+    return lines
+
+
+def render(rec: dict[str, Any], doc: Path) -> str:
+    begin, end = f"<!-- study:{rec['study']}:begin -->", f"<!-- study:{rec['study']}:end -->"
+    section = "\n".join([begin, *render_section(rec), end])
+    text = doc.read_text() if doc.is_file() else "# Results\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    doc.write_text(text)
+    return section
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--summary", help="a finished study's <storage>/<study>/summary.json: record it, then render")
+    g.add_argument("--study", help="render the committed docs/results/studies/<study>.json")
+    p.add_argument("--space", default=None, help="the space file the study ran (recorded with --summary)")
+    p.add_argument("--results-dir", default=str(RESULTS))
+    p.add_argument("--doc", default=str(ROOT / "docs" / "RESULTS.md"))
+    args = p.parse_args()
+    results = Path(args.results_dir)
+    if args.summary:
+        rec = record_from_summary(Path(args.summary), args.space)
+        results.mkdir(parents=True, exist_ok=True)
+        (results / f"{rec['study']}.json").write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
+    else:
+        rec = json.loads((results / f"{args.study}.json").read_text())
+    print(render(rec, Path(args.doc)))
+
+
+if __name__ == "__main__":
+    main()
