@@ -198,6 +198,12 @@ def render(table: str, results_root: Path, doc: Path) -> str:
         if checks:
             body += ["", "Loop checks behind the sanity bar (`reproduce_cifar.py --run <name>`, run only when named; "
                      "not part of the table above):", "", *checks]
+    return write_section(doc, begin, end, body)
+
+
+def write_section(doc: Path, begin: str, end: str, body: list[str]) -> str:
+    """Replace the lines between the markers ``begin`` and ``end`` of ``doc`` by ``body`` (appended,
+    markers included, when the markers are absent); returns the section."""
     section = "\n".join([begin, *body, end])
     text = doc.read_text() if doc.is_file() else "# Results\n"
     if begin in text and end in text:

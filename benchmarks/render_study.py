@@ -20,6 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from render_results import write_section  # benchmarks/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "studies"
 MENU_KEYS = ("pattern", "strategy", "top1", "macs", "params", "latency_ms", "activation")
@@ -140,14 +142,7 @@ def render_section(rec: dict[str, Any]) -> list[str]:
 
 def render(rec: dict[str, Any], doc: Path) -> str:
     begin, end = f"<!-- study:{rec['study']}:begin -->", f"<!-- study:{rec['study']}:end -->"
-    section = "\n".join([begin, *render_section(rec), end])
-    text = doc.read_text() if doc.is_file() else "# Results\n"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    doc.write_text(text)
-    return section
+    return write_section(doc, begin, end, render_section(rec))
 
 
 def main() -> None:
