@@ -98,9 +98,13 @@ def claims(runs: dict[str, dict[str, Any]], diag: dict[str, dict[str, Any]] | No
         top = f["plain_full"]["F" * runs["plain_full"]["n_units"]]["top1"]
         checks = {k: _fixed(v)["F" * v["n_units"]]["top1"] for k, v in (diag or {}).items()}
         seen = ", ".join(f"{k} {100 * v:.2f} %" for k, v in checks.items())
+        every = [top, *checks.values()]
+        spread = (f"; over these {len(every)} runs {100 * min(every):.2f}-{100 * max(every):.2f} %, mean "
+                  f"{100 * sum(every) / len(every):.2f} %, sample std {100 * _std(every):.2f} points, "
+                  f"{sum(v >= 0.865 for v in every)} of {len(every)} at or above the bar") if checks else ""
         out.append(f"- **Sanity bar** (issue #16: plain full-depth ResNet-20 >= 86.5 % test top-1 at 30 epochs): "
                    f"{100 * top:.2f} % ({'met' if top >= 0.865 else 'not met'})"
-                   + (f"; the loop checks below: {seen}" if seen else "") + ".")
+                   + (f"; the loop checks below: {seen}" if seen else "") + spread + ".")
 
     def sup(k: str) -> float:
         return f[k]["F" * runs[k]["n_units"]]["top1"]
