@@ -114,3 +114,19 @@ def test_imagefolder(tmp_path):
     x, y = next(iter(b.train))
     assert x.shape == (4, 3, 16, 16) and b.num_classes == 2 and b.input_shape == (3, 16, 16)
     assert len(b.val.dataset) == 2 and len(b.test.dataset) == 10
+
+
+def test_normalisation_uses_the_training_split_channel_statistics(tmp_path):
+    """Train images: half black, half white in every channel, so each channel's mean is 0.5 and its std
+    (n - 1 over N = 16 * 32 * 32 pixels) 0.5 * sqrt(N / (N - 1)); a test pixel v maps to (v/255 - 0.5) / std."""
+    train = np.zeros((16, 32, 32, 3), dtype=np.uint8)
+    train[8:] = 255
+    test = np.stack([np.full((32, 32, 3), v, dtype=np.uint8) for v in (0, 51, 255)])
+    np.savez(tmp_path / "train.npz", images=train, labels=np.arange(16) % 10)
+    np.savez(tmp_path / "test.npz", images=test, labels=np.zeros(3, dtype=np.int64))
+    b = build_data(DataConfig(name="cifar10", root=str(tmp_path), batch_size=4, val_fraction=0.0), seed=0)
+    n = 16 * 32 * 32
+    std = 0.5 * (n / (n - 1)) ** 0.5
+    x, _ = next(iter(b.test))
+    for i, v in enumerate((0, 51, 255)):
+        torch.testing.assert_close(x[i], torch.full((3, 32, 32), (v / 255 - 0.5) / std), rtol=1e-5, atol=1e-5)
