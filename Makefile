@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Ray token authentication stays on (Ray 2.60's default for a local `ray.init()`, which keeps its token in
 # ~/.ray/auth_token); `RAY_AUTH_MODE=disabled make ...` is the opt-out, never a default here.
 
-.PHONY: venv quickstart test compose-tool lint bench clean
+.PHONY: venv quickstart test compose-tool lint bench reproduce clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,18 @@ test: $(STAMP) compose-tool
 
 lint: $(STAMP)
 	$(BIN)/ruff check gatesearch tests benchmarks jobs
+
+# Issue #16's CIFAR-10 table in the background: two workers, one thread and one core each, `nice`d;
+# they split the runs (benchmarks/reproduce_cifar.py: running.pid), resume killed ones, skip finished
+# ones. Logs: outputs/reproduce_worker{1,2}.log; then `python benchmarks/render_results.py`.
+CIFAR10_ROOT ?= ../shared/data/cifar10
+reproduce: $(STAMP)
+	@mkdir -p outputs
+	@for w in 1 2; do \
+	  nohup nice -n 10 env OMP_NUM_THREADS=1 $(BIN)/python benchmarks/reproduce_cifar.py --data-root $(CIFAR10_ROOT) \
+	    > outputs/reproduce_worker$$w.log 2>&1 & \
+	  echo "worker $$w: pid $$!, log outputs/reproduce_worker$$w.log"; sleep 3; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/skip_speed.py

@@ -4,13 +4,15 @@
     python benchmarks/reproduce_cifar.py --data-root ../shared/data/cifar10            # every run, in order
     python benchmarks/reproduce_cifar.py --data-root ../shared/data/cifar10 --run adn  # one run
     nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/reproduce_cifar.py ... &        # in the background
+    make reproduce                     # two such workers side by side, one core each: they split the runs
 
 Each run trains with ``train.fit`` into ``<work-dir>/<run>/last.pt`` (a checkpoint per epoch; a killed
 run resumes from it), then scores every candidate it deploys (all 8 patterns; the calibrated full
 network; probgates' inference strategies) on the validation split (5,000 images carved from train) and
 on the full 10,000-image test set with ``gatesearch.evaluate.candidate_table``, the one evaluation path
 training and the selector use, and writes ``<results-dir>/<run>.json``. A run whose JSON exists is
-skipped. ``benchmarks/render_results.py`` turns the JSON files into ``docs/RESULTS.md``'s table and plot.
+skipped; a run being trained is marked by ``<work-dir>/<run>/running.pid``, so a second worker takes
+the next run instead. ``benchmarks/render_results.py`` turns the JSON files into ``docs/RESULTS.md``'s table and plot.
 
 The evaluation happens in a fresh process (``--phase eval``, started by the training phase), so a
 long training run started before a code change is scored by the code of the tree at its end; the JSON
@@ -172,13 +174,43 @@ def main() -> None:
         if out.is_file():
             print(f"[{run}] done: {out}", flush=True)
             continue
-        if args.phase in ("all", "train"):
-            train_phase(args, run)
-        if args.phase == "all":  # score with the tree's code as it is now, in a fresh process
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--phase", "eval", "--run", run]
-            subprocess.run([c for c in cmd], check=True)
-        elif args.phase == "eval":
+        if args.phase == "eval":
             eval_phase(args, run, out)
+            continue
+        lock = Path(args.work_dir) / run / "running.pid"
+        if not claim(lock):
+            print(f"[{run}] being trained by process {lock.read_text().strip()}: next run", flush=True)
+            continue
+        try:
+            train_phase(args, run)
+            if args.phase == "all":  # score with the tree's code as it is now, in a fresh process
+                cmd = [sys.executable, __file__, *sys.argv[1:], "--phase", "eval", "--run", run]
+                subprocess.run(cmd, check=True)
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def claim(lock: Path) -> bool:
+    """Take ``lock`` (a file holding this process id) unless a live process holds it, so that two
+    workers started side by side (one core each) train different runs. A lock left by a killed
+    process is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text().strip() or 0), 0)
+                return False  # alive
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:
+                return False  # alive, another user's
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
 
 
 if __name__ == "__main__":

@@ -138,3 +138,17 @@ def test_study_record_and_render_show_the_summary_numbers(tmp_path):
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_study.py"), "--study", "s", "--results-dir",
                             str(results), "--doc", str(doc)], capture_output=True, text=True, timeout=300, check=True).stdout
     assert again == out and doc.read_text().count("<!-- study:s:begin -->") == 1
+
+
+def test_reproduce_workers_claim_runs_and_take_over_a_dead_workers_lock(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reproduce_cifar", ROOT / "benchmarks" / "reproduce_cifar.py")
+    rc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rc)
+    lock = tmp_path / "adn" / "running.pid"
+    assert rc.claim(lock) and lock.read_text() == str(__import__("os").getpid())
+    assert not rc.claim(lock)  # held by a live process (this one)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(gone.stdout.strip())  # that process has exited
+    assert rc.claim(lock)
