@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from gatesearch.stats import sample_std
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["plain_full", "plain_base", "stochastic_depth", "adn", "gated_depth", "probgates_per_gate",
@@ -37,12 +38,9 @@ def _strategies(rec: dict[str, Any], split: str = "test") -> dict[str, dict[str,
     return {c["strategy"]: c for c in rec[split]["candidates"] if c["strategy"] not in ("pattern", "calibrated")}
 
 
-def _std(values: list[float]) -> float:
-    """Sample standard deviation (n - 1), as ``gatesearch.stats.sample_std``."""
-    if len(values) < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+def _top1(rec: dict[str, Any], ones: str, split: str = "test") -> float:
+    """Top-1 of the pattern ``ones * n_units`` (``"F"``: the super-net, ``"T"``: the base-net)."""
+    return _fixed(rec, split)[ones * rec["n_units"]]["top1"]
 
 
 def pattern_table(runs: dict[str, dict[str, Any]]) -> list[str]:
@@ -55,7 +53,7 @@ def pattern_table(runs: dict[str, dict[str, Any]]) -> list[str]:
         cells = [f"{100 * fixed[p]['top1']:.2f}" + ("*" if fixed[p]["strategy"] == "calibrated" else "")
                  if p in fixed else "-" for p in patterns]
         hours = (r.get("train_time_s") or 0.0) / 3600
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * _std(accs):.2f} | {r['test']['frontier_score']:.4f} "
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * sample_std(accs):.2f} | {r['test']['frontier_score']:.4f} "
                      f"| {r['val']['frontier_score']:.4f} | {r['epochs']} | {hours:.2f} |")
     any_run = next(iter(runs.values()))
     macs = {p: c["macs"] for p, c in _fixed(any_run).items()}
@@ -82,10 +80,9 @@ def diagnostics_table(diag: dict[str, dict[str, Any]], reference: dict[str, Any]
     ref_cfg = reference["config"] if reference else {}
     skip = {"train.out_dir", "tracking.run_name"}
     for name, r in ([("plain_full", reference)] if reference else []) + list(diag.items()):
-        full = "F" * r["n_units"]
         changed = ", ".join(f"`{k}={v}`" for k, v in sorted(r["config"].items())
                             if k not in skip and ref_cfg.get(k) != v) or "(the table's run)"
-        lines.append(f"| {name} | {changed} | {100 * _fixed(r)[full]['top1']:.2f} | {100 * _fixed(r, 'val')[full]['top1']:.2f} "
+        lines.append(f"| {name} | {changed} | {100 * _top1(r, 'F'):.2f} | {100 * _top1(r, 'F', 'val'):.2f} "
                      f"| {r['epochs']} | {(r.get('train_time_s') or 0.0) / 3600:.2f} |")
     return lines
 
@@ -94,23 +91,25 @@ def claims(runs: dict[str, dict[str, Any]], diag: dict[str, dict[str, Any]] | No
     """Each paper's claim, checked on the test numbers; 'not run yet' where a run is missing."""
     out = []
     f = {k: _fixed(v) for k, v in runs.items()}
+    plain_sd, every = None, []
     if "plain_full" in runs and runs["plain_full"]["epochs"] == 30:
-        top = f["plain_full"]["F" * runs["plain_full"]["n_units"]]["top1"]
-        checks = {k: _fixed(v)["F" * v["n_units"]]["top1"] for k, v in (diag or {}).items()}
+        top = _top1(runs["plain_full"], "F")
+        checks = {k: _top1(v, "F") for k, v in (diag or {}).items()}
         seen = ", ".join(f"{k} {100 * v:.2f} %" for k, v in checks.items())
-        every = [top, *checks.values()]
+        every = [top, *checks.values()]  # plain ResNet-20's seed/init spread: also the frontier claim's yardstick
+        plain_sd = sample_std(every) if checks else None
         spread = (f"; over these {len(every)} runs {100 * min(every):.2f}-{100 * max(every):.2f} %, mean "
-                  f"{100 * sum(every) / len(every):.2f} %, sample std {100 * _std(every):.2f} points, "
+                  f"{100 * sum(every) / len(every):.2f} %, sample std {100 * plain_sd:.2f} points, "
                   f"{sum(v >= 0.865 for v in every)} of {len(every)} at or above the bar") if checks else ""
         out.append(f"- **Sanity bar** (issue #16: plain full-depth ResNet-20 >= 86.5 % test top-1 at 30 epochs): "
                    f"{100 * top:.2f} % ({'met' if top >= 0.865 else 'not met'})"
                    + (f"; the loop checks below: {seen}" if seen else "") + spread + ".")
 
     def sup(k: str) -> float:
-        return f[k]["F" * runs[k]["n_units"]]["top1"]
+        return _top1(runs[k], "F")
 
     def base(k: str) -> float:
-        return f[k]["T" * runs[k]["n_units"]]["top1"]
+        return _top1(runs[k], "T")
 
     if {"adn", "plain_full", "plain_base"} <= set(runs):
         a, b = sup("adn") >= sup("plain_full"), base("adn") >= base("plain_base")
@@ -123,8 +122,8 @@ def claims(runs: dict[str, dict[str, Any]], diag: dict[str, dict[str, Any]] | No
     else:
         out.append("- **ADN Table 1**: not run yet (needs adn, plain_full, plain_base).")
     if {"adn", "gated_depth"} <= set(runs):
-        sa = _std([c["top1"] for c in f["adn"].values()])
-        sg = _std([c["top1"] for c in f["gated_depth"].values()])
+        sa = sample_std([c["top1"] for c in f["adn"].values()])
+        sg = sample_std([c["top1"] for c in f["gated_depth"].values()])
         out.append(f"- **Gated Depth Sec. 6.2** (its sub-networks' top-1 spread is tighter than ADN's; 1.4 vs 2.0 points "
                    f"std on ImageNet): {100 * sg:.2f} vs {100 * sa:.2f} points std over the "
                    f"{len(f['gated_depth'])} patterns ({'holds' if sg < sa else 'does not hold'}).")
@@ -148,12 +147,10 @@ def claims(runs: dict[str, dict[str, Any]], diag: dict[str, dict[str, Any]] | No
         ok = all(runs[p]["test"]["frontier_score"] < runs[best]["test"]["frontier_score"] for p in plains)
         margin = runs[best]["test"]["frontier_score"] - max(runs[p]["test"]["frontier_score"] for p in plains)
         noise = ""
-        if diag and "plain_full" in runs:
-            tops = [_fixed(r)["F" * r["n_units"]]["top1"] for r in (runs["plain_full"], *diag.values())]
-            sd = _std(tops)
+        if plain_sd is not None:
             noise = (f"; the margin over the better plain network is {100 * margin:+.2f} points of top-1, against a "
-                     f"seed/init spread of plain ResNet-20 of {100 * sd:.2f} points (sample std, {len(tops)} runs): "
-                     + ("larger than that spread" if abs(margin) > sd else "within that spread, so no ranking is "
+                     f"seed/init spread of plain ResNet-20 of {100 * plain_sd:.2f} points (sample std, {len(every)} runs): "
+                     + ("larger than that spread" if abs(margin) > plain_sd else "within that spread, so no ranking is "
                         "established at this budget"))
         out.append(f"- **Frontier score**: best depth-adaptive run {best} {runs[best]['test']['frontier_score']:.4f}; "
                    + ", ".join(f"{p} {runs[p]['test']['frontier_score']:.4f}" for p in plains)

@@ -65,6 +65,7 @@ DIAGNOSTICS: dict[str, dict[str, Any]] = {
     # seed-to-seed spread of the same recipe (init, split stays seed 0, augmentation, order)
     "plain_full_seed1": {"method.name": "plain", "train.seed": 1},
 }
+ALL_RUNS = {**RUNS, **DIAGNOSTICS}
 
 
 def git_commit() -> str:
@@ -78,7 +79,7 @@ def git_commit() -> str:
 
 
 def run_config(args: argparse.Namespace, run: str) -> dict[str, Any]:
-    flat = {**COMMON, **{**RUNS, **DIAGNOSTICS}[run], "data.root": str(Path(args.data_root).resolve()),
+    flat = {**COMMON, **ALL_RUNS[run], "data.root": str(Path(args.data_root).resolve()),
             "train.epochs": args.epochs,
             "train.out_dir": str(Path(args.work_dir).resolve() / run), "train.device": args.device,
             "tracking.run_name": f"reproduce-{run}"}
@@ -157,7 +158,7 @@ def eval_phase(args: argparse.Namespace, run: str, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", required=True, help="npz directory with train.npz and test.npz")
-    p.add_argument("--run", action="append", choices=sorted({**RUNS, **DIAGNOSTICS}),
+    p.add_argument("--run", action="append", choices=sorted(ALL_RUNS),
                    help="only these runs (repeatable); the diagnostics run only when named")
     p.add_argument("--epochs", type=int, default=COMMON["train.epochs"])
     p.add_argument("--eval-every", type=int, default=0, help="validation every N epochs (0: the default, 5)")
@@ -200,7 +201,10 @@ def claim(lock: Path) -> bool:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                os.kill(int(lock.read_text().strip() or 0), 0)
+                pid = int(lock.read_text().strip() or 0)
+                if pid <= 0:  # empty (its writer died between create and write); kill(0) would hit our group
+                    raise ProcessLookupError
+                os.kill(pid, 0)
                 return False  # alive
             except (ProcessLookupError, ValueError):
                 lock.unlink(missing_ok=True)  # stale: its process is gone

@@ -155,3 +155,5 @@ def test_reproduce_workers_claim_runs_and_take_over_a_dead_workers_lock(tmp_path
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.write_text(gone.stdout.strip())  # that process has exited
     assert rc.claim(lock)
+    lock.write_text("")  # a worker that died between creating the lock and writing its pid
+    assert rc.claim(lock)
