@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -157,3 +159,47 @@ def test_reproduce_workers_claim_runs_and_take_over_a_dead_workers_lock(tmp_path
     assert rc.claim(lock)
     lock.write_text("")  # a worker that died between creating the lock and writing its pid
     assert rc.claim(lock)
+
+
+def _probgates_record(run: str, sweep: dict[float, tuple[float, float]]) -> dict:
+    """A probgates run whose threshold sweep is ``{threshold: (activation, top1)}`` (3 units)."""
+    rows = [{"pattern": p, "strategy": "pattern", "top1": 0.8, "macs": m, "cost": m / 40.0, "unit_rates": [], "n": 100,
+             "top1_std": 0.0} for p, m in (("FFF", 40.0), ("TTT", 26.0))]
+    rows += [{"pattern": "", "strategy": f"threshold:{t:.2f}", "top1": y, "macs": 26.0 + 14.0 * a, "cost": 0.0,
+              "unit_rates": [a, a, a], "n": 100, "top1_std": 0.0} for t, (a, y) in sweep.items()]
+    split = {"candidates": rows, "frontier_score": 0.5}
+    return {"run": run, "config": {"method.name": "probgates"}, "epochs": 30, "n_units": 3, "train_time_s": 1.0,
+            "val": split, "test": split}
+
+
+def test_probgates_claim_reads_dominance_at_threshold_half_and_per_batch_at_per_gates_activation(tmp_path):
+    """002 Sec. 4: per-batch's threshold-0.5 point should have top-1 >= and activation <= per-gate's;
+    at equal activation per-batch's sweep is interpolated linearly. Hand numbers: per-gate 0.5 ->
+    (0.60, 0.85); per-batch sweep (0.40, 0.80), (0.50, 0.84), (0.70, 0.88): at 0.60 it reads
+    0.84 + 0.04 * 0.10 / 0.20 = 0.86, +1.00 points over per-gate."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_results", ROOT / "benchmarks" / "render_results.py")
+    rr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rr)
+    assert rr.at_activation([(0.4, 0.80), (0.5, 0.84), (0.7, 0.88)], 0.6) == pytest.approx(0.86)
+    assert rr.at_activation([(0.4, 0.80), (0.5, 0.84)], 0.5) == 0.84
+    assert rr.at_activation([(0.4, 0.80), (0.5, 0.84)], 0.6) is None
+    gate = _probgates_record("probgates_per_gate", {0.5: (0.60, 0.85), 0.7: (0.30, 0.70)})
+    batch = _probgates_record("probgates_per_batch", {0.3: (0.70, 0.88), 0.5: (0.50, 0.84), 0.7: (0.40, 0.80)})
+    line = rr.probgates_claim(gate, batch)
+    assert "per-batch 84.00 % at activation 0.500 vs per-gate 85.00 % at 0.600 (-1.00 points, -0.100 activation)" in line
+    assert "does not dominate" in line
+    assert "at per-gate's activation 0.600 per-batch's threshold sweep reads 86.00 % (+1.00 points: holds)" in line
+    short = _probgates_record("probgates_per_batch", {0.5: (0.50, 0.86), 0.7: (0.45, 0.80)})
+    line = rr.probgates_claim(gate, short)
+    assert "per-batch dominates" in line and "does not reach activation 0.600" in line
+    folder = tmp_path / "results" / "t"
+    folder.mkdir(parents=True)
+    import json
+
+    for r in (gate, batch):
+        (folder / f"{r['run']}.json").write_text(json.dumps(r))
+    section = rr.render("t", tmp_path / "results", tmp_path / "R.md")
+    assert "| probgates_per_batch | threshold:0.50 | 84.00 |" in section and "threshold:0.30" not in section
+    assert (folder / "probgates_sweep.png").is_file() and "probgates_sweep.png" in section
