@@ -127,6 +127,14 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     assert menu["device"] == "jetson-orin-nano" and len(menu["entries"]) == 8
     assert (menu_dir / "jetson-orin-nano" / "menu.parquet").is_file()
     assert "select_jetson_orin_nano_frontier_score" in client.get_run(best["mlflow_run_id"]).data.metrics
+    # the study renderer (benchmarks/render_study.py) reads this real summary and its MLflow store
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_study.py"), "--summary",
+                          str(tmp_path / "rr" / "small" / "summary.json"), "--results-dir", str(tmp_path / "studies"),
+                          "--doc", str(tmp_path / "R.md")], capture_output=True, text=True, timeout=300, check=True).stdout
+    rec = json.loads((tmp_path / "studies" / "small.json").read_text())
+    assert len(rec["trials"]) == 4 and f"`{best['trial_id']}` **best**" in out
+    for c in children:  # every child's name and status, read from the store, is in the MLflow table
+        assert f"`{c.info.run_name}` (`{c.info.run_id}`) | {c.info.status} |" in out
 
 
 @RAY_TIMING
