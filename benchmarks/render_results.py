@@ -204,6 +204,8 @@ def claims(runs: dict[str, dict[str, Any]], diag: dict[str, dict[str, Any]] | No
 
 
 def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    """Every candidate (dots) and each run's frontier (steps), top-1 vs MACs: the whole range on the
+    left, and on the right the band within 10 points of the best top-1, where the frontiers differ."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,19 +213,29 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
 
     from gatesearch.selection.pareto import pareto_mask
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    fronts = {}
     for name, r in runs.items():
         rows = [c for c in r["test"]["candidates"] if c["cost"] <= 1.0 + 1e-9]
         mask = pareto_mask([c["macs"] for c in rows], [c["top1"] for c in rows])
         front = sorted((c["macs"] / 1e6, 100 * c["top1"]) for c, m in zip(rows, mask) if m)
-        line = ax.step([x for x, _ in front], [y for _, y in front], where="post", marker="o", label=name)
-        ax.scatter([c["macs"] / 1e6 for c in rows], [100 * c["top1"] for c in rows], s=8, alpha=0.35,
-                   color=line[0].get_color())
-    ax.set_xlabel("MMACs per image")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("CIFAR-10, ResNet-20: every candidate (dots) and each run's frontier (steps)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        fronts[name] = front
+        reach = max(c["macs"] for c in rows) / 1e6  # the best top-1 within a budget holds up to the largest one
+        xs, ys = [x for x, _ in front] + [reach], [y for _, y in front] + [front[-1][1]]
+        for ax in axes:
+            line = ax.step(xs, ys, where="post", marker="o", markevery=list(range(len(front))), label=name)
+            ax.scatter([c["macs"] / 1e6 for c in rows], [100 * c["top1"] for c in rows], s=8, alpha=0.35,
+                       color=line[0].get_color())
+    top = max(y for f in fronts.values() for _, y in f)
+    band = [y for f in fronts.values() for _, y in f if y >= top - 10.0]
+    axes[1].set_ylim(min(band) - 0.5, top + 0.5)
+    axes[0].set_title("CIFAR-10, ResNet-20: every candidate (dots), each run's frontier (steps)", fontsize=9)
+    axes[1].set_title("the same, zoomed to the top 10 points", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("MMACs per image")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
