@@ -23,6 +23,7 @@ from gatesearch.stats import sample_std
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["plain_full", "plain_base", "stochastic_depth", "adn", "gated_depth", "probgates_per_gate",
          "probgates_per_batch"]
+HALF = "threshold:0.50"  # the paper's MAP rule (002 Sec. 3.2, tau = 1/2)
 
 
 def load_runs(folder: Path) -> dict[str, dict[str, Any]]:
@@ -89,7 +90,7 @@ def strategy_table(runs: dict[str, dict[str, Any]]) -> list[str]:
     lines = ["| run | strategy | test top-1 | +- (runs) | activation | relative MACs |", "|---|---|---|---|---|---|"]
     for name, r in runs.items():
         for s, c in _strategies(r).items():
-            if s.startswith("threshold:") and s != "threshold:0.50":
+            if s.startswith("threshold:") and s != HALF:
                 continue
             lines.append(f"| {name} | {s} | {100 * c['top1']:.2f} | {100 * c['top1_std']:.2f} | {_activation(c):.3f} "
                          f"| {c['cost']:.3f} |")
@@ -119,7 +120,7 @@ def probgates_claim(gate: dict[str, Any], batch: dict[str, Any]) -> str:
     dominates per-gate's (top-1 >= at activation <=). Also read at equal activation: per-batch's
     threshold sweep interpolated at per-gate's threshold-0.5 activation (``at_activation``)."""
     head = "- **Probabilistic gates Sec. 4** (per-batch >= per-gate at equal activation, CIFAR-10): "
-    g, b = (_strategies(r).get("threshold:0.50") for r in (gate, batch))
+    g, b = (_strategies(r).get(HALF) for r in (gate, batch))
     if not (g and b):
         return head + "no threshold-0.5 result in one of the two runs."
     ag, ab = _activation(g), _activation(b)
@@ -203,13 +204,26 @@ def claims(runs: dict[str, dict[str, Any]], diag: dict[str, dict[str, Any]] | No
     return out
 
 
-def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
-    """Every candidate (dots) and each run's frontier (steps), top-1 vs MACs: the whole range on the
-    left, and on the right the band within 10 points of the best top-1, where the frontiers differ."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
+def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    """Every candidate (dots) and each run's frontier (steps), top-1 vs MACs: the whole range on the
+    left, and on the right the band within 10 points of the best top-1, where the frontiers differ."""
+    plt = _pyplot()
 
     from gatesearch.selection.pareto import pareto_mask
 
@@ -236,10 +250,7 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def sweep_plot(runs: dict[str, dict[str, Any]], path: Path) -> bool:
@@ -249,15 +260,12 @@ def sweep_plot(runs: dict[str, dict[str, Any]], path: Path) -> bool:
     sweeps = {k: v for k, v in sweeps.items() if v}
     if not sweeps:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, pts in sweeps.items():
         line = ax.plot([x for x, _ in pts], [100 * y for _, y in pts], marker=".", label=name)
-        half = _strategies(runs[name]).get("threshold:0.50")
+        half = _strategies(runs[name]).get(HALF)
         if half:
             ax.scatter([_activation(half)], [100 * half["top1"]], s=80, facecolors="none",
                        edgecolors=line[0].get_color())
@@ -266,10 +274,7 @@ def sweep_plot(runs: dict[str, dict[str, Any]], path: Path) -> bool:
     ax.set_title("probabilistic gates: threshold sweep (ring: threshold 0.5)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
