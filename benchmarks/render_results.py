@@ -64,7 +64,10 @@ def pattern_table(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _activation(c: dict[str, Any]) -> float:
-    return sum(c["unit_rates"]) / max(len(c["unit_rates"]), 1)
+    """Mean unit execution rate; 1.0 when a candidate records none (every unit runs), as in
+    ``gatesearch.selection.select``."""
+    rates = c["unit_rates"]
+    return sum(rates) / len(rates) if rates else 1.0
 
 
 def _sweep(rec: dict[str, Any], split: str = "test") -> list[tuple[float, float]]:

@@ -10,6 +10,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _bench(name: str):
+    """A script of benchmarks/ loaded as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_train_step_benchmark_prints_base_net_share_and_a_verdict_per_target():
     cmd = [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--batch", "4", "--rounds", "2", "--steps", "4",
            "--only", "adn", "gated_depth"]
@@ -75,12 +85,9 @@ def _record(run: str, top1_full: float, top1_base: float, **config) -> dict:
 def test_renderer_keeps_loop_checks_out_of_the_table_and_the_claims(tmp_path):
     """A diagnostic run (a name outside render_results.ORDER) is listed with what it changed, and is
     neither a row of the per-pattern table nor one of the 'plain networks' of the frontier claim."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("render_results", ROOT / "benchmarks" / "render_results.py")
-    rr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rr)
+    rr = _bench("render_results")
     folder = tmp_path / "t"
     folder.mkdir()
     recs = {"plain_full": _record("plain_full", 0.8618, 0.10), "adn": _record("adn", 0.87, 0.85, **{"method.name": "adn"}),
@@ -146,11 +153,7 @@ def test_study_record_and_render_show_the_summary_numbers(tmp_path):
 
 
 def test_reproduce_workers_claim_runs_and_take_over_a_dead_workers_lock(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("reproduce_cifar", ROOT / "benchmarks" / "reproduce_cifar.py")
-    rc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rc)
+    rc = _bench("reproduce_cifar")
     lock = tmp_path / "adn" / "running.pid"
     assert rc.claim(lock) and lock.read_text() == str(__import__("os").getpid())
     assert not rc.claim(lock)  # held by a live process (this one)
@@ -177,14 +180,11 @@ def test_probgates_claim_reads_dominance_at_threshold_half_and_per_batch_at_per_
     at equal activation per-batch's sweep is interpolated linearly. Hand numbers: per-gate 0.5 ->
     (0.60, 0.85); per-batch sweep (0.40, 0.80), (0.50, 0.84), (0.70, 0.88): at 0.60 it reads
     0.84 + 0.04 * 0.10 / 0.20 = 0.86, +1.00 points over per-gate."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("render_results", ROOT / "benchmarks" / "render_results.py")
-    rr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rr)
+    rr = _bench("render_results")
     assert rr.at_activation([(0.4, 0.80), (0.5, 0.84), (0.7, 0.88)], 0.6) == pytest.approx(0.86)
     assert rr.at_activation([(0.4, 0.80), (0.5, 0.84)], 0.5) == 0.84
     assert rr.at_activation([(0.4, 0.80), (0.5, 0.84)], 0.6) is None
+    assert rr._activation({"unit_rates": [0.5, 1.0]}) == 0.75 and rr._activation({"unit_rates": []}) == 1.0  # none: all run
     gate = _probgates_record("probgates_per_gate", {0.5: (0.60, 0.85), 0.7: (0.30, 0.70)})
     batch = _probgates_record("probgates_per_batch", {0.3: (0.70, 0.88), 0.5: (0.50, 0.84), 0.7: (0.40, 0.80)})
     line = rr.probgates_claim(gate, batch)
