@@ -5,22 +5,26 @@
     python benchmarks/render_study.py --study cifar10_resnet20_cpu          # re-render the committed record
 
 ``--summary`` copies the study's ``summary.json`` (every trial: baseline or searched, config, state,
-epochs, objective, MLflow run), the best trial's menus (each device's frontier score and Pareto
-entries) and the MLflow parent run into ``docs/results/studies/<study>.json``, with the storage
-paths made relative to the study directory. The section between ``<!-- study:<study>:begin -->``
-and ``<!-- study:<study>:end -->`` is then rendered from that file: the trials, the best searched
-trial against the best paper baseline, the winning config, its menus, and where each of them sits
-in MLflow.
+epochs, objective, MLflow run), each trial's objective after every epoch (its Tune ``progress.csv``),
+the best trial's menus (each device's frontier score and Pareto entries) and the MLflow parent run
+into ``docs/results/studies/<study>.json``, with the storage paths made relative to the study
+directory. The section between ``<!-- study:<study>:begin -->`` and ``<!-- study:<study>:end -->``
+is then rendered from that file: the trials, the best searched trial against the best paper
+baseline, the winning config, its menus, and where each of them sits in MLflow; the learning curves
+go to ``docs/results/studies/<study>.png`` (the objective per epoch of every trial, where ASHA
+stopped each one).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from render_results import write_section  # benchmarks/ is on sys.path when a script here runs
+from render_results import _pyplot, _save, write_section  # benchmarks/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "studies"
@@ -52,13 +56,25 @@ def _mlflow_runs(uri: str | None, run_ids: list[str | None]) -> dict[str, dict[s
         return {}
 
 
+def _curve(study_dir: Path, trial_id: str, metric: str) -> list[list[float]]:
+    """``[[epochs_done, objective], ...]`` from the trial's Tune ``progress.csv`` (``<name>_<trial_id>/``);
+    [] where the file is missing."""
+    found = sorted(study_dir.glob(f"*_{trial_id}/progress.csv"))
+    if not found:
+        return []
+    with found[0].open(newline="") as f:
+        return [[int(float(r["epochs_done"])), float(r[metric])] for r in csv.DictReader(f)
+                if r.get(metric) not in (None, "") and r.get("epochs_done") not in (None, "")]
+
+
 def record_from_summary(summary_path: Path, space: str | None = None) -> dict[str, Any]:
     """The committed record of one study: its summary with relative paths, plus the best trial's menus."""
     summary = json.loads(summary_path.read_text())
     study_dir = summary_path.resolve().parent
     runs = _mlflow_runs(summary.get("tracking_uri"), [t.get("mlflow_run_id") for t in summary["trials"]])
-    trials = [{**t, "checkpoint": _relative(t.get("checkpoint"), study_dir), **runs.get(t.get("mlflow_run_id"), {})}
-              for t in summary["trials"]]
+    metric = summary["objective"][0]["metric"]
+    trials = [{**t, "checkpoint": _relative(t.get("checkpoint"), study_dir), **runs.get(t.get("mlflow_run_id"), {}),
+               "curve": _curve(study_dir, t["trial_id"], metric)} for t in summary["trials"]]
     menus: dict[str, Any] = {}
     for trial_id, folder in (summary.get("menus") or {}).items():
         for menu_file in sorted(Path(folder).glob("*/menu.json")):
@@ -140,9 +156,56 @@ def render_section(rec: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(rec: dict[str, Any], doc: Path) -> str:
+METHOD_COLORS = {"adn": "tab:blue", "gated_depth": "tab:orange", "probgates": "tab:green", "plain": "tab:gray",
+                 "stochastic_depth": "tab:purple"}
+
+
+def plot(rec: dict[str, Any], path: Path) -> bool:
+    """The objective after every epoch of each trial: paper baselines solid, searched trials dashed,
+    coloured by method; an x where ASHA stopped a trial, a star on the best. Left every epoch, right
+    the band within 5 points of the best value, where the trials differ. False when no trial has a
+    curve (nothing drawn)."""
+    trials = [(i, t) for i, t in enumerate(rec["trials"]) if t.get("curve")]
+    if not trials:
+        return False
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    metric = rec["objective"][0]["metric"]
+    top = max(v for _, t in trials for _, v in t["curve"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax in axes:
+        for i, t in trials:
+            method = (t.get("config") or {}).get("method.name", "?")
+            x, y = zip(*t["curve"])
+            kind = "paper baseline" if t.get("baseline") else "searched"
+            ax.plot(x, y, color=METHOD_COLORS.get(method, "black"), ls="-" if t.get("baseline") else "--",
+                    lw=2.0 if t.get("baseline") else 1.2, marker=".", label=f"#{i} {method} ({kind})")
+            if t["state"] == "STOPPED":
+                ax.plot(x[-1], y[-1], "x", color="black", ms=8)
+            if t["trial_id"] == rec.get("best_trial_id"):
+                ax.plot(x[-1], y[-1], "*", color="gold", mec="black", ms=14, zorder=5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{metric} (validation)")
+    axes[0].set_title(f"study {rec['study']}: x = stopped by ASHA, star = best")
+    axes[1].set_ylim(top - 0.05, top + 0.005)
+    axes[1].set_title("within 5 points of the best value")
+    axes[1].legend(fontsize=8, loc="best")
+    _save(fig, path)
+    return True
+
+
+def render(rec: dict[str, Any], doc: Path, results: Path) -> str:
+    """Write the learning-curve figure next to the record and the section into ``doc``."""
     begin, end = f"<!-- study:{rec['study']}:begin -->", f"<!-- study:{rec['study']}:end -->"
-    return write_section(doc, begin, end, render_section(rec))
+    body = render_section(rec)
+    png = results / f"{rec['study']}.png"
+    if plot(rec, png):
+        rel = Path(os.path.relpath(png, doc.resolve().parent)).as_posix()
+        body += ["", f"![objective per epoch of every trial]({rel})"]
+    return write_section(doc, begin, end, body)
 
 
 def main() -> None:
@@ -161,7 +224,7 @@ def main() -> None:
         (results / f"{rec['study']}.json").write_text(json.dumps(rec, indent=1, allow_nan=False) + "\n")
     else:
         rec = json.loads((results / f"{args.study}.json").read_text())
-    print(render(rec, Path(args.doc)))
+    print(render(rec, Path(args.doc), results))
 
 
 if __name__ == "__main__":

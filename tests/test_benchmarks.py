@@ -136,6 +136,11 @@ def test_study_record_and_render_show_the_summary_numbers(tmp_path):
                     "config": {"method.name": "gated_depth", "method.gated_depth.k": 7}}],
     }
     (study / "summary.json").write_text(json.dumps(summary))
+    # Tune's per-trial progress.csv (one row per epoch; b1 logs a column the record does not keep)
+    (study / "t000_b1").mkdir()
+    (study / "t000_b1" / "progress.csv").write_text("frontier_score,train_loss,epochs_done\n0.5,1.2,1\n0.7,0.9,2\n0.8456,0.6,3\n")
+    (study / "t001_s2").mkdir()
+    (study / "t001_s2" / "progress.csv").write_text("epochs_done,frontier_score\n1,0.4\n2,0.6\n3,0.8123\n")
     doc, results = tmp_path / "R.md", tmp_path / "studies"
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_study.py"), "--summary", str(study / "summary.json"),
                           "--results-dir", str(results), "--doc", str(doc)], capture_output=True, text=True,
@@ -143,6 +148,9 @@ def test_study_record_and_render_show_the_summary_numbers(tmp_path):
     rec = json.loads((results / "s.json").read_text())
     assert rec["trials"][0]["checkpoint"] == "t000_b1/last.pt" and rec["menus"]["b1"]["host"]["n_entries"] == 2
     assert [e["pattern"] for e in rec["menus"]["b1"]["host"]["pareto"]] == ["FFF"]
+    assert rec["trials"][0]["curve"] == [[1, 0.5], [2, 0.7], [3, 0.8456]]
+    assert rec["trials"][1]["curve"] == [[1, 0.4], [2, 0.6], [3, 0.8123]]
+    assert (results / "s.png").stat().st_size > 0 and "![objective per epoch of every trial](studies/s.png)" in out
     assert "| 0 | `b1` **best** | paper baseline | adn | alpha=0.5 | COMPLETE | 10 | 0.8456 | 2.00 |" in out
     assert "| 1 | `s2` | searched | gated_depth | k=7 | stopped early (ASHA) | 3 | 0.8123 |" in out
     assert "searched `s2` 0.8123 vs baseline adn `b1` 0.8456: difference -0.0333 (the paper recipe stays ahead)" in out
