@@ -211,3 +211,29 @@ def test_probgates_claim_reads_dominance_at_threshold_half_and_per_batch_at_per_
     section = rr.render("t", tmp_path / "results", tmp_path / "R.md")
     assert "| probgates_per_batch | threshold:0.50 | 84.00 |" in section and "threshold:0.30" not in section
     assert (folder / "probgates_sweep.png").is_file() and "probgates_sweep.png" in section
+
+
+def test_committed_results_doc_is_what_the_renderers_make_from_the_committed_json(tmp_path):
+    """Issue 16: no number in docs/RESULTS.md typed by hand. Re-rendering every results table and
+    every recorded study from the committed JSON (into a copy of docs/) leaves the document unchanged."""
+    import json
+    import shutil
+
+    docs = tmp_path / "docs"
+    shutil.copytree(ROOT / "docs", docs)
+    doc = docs / "RESULTS.md"
+    committed = doc.read_text()
+    rr = _bench("render_results")
+    tables = sorted(p.name for p in (docs / "results").iterdir() if p.is_dir() and p.name != "studies")
+    assert tables, "no results table committed"
+    for table in tables:
+        assert f"<!-- results:{table}:begin -->" in committed, table
+        rr.render(table, docs / "results", doc)
+    studies = sorted((docs / "results" / "studies").glob("*.json")) if (docs / "results" / "studies").is_dir() else []
+    for record in studies:
+        study = json.loads(record.read_text())["study"]
+        assert f"<!-- study:{study}:begin -->" in committed, study
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_study.py"), "--study", study, "--results-dir",
+                        str(docs / "results" / "studies"), "--doc", str(doc)], capture_output=True, text=True,
+                       timeout=300, check=True)
+    assert doc.read_text() == committed
