@@ -11,8 +11,7 @@ into ``docs/results/studies/<study>.json``, with the storage paths made relative
 directory. The section between ``<!-- study:<study>:begin -->`` and ``<!-- study:<study>:end -->``
 is then rendered from that file: the trials, the best searched trial against the best paper
 baseline, the winning config, its menus, and where each of them sits in MLflow; the learning curves
-go to ``docs/results/studies/<study>.png`` (the objective per epoch of every trial, where ASHA
-stopped each one).
+go to ``docs/results/studies/<study>.png`` (the objective per epoch of every trial, and where each one stopped).
 """
 
 from __future__ import annotations
@@ -67,6 +66,35 @@ def _curve(study_dir: Path, trial_id: str, metric: str) -> list[list[float]]:
                 if r.get(metric) not in (None, "") and r.get("epochs_done") not in (None, "")]
 
 
+def _schedule(space: str | None) -> dict[str, Any]:
+    """The space's ASHA rungs (the epochs at which ASHA may stop a trial: grace * rf^k below the
+    epoch budget, as Ray's ``ASHAScheduler`` places them) and its time budget; {} without a space."""
+    if not space:
+        return {}
+    from gatesearch.search.space import load_space
+
+    s = load_space(space).study
+    rungs, r = [], float(s.asha_grace_period)
+    while r < s.epochs:
+        rungs.append(int(r))
+        r *= s.asha_reduction_factor
+    return {"asha_rungs": rungs, "time_budget_s": s.time_budget_s}
+
+
+def _stop_reason(rec: dict[str, Any], t: dict[str, Any]) -> str:
+    """Why a trial short of the epoch budget stopped: at an ASHA rung, ASHA; elsewhere, after the
+    study ran out of its time budget, the budget (Tune stops every running trial then)."""
+    rungs = rec.get("asha_rungs")
+    if rungs is None:  # a record made without its space: the reason is not known
+        return "stopped early"
+    if t["epochs_done"] in rungs:
+        return "stopped early (ASHA)"
+    budget = rec.get("time_budget_s")
+    if budget is not None and (rec.get("wall_time_s") or 0) >= budget:
+        return "stopped by the time budget"
+    return "stopped"
+
+
 def record_from_summary(summary_path: Path, space: str | None = None) -> dict[str, Any]:
     """The committed record of one study: its summary with relative paths, plus the best trial's menus."""
     summary = json.loads(summary_path.read_text())
@@ -87,7 +115,7 @@ def record_from_summary(summary_path: Path, space: str | None = None) -> dict[st
     keep = ("study", "objective", "n_trials", "n_complete", "n_error", "baselines", "vs_baselines", "wall_time_s",
             "experiment_id", "parent_run_id", "interrupted")
     best = summary.get("best")
-    return {**{k: summary.get(k) for k in keep}, "space": space, "tracking_uri": summary.get("tracking_uri"),
+    return {**{k: summary.get(k) for k in keep}, "space": space, **_schedule(space), "tracking_uri": summary.get("tracking_uri"),
             "best_trial_id": best and best["trial_id"], "trials": trials, "menus": menus}
 
 
@@ -121,7 +149,7 @@ def render_section(rec: dict[str, Any]) -> list[str]:
         cfg = t.get("config") or {}
         kind = "paper baseline" if t.get("baseline") else "searched"
         star = " **best**" if t["trial_id"] == rec.get("best_trial_id") else ""
-        state = {"STOPPED": "stopped early (ASHA)"}.get(t["state"], t["state"])
+        state = _stop_reason(rec, t) if t["state"] == "STOPPED" else t["state"]
         lines.append(f"| {i} | `{t['trial_id']}`{star} | {kind} | {cfg.get('method.name', '')} | {_short_config(cfg)}"
                      f" | {state} | {t['epochs_done']} | {_objective(rec, t)} | {(t.get('train_time_s') or 0) / 3600:.2f} |")
     lines.append("")
@@ -162,7 +190,7 @@ METHOD_COLORS = {"adn": "tab:blue", "gated_depth": "tab:orange", "probgates": "t
 
 def plot(rec: dict[str, Any], path: Path) -> bool:
     """The objective after every epoch of each trial: paper baselines solid, searched trials dashed,
-    coloured by method; an x where ASHA stopped a trial, a star on the best. Left every epoch, right
+    coloured by method; an x where a trial stopped early, a star on the best. Left every epoch, right
     the band within 5 points of the best value, where the trials differ. False when no trial has a
     curve (nothing drawn)."""
     trials = [(i, t) for i, t in enumerate(rec["trials"]) if t.get("curve")]
@@ -189,7 +217,7 @@ def plot(rec: dict[str, Any], path: Path) -> bool:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{metric} (validation)")
-    axes[0].set_title(f"study {rec['study']}: x = stopped by ASHA, star = best")
+    axes[0].set_title(f"study {rec['study']}: x = stopped early, star = best")
     axes[1].set_ylim(top - 0.05, top + 0.005)
     axes[1].set_title("within 5 points of the best value")
     axes[1].legend(fontsize=8, loc="best")

@@ -11,9 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(name: str):
-    """A script of benchmarks/ loaded as a module (benchmarks/ is not a package)."""
+    """A script of benchmarks/ loaded as a module (benchmarks/ is not a package; its scripts import each other)."""
     import importlib.util
 
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -152,7 +154,7 @@ def test_study_record_and_render_show_the_summary_numbers(tmp_path):
     assert rec["trials"][1]["curve"] == [[1, 0.4], [2, 0.6], [3, 0.8123]]
     assert (results / "s.png").stat().st_size > 0 and "![objective per epoch of every trial](studies/s.png)" in out
     assert "| 0 | `b1` **best** | paper baseline | adn | alpha=0.5 | COMPLETE | 10 | 0.8456 | 2.00 |" in out
-    assert "| 1 | `s2` | searched | gated_depth | k=7 | stopped early (ASHA) | 3 | 0.8123 |" in out
+    assert "| 1 | `s2` | searched | gated_depth | k=7 | stopped early | 3 | 0.8123 |" in out
     assert "searched `s2` 0.8123 vs baseline adn `b1` 0.8456: difference -0.0333 (the paper recipe stays ahead)" in out
     assert "`FFF` 90.00 % @ 2 ms" in out and "1.50 h wall time" in out
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_study.py"), "--study", "s", "--results-dir",
@@ -237,3 +239,19 @@ def test_committed_results_doc_is_what_the_renderers_make_from_the_committed_jso
                         str(docs / "results" / "studies"), "--doc", str(doc)], capture_output=True, text=True,
                        timeout=300, check=True)
     assert doc.read_text() == committed
+
+
+def test_study_stop_reasons_follow_the_spaces_asha_rungs_and_time_budget():
+    """Ray's ASHA stops a trial only at a rung, grace * rf^k below the epoch budget: the CPU study
+    (grace 3, rf 3, 10 epochs) has rungs 3 and 9 (27 >= 10), and a 7200 s time budget. A trial short
+    of 10 epochs at a rung was stopped by ASHA; elsewhere, once the study used its time budget, by
+    the budget."""
+    rs = _bench("render_study")
+    sched = rs._schedule(str(ROOT / "search_spaces" / "cifar10_resnet20_cpu.yaml"))
+    assert sched == {"asha_rungs": [3, 9], "time_budget_s": 7200.0}
+    rec = {**sched, "wall_time_s": 7230.0}
+    assert rs._stop_reason(rec, {"epochs_done": 3}) == "stopped early (ASHA)"
+    assert rs._stop_reason(rec, {"epochs_done": 9}) == "stopped early (ASHA)"
+    assert rs._stop_reason(rec, {"epochs_done": 5}) == "stopped by the time budget"
+    assert rs._stop_reason({**rec, "wall_time_s": 3600.0}, {"epochs_done": 5}) == "stopped"
+    assert rs._stop_reason({}, {"epochs_done": 3}) == "stopped early"  # a record without its space: reason unknown
