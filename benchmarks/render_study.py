@@ -191,7 +191,7 @@ METHOD_COLORS = {"adn": "tab:blue", "gated_depth": "tab:orange", "probgates": "t
 def plot(rec: dict[str, Any], path: Path) -> bool:
     """The objective after every epoch of each trial: paper baselines solid, searched trials dashed,
     coloured by method; an x where a trial stopped early, a star on the best. Left every epoch, right
-    the band within 5 points of the best value, where the trials differ. False when no trial has a
+    the last four epochs within 5 points of the best value, where the trials differ. False when no trial has a
     curve (nothing drawn)."""
     trials = [(i, t) for i, t in enumerate(rec["trials"]) if t.get("curve")]
     if not trials:
@@ -218,8 +218,10 @@ def plot(rec: dict[str, Any], path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{metric} (validation)")
     axes[0].set_title(f"study {rec['study']}: x = stopped early, star = best")
+    last = max(x for _, t in trials for x, _ in t["curve"])
+    axes[1].set_xlim(max(0.5, last - 3.5), last + 0.5)
     axes[1].set_ylim(top - 0.05, top + 0.005)
-    axes[1].set_title("within 5 points of the best value")
+    axes[1].set_title("last epochs, within 5 points of the best value")
     axes[1].legend(fontsize=8, loc="best")
     _save(fig, path)
     return True
