@@ -3,16 +3,29 @@
 
     python benchmarks/reproduce_cifar.py --data-root ../shared/data/cifar10            # every run, in order
     python benchmarks/reproduce_cifar.py --data-root ../shared/data/cifar10 --run adn  # one run
+    python benchmarks/reproduce_cifar.py --data-root ../shared/data/cifar10 --table block  # the block table
     nice -n 19 env OMP_NUM_THREADS=1 python benchmarks/reproduce_cifar.py ... &        # in the background
-    make reproduce                     # two such workers side by side, one core each: they split the runs
+    make reproduce [TABLE=block]       # two such workers side by side, one core each: they split the runs
+
+Two tables. ``stage`` (the default, issue 16): one gated unit per stage (3 units), one run per recipe
+plus loop checks run only when named; ``docs/results/cifar10_resnet20/``. ``block`` (issue 24): the
+same budget with a gate on every block (``model.gating=block``; ``model.gate_downsample``'s default
+gates each stage's downsampling first block too: 9 units, the layout of 002 Sec. 4 and AIG), six
+recipes at seed indices 0, 1, 2, where index i sets ``train.seed`` and ``data.split_seed`` together
+(paired runs that also vary the split: Bouthillier et al., MLSys 2021), run ``<recipe>_s<i>``, ordered
+seed-major (every recipe at index 0 first) so paired comparisons are possible early;
+``docs/results/cifar10_resnet20_block/``, checkpoints under ``outputs/reproduce_cifar_block/``.
 
 Each run trains with ``train.fit`` into ``<work-dir>/<run>/last.pt`` (a checkpoint per epoch; a killed
-run resumes from it), then scores every candidate it deploys (all 8 patterns; the calibrated full
-network; probgates' inference strategies) on the validation split (5,000 images carved from train) and
-on the full 10,000-image test set with ``gatesearch.evaluate.candidate_table``, the one evaluation path
-training and the selector use, and writes ``<results-dir>/<run>.json``. A run whose JSON exists is
-skipped; a run being trained is marked by ``<work-dir>/<run>/running.pid``, so a second worker takes
-the next run instead. ``benchmarks/render_results.py`` turns the JSON files into ``docs/RESULTS.md``'s table and plot.
+run resumes from it), then scores every candidate it deploys (every pattern: 8 with stage gating, all
+2^9 = 512 with block gating, as ``gatesearch select`` does up to ``evaluate.EXHAUSTIVE_MAX_UNITS``
+units; the calibrated full network; probgates' inference strategies) on the validation split (5,000
+images carved from train) and on the full 10,000-image test set with
+``gatesearch.evaluate.candidate_table``, the one evaluation path training and the selector use, and
+writes ``<results-dir>/<run>.json``. Scoring a block run on one idle core takes about 10 minutes (the
+512 patterns share prefixes: ~28 forward passes' work), a probgates block run about 16 (its strategies
+add ~17); each JSON records its own ``eval_time_s``. A run whose JSON exists is skipped; a run being
+trained is marked by ``<work-dir>/<run>/running.pid``, so a second worker takes the next run instead. ``benchmarks/render_results.py`` turns the JSON files into ``docs/RESULTS.md``'s table and plot.
 
 The evaluation happens in a fresh process (``--phase eval``, started by the training phase), so a
 long training run started before a code change is scored by the code of the tree at its end; the JSON
@@ -28,8 +41,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,7 +79,48 @@ DIAGNOSTICS: dict[str, dict[str, Any]] = {
     # seed-to-seed spread of the same recipe (init, split stays seed 0, augmentation, order)
     "plain_full_seed1": {"method.name": "plain", "train.seed": 1},
 }
-ALL_RUNS = {**RUNS, **DIAGNOSTICS}
+
+#: The block table (issue 24): the stage table's recipes, less the stage-only
+#: ``model.switchable_bn=false`` (block gating has one BN set by default), with a gate on every block.
+BLOCK_RECIPES: dict[str, dict[str, Any]] = {
+    name: {k: v for k, v in RUNS[name].items() if k != "model.switchable_bn"}
+    for name in ("plain_full", "stochastic_depth", "adn", "gated_depth", "probgates_per_gate", "probgates_per_batch")
+}
+BLOCK_SEEDS = (0, 1, 2)
+
+
+def seeded_runs(recipes: dict[str, dict[str, Any]], seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """``<recipe>_s<i>`` for every seed index ``i`` of ``seeds``, seed-major (all recipes at the first
+    index, then the next); index ``i`` sets ``train.seed`` and ``data.split_seed`` both to ``i``."""
+    return {f"{name}_s{i}": {**over, "train.seed": i, "data.split_seed": i} for i in seeds
+            for name, over in recipes.items()}
+
+
+class Table(NamedTuple):  # not a dataclass: tests load this script with no sys.modules entry, which one needs
+    """One results table: the budget every run shares, its runs (made in this order), the runs made
+    only when named (``--run``), where its JSON files and checkpoints go by default, and whether its
+    runs are seed indices of ``seeded_runs``."""
+
+    common: dict[str, Any]
+    runs: dict[str, dict[str, Any]]
+    named_only: dict[str, dict[str, Any]]
+    results_name: str  # docs/results/<results_name>[_e<epochs>]
+    work_dir: str
+    seeded: bool = False
+
+    def overrides(self, run: str) -> dict[str, Any]:
+        return {**self.runs, **self.named_only}[run]
+
+    def seed_index(self, run: str) -> int | None:
+        """The seed index of a run of ``seeded_runs`` (its ``train.seed``), else ``None``."""
+        return self.runs[run]["train.seed"] if self.seeded else None
+
+
+TABLES: dict[str, Table] = {
+    "stage": Table(COMMON, RUNS, DIAGNOSTICS, "cifar10_resnet20", "outputs/reproduce_cifar"),
+    "block": Table({**COMMON, "model.gating": "block"}, seeded_runs(BLOCK_RECIPES, BLOCK_SEEDS), {},
+                   "cifar10_resnet20_block", "outputs/reproduce_cifar_block", seeded=True),
+}
 
 
 def git_commit() -> str:
@@ -79,7 +134,8 @@ def git_commit() -> str:
 
 
 def run_config(args: argparse.Namespace, run: str) -> dict[str, Any]:
-    flat = {**COMMON, **ALL_RUNS[run], "data.root": str(Path(args.data_root).resolve()),
+    table = TABLES[args.table]
+    flat = {**table.common, **table.overrides(run), "data.root": str(Path(args.data_root).resolve()),
             "train.epochs": args.epochs,
             "train.out_dir": str(Path(args.work_dir).resolve() / run), "train.device": args.device,
             "tracking.run_name": f"reproduce-{run}"}
@@ -140,8 +196,10 @@ def eval_phase(args: argparse.Namespace, run: str, out: Path) -> None:
                                bn_loader=data.train, bn_batches=cfg.train.bn_reestimate_batches)
         splits[split] = {"candidates": [dataclasses.asdict(r) for r in rows], "frontier_score": frontier_of(rows)}
     phase = json.loads((last.parent / "phase.json").read_text()) if (last.parent / "phase.json").is_file() else {}
+    table = TABLES[args.table]
+    seeded = {"table": args.table, "seed_index": table.seed_index(run)} if table.seeded else {}
     record = {
-        "run": run, "config": flat, "epochs": ck.epoch + 1, "n_units": model.n_units,
+        "run": run, **seeded, "config": flat, "epochs": ck.epoch + 1, "n_units": model.n_units,
         "history": ck.history, "train_time_s": ck.history[-1].get("train_time_s") if ck.history else None,
         "train_wall_s": phase.get("train_wall_s"), "eval_time_s": time.time() - t0,
         "train_commit": phase.get("train_commit"), "eval_commit": git_commit(),
@@ -158,19 +216,26 @@ def eval_phase(args: argparse.Namespace, run: str, out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", required=True, help="npz directory with train.npz and test.npz")
-    p.add_argument("--run", action="append", choices=sorted(ALL_RUNS),
-                   help="only these runs (repeatable); the diagnostics run only when named")
+    p.add_argument("--table", choices=sorted(TABLES), default="stage",
+                   help="stage: one unit per stage (issue 16); block: a unit per block, 3 seeds per recipe (issue 24)")
+    p.add_argument("--run", action="append", choices=sorted({r for t in TABLES.values() for r in (*t.runs, *t.named_only)}),
+                   help="only these runs of the table (repeatable); the diagnostics run only when named")
     p.add_argument("--epochs", type=int, default=COMMON["train.epochs"])
     p.add_argument("--eval-every", type=int, default=0, help="validation every N epochs (0: the default, 5)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
-    p.add_argument("--work-dir", default="outputs/reproduce_cifar", help="checkpoints (resumable)")
-    p.add_argument("--results-dir", default=None, help="default docs/results/cifar10_resnet20[_e<epochs>]")
+    p.add_argument("--work-dir", default=None, help="checkpoints (resumable); default outputs/reproduce_cifar[_block]")
+    p.add_argument("--results-dir", default=None, help="default docs/results/cifar10_resnet20[_block][_e<epochs>]")
     p.add_argument("--phase", choices=["all", "train", "eval"], default="all")
     args = p.parse_args()
+    table = TABLES[args.table]
+    other = [r for r in args.run or [] if r not in table.runs and r not in table.named_only]
+    if other:
+        p.error(f"run {other[0]} is not in the {args.table} table")
+    args.work_dir = args.work_dir or table.work_dir
     suffix = "" if args.epochs == COMMON["train.epochs"] else f"_e{args.epochs}"
-    results = Path(args.results_dir or ROOT / "docs" / "results" / f"cifar10_resnet20{suffix}")
-    for run in args.run or list(RUNS):
+    results = Path(args.results_dir or ROOT / "docs" / "results" / f"{table.results_name}{suffix}")
+    for run in args.run or list(table.runs):
         out = results / f"{run}.json"
         if out.is_file():
             print(f"[{run}] done: {out}", flush=True)
@@ -185,10 +250,23 @@ def main() -> None:
         try:
             train_phase(args, run)
             if args.phase == "all":  # score with the tree's code as it is now, in a fresh process
-                cmd = [sys.executable, __file__, *sys.argv[1:], "--phase", "eval", "--run", run]
-                subprocess.run(cmd, check=True)
+                subprocess.run([sys.executable, __file__, *eval_argv(sys.argv[1:], run)], check=True)
         finally:
             lock.unlink(missing_ok=True)
+
+
+def eval_argv(argv: list[str], run: str) -> list[str]:
+    """``argv`` with its ``--run`` choices replaced by ``run`` and ``--phase eval`` added: the eval
+    process scores only the run just trained, not the other named ones (perhaps still untrained)."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--run="):
+            skip = False
+            continue
+        skip = a == "--run"
+        if not skip:
+            out.append(a)
+    return [*out, "--phase", "eval", "--run", run]
 
 
 def claim(lock: Path) -> bool:

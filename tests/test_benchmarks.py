@@ -174,6 +174,35 @@ def test_reproduce_workers_claim_runs_and_take_over_a_dead_workers_lock(tmp_path
     assert rc.claim(lock)
 
 
+def test_reproduce_block_table_is_seed_major_sets_both_seeds_and_every_config_validates():
+    """Issue 24's block table: six recipes x seed indices 0, 1, 2, all recipes at one index before the
+    next; index i sets train.seed and data.split_seed; each run is its stage-table recipe with a gate on
+    every block (same data, optimiser and budget), and its flat config passes ``from_flat``."""
+    from argparse import Namespace
+
+    from gatesearch.config import from_flat
+
+    rc = _bench("reproduce_cifar")
+    block, stage = rc.TABLES["block"], rc.TABLES["stage"]
+    recipes = ["plain_full", "stochastic_depth", "adn", "gated_depth", "probgates_per_gate", "probgates_per_batch"]
+    assert list(block.runs) == [f"{r}_s{i}" for i in (0, 1, 2) for r in recipes]
+    args = Namespace(data_root="/data", epochs=30, work_dir="/work", device="cpu", eval_every=0)
+    for run in block.runs:
+        recipe, i = run.rsplit("_s", 1)[0], int(run.rsplit("_s", 1)[1])
+        flat = rc.run_config(Namespace(**vars(args), table="block"), run)
+        cfg = from_flat(flat)
+        assert block.seed_index(run) == i and cfg.train.seed == i and cfg.data.split_seed == i
+        assert cfg.model.gating == "block" and cfg.model.switchable_bn in (None, False)
+        ref = rc.run_config(Namespace(**vars(args), table="stage"), recipe)
+        varied = {"model.gating", "model.switchable_bn", "train.seed", "data.split_seed", "train.out_dir",
+                "tracking.run_name"}
+        assert {k: v for k, v in flat.items() if k not in varied} == {k: v for k, v in ref.items() if k not in varied}
+    assert list(stage.runs) == ["plain_full", "plain_base", *recipes[1:]] and stage.seed_index("adn") is None
+    # the eval process scores only the run just trained, whatever else the worker was asked for
+    assert rc.eval_argv(["--table", "block", "--run", "adn_s0", "--run=adn_s1", "--threads", "1"], "adn_s1") == [
+        "--table", "block", "--threads", "1", "--phase", "eval", "--run", "adn_s1"]
+
+
 def _probgates_record(run: str, sweep: dict[float, tuple[float, float]]) -> dict:
     """A probgates run whose threshold sweep is ``{threshold: (activation, top1)}`` (3 units)."""
     rows = [{"pattern": p, "strategy": "pattern", "top1": 0.8, "macs": m, "cost": m / 40.0, "unit_rates": [], "n": 100,
