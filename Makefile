@@ -30,6 +30,7 @@ compose-tool:
 	  echo "note: docker-compose not installed; the compose-file test will be skipped"
 
 test: $(STAMP) compose-tool
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q --durations=15 tests
 
 lint: $(STAMP)

@@ -17,9 +17,11 @@ import platform
 import torch
 from scipy.stats import spearmanr
 
+from gatesearch.devices.profiles import get_device
+from gatesearch.devices.roofline import predict_ms, trace_layers
+from gatesearch.devices.timing import measure_ms
 from gatesearch.models import create_model
 from gatesearch.patterns import all_patterns
-from gatesearch.selection.latency import get_device, measure_ms, predict_ms, trace_layers
 
 NETS = [("resnet20", "cifar", 32, 60), ("resnet50", "imagenet", 224, 12)]  # (model, stem, size, runs)
 

@@ -228,7 +228,7 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
     left, and on the right the band within 10 points of the best top-1, where the frontiers differ."""
     plt = _pyplot()
 
-    from gatesearch.selection.pareto import pareto_mask
+    from gatesearch.evaluate.frontier import pareto_mask
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     fronts = {}

@@ -1,4 +1,4 @@
-"""Prefix-trie scoring vs naive per-pattern scoring (selection/score.py), one process run.
+"""Prefix-trie scoring vs naive per-pattern scoring (evaluate/walk.py), one process run.
 
 Both score every skip pattern on the same synthetic batches; the trie runs the stem once per
 batch and each (prefix, switch) of the network once, the naive loop runs ``model(x, pattern)``
@@ -19,9 +19,9 @@ import time
 
 import torch
 
+from gatesearch.evaluate.walk import evaluate_patterns_naive, evaluate_patterns_trie
 from gatesearch.models import create_model
 from gatesearch.patterns import all_patterns
-from gatesearch.selection.score import evaluate_patterns_naive, evaluate_patterns_trie
 
 SETUPS = [  # (model, gating, stem, images, batch, size)
     ("resnet20", "stage", "cifar", 512, 128, 32),

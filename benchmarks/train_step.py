@@ -126,7 +126,7 @@ def main() -> None:
           f"  flush_denormal {args.flush_denormal}")
     print(f"{'method':<24} {'ms/step':>8} {'ratio to plain':>15} {'(IQR)':>13} {'target':>7}")
     for n in names:
-        q1, med, q3 = statistics.quantiles(ratios[n], n=4) if len(ratios[n]) > 1 else [ratios[n][0]] * 3
+        q1, med, q3 = statistics.quantiles(ratios[n], n=4, method="inclusive") if len(ratios[n]) > 1 else [ratios[n][0]] * 3
         target = TARGETS.get(n.split(" ")[0])
         verdict = "" if target is None else f"<= {target:<4} {'PASS' if med <= target else 'FAIL'}"
         print(f"{n:<24} {min(times[n]) * 1e3:8.1f} {med:15.2f} {f'({q1:.2f}-{q3:.2f})':>13} {verdict:>7}")

@@ -18,6 +18,7 @@ from torch import nn
 from gatesearch.config import Config, ConfigError, from_flat, to_flat
 from gatesearch.errors import UserError
 from gatesearch.models import GatedResNet, create_model
+from gatesearch.resolve import check_model
 
 FORMAT = 1
 
@@ -135,6 +136,7 @@ def _check_fields(path: Path, state: Any) -> None:
 
 def build_model(cfg: Config, num_classes: int, input_shape: tuple[int, ...]) -> GatedResNet:
     """The model a config describes, for ``num_classes`` outputs and ``input_shape`` (C, H, W) inputs."""
+    check_model(cfg.model)  # an unknown name is the one-line ConfigError, not a registry KeyError
     m = cfg.model
     # ResNet-only layout keys (config.ModelConfig rejects them for the other backbones)
     resnet = {"gate_downsample": m.gate_downsample, "zero_init_residual": m.zero_init_residual} if is_resnet(m.name) else {}

@@ -2,6 +2,10 @@
 
 Handlers only parse, call and print. A ``UserError`` (bad config, unknown device, missing
 checkpoint, ...) becomes one line on stderr and exit code 2, never a traceback.
+
+Each handler imports what it runs inside its own body (the only function-level imports of the package
+besides optional heavy dependencies): start-up time, so ``gatesearch --help``, ``devices`` and a bad
+argument answer without importing torch, Ray or MLflow.
 """
 
 from __future__ import annotations
@@ -106,11 +110,13 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from gatesearch.config import load, with_overrides
+    from gatesearch.resolve import check_names
     from gatesearch.train import ConsoleReporter, TrainingDiverged, fit
 
     cfg = load(args.config, args.set or [])
     if args.tracking_uri:
         cfg = with_overrides(cfg, {"tracking.uri": args.tracking_uri})
+    check_names(cfg)  # model, method, cost-axis device: the same one line, before any work
     preflight.check_output_dir(cfg.train.out_dir, "train.out_dir")
     preflight.torch_device(cfg.train.device, "train.device")
     reporters: list = [ConsoleReporter(cfg.train.log_every)]
@@ -195,7 +201,7 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
-    from gatesearch.selection.latency import device_profiles, get_device
+    from gatesearch.devices.profiles import device_profiles, get_device
 
     print(f"{'device':<24} {'aliases':<8} {'FP16 TF/s':>10} {'FP32 TF/s':>10} {'GB/s':>8} {'launch us':>9} "
           f"{'eff':>5} {'prec':>5}  source")
@@ -221,7 +227,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
     from gatesearch.checkpoint import load_checkpoint
-    from gatesearch.selection.latency import profile_rows, write_lut
+    from gatesearch.devices.lut import write_lut
+    from gatesearch.devices.timing import profile_rows
 
     preflight.check_output_file(args.out, "--out")  # before minutes of timing, not after
     preflight.torch_device(args.torch_device, "--torch-device")

@@ -14,8 +14,11 @@ import torch
 from torch import nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 
+from gatesearch.devices.profiles import get_device
+from gatesearch.devices.roofline import predict_ms, trace_layers
 from gatesearch.flops import flop_counter
 from gatesearch.models import Gates
+from gatesearch.patterns import SkipPattern
 
 
 @torch.no_grad()
@@ -64,7 +67,7 @@ class CandidateCosts:
     """Costs of a model's candidates on one axis, relative to the super-net, cached per pattern.
 
     ``axis`` is ``"macs"`` (per image, ``count_macs``) or ``"latency:<device>"`` (the selector's
-    roofline model of that device at batch 1, ``selection.latency.predict_ms``), the two cost axes
+    roofline model of that device at batch 1, ``devices.roofline.predict_ms``), the two cost axes
     a study can score on (``train.score_cost``). A fixed pattern costs what it runs; an inference
     strategy that runs unit ``u`` for a fraction ``rate_u`` of the samples costs, in expectation,
     ``cost(base) + sum_u rate_u * (cost(super) - cost(super without u))``, times its forward passes.
@@ -76,16 +79,12 @@ class CandidateCosts:
         self._axis: dict[str, float] = {}
         self.profile = None
         if axis.startswith("latency:"):
-            from gatesearch.selection.latency import get_device
-
             self.profile = get_device(axis.split(":", 1)[1])
         elif axis != "macs":
             raise ValueError(f"cost axis must be 'macs' or 'latency:<device>', got {axis!r}")
 
     def macs(self, pattern: str) -> int:
         if pattern not in self._macs:
-            from gatesearch.patterns import SkipPattern
-
             self._macs[pattern] = count_macs(self.model, SkipPattern.parse(pattern, len(pattern)), self.shape)
         return self._macs[pattern]
 
@@ -93,9 +92,6 @@ class CandidateCosts:
         if self.profile is None:
             return float(self.macs(pattern))
         if pattern not in self._axis:
-            from gatesearch.patterns import SkipPattern
-            from gatesearch.selection.latency import predict_ms, trace_layers
-
             p = SkipPattern.parse(pattern, len(pattern))
             self._axis[pattern] = predict_ms(trace_layers(self.model, p, self.shape), self.profile)
         return self._axis[pattern]

@@ -148,7 +148,7 @@ def build_data(cfg: DataConfig, seed: int) -> DataBundle:
 @DATASETS.register("digits")
 def _digits(cfg: DataConfig, seed: int) -> DataBundle:
     """scikit-learn's bundled 8x8 digits (1797 images, 1 channel, no download); a fixed 20 % test split."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn loads only for the digits set
 
     d = load_digits()
     images = torch.as_tensor(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]  # [N, 1, 8, 8]
@@ -196,7 +196,7 @@ def check_arrays(images: np.ndarray, labels: np.ndarray, num_classes: int, origi
 
 
 def _torchvision_split(cfg: DataConfig, train: bool, classes: int) -> Arrays:
-    import torchvision
+    import torchvision  # lazy: torchvision's datasets load only for source=torchvision
 
     cls = torchvision.datasets.CIFAR10 if classes == 10 else torchvision.datasets.CIFAR100
     try:
@@ -246,7 +246,7 @@ def _synthetic(cfg: DataConfig, seed: int) -> DataBundle:
 @DATASETS.register("imagefolder")
 def _imagefolder(cfg: DataConfig, seed: int) -> DataBundle:
     """ImageNet layout: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (the test split)."""
-    import torchvision.transforms as T
+    import torchvision.transforms as T  # lazy: only the ImageFolder path needs them
     from torchvision.datasets import ImageFolder
 
     root = Path(cfg.root or "")

@@ -1,5 +1,5 @@
 """Summary statistics of repeated measurements, one definition for every reported ``*_std``
-(stochastic-inference runs in ``evaluate`` and ``selection.score``, patterns in ``selection.pareto``),
+(stochastic-inference runs in ``evaluate.passes`` and ``evaluate.strategies``, patterns in ``selection.pareto``),
 and the uncertainty every comparison states (STYLE.md habit 13; DESIGN.md "Flow" step 5):
 
 - ``t_interval``: Student's t interval of a mean over seeds;

@@ -7,8 +7,16 @@ database-backed store for a local file: use ``sqlite:///path/mlflow.db``.
 
 from __future__ import annotations
 
+import base64
+import json
+import math
+import os
+import random
 import re
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gatesearch.config import Config, to_flat
+from gatesearch.errors import UserError
+from gatesearch.preflight import check_output_file
 
 _BATCH = 100  # log_batch accepts at most 100 params / 1000 metrics per call
 
@@ -26,19 +36,11 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0, what: str = "tracking.u
     server that does not answer, refuses the credentials (``MLFLOW_TRACKING_USERNAME`` /
     ``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``) or is not MLflow; a ``sqlite:///`` file
     whose directory is not writable. MLflow's own client retries a dead server for minutes."""
-    from gatesearch.errors import UserError
-
     if uri.startswith("sqlite:///"):
-        from gatesearch.preflight import check_output_file
-
         check_output_file(uri[len("sqlite:///"):], what)
         return
     if not uri.startswith(("http://", "https://")):
         return
-    import base64
-    import os
-    import urllib.error
-    import urllib.request
 
     # GET get-by-name: read-only, answered by every MLflow 2/3 server (404 RESOURCE_DOES_NOT_EXIST is an answer too)
     req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
@@ -137,19 +139,17 @@ class MLflowReporter:
 STUDY_TAG = "gatesearch.study"
 TRIAL_TAG = "gatesearch.trial_id"
 ERROR_TAG = "gatesearch.error"
+LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # the artifacts the UI lists as tables
 
 
 def _with_retries(fn: Any, *args: Any, attempts: int = 10, **kwargs: Any) -> Any:
-    import random as _random
-    import time as _time
-
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # MlflowException("database is locked"), OperationalError, HTTP 5xx, ...
             if i == attempts - 1 or "does not exist" in str(e) or "INVALID_PARAMETER_VALUE" in str(e):
                 raise
-            _time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + _random.random()))
+            time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
 
@@ -213,7 +213,7 @@ def trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str, r
     if found:
         run = found[0]
         return run.info.run_id, run.info.status, run.data.tags.get(ERROR_TAG)
-    all_tags = {**tags, TRIAL_TAG: trial_id, "mlflow.parentRunId": parent_run_id, "gatesearch.kind": "trial"}
+    all_tags = {"gatesearch.kind": "trial", **tags, TRIAL_TAG: trial_id, "mlflow.parentRunId": parent_run_id}
     run = _with_retries(client.create_run, experiment_id, run_name=run_name, tags=all_tags)
     rid = run.info.run_id
     for chunk in _chunks([Param(k, _param_value(v)) for k, v in sorted(params.items())]):
@@ -222,11 +222,9 @@ def trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str, r
 
 
 def log_trial_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
-    import math as _math
-
     now = int(time.time() * 1000)
     items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and _math.isfinite(float(v))]
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
     for chunk in _chunks(items, 500):
         _with_retries(study_client(uri).log_batch, run_id, metrics=chunk)
 
@@ -280,8 +278,6 @@ def find_run_checkpoint(uri: str, run_id: str, dst_dir: str | Path) -> Path:
 
     A run that does not exist or has no checkpoint artifact is a ``UserError``.
     """
-    from gatesearch.errors import UserError
-
     client = study_client(uri)
     try:
         client.get_run(run_id)
@@ -317,3 +313,22 @@ def log_selection(uri: str, run_id: str, menus: list[Any], out_dir: str | Path, 
     for chunk in _chunks(items, 1000):
         _with_retries(client.log_batch, run_id, metrics=chunk)
     _with_retries(client.log_artifacts, run_id, str(out_dir), "selection")
+
+
+def log_table(uri: str, run_id: str, data: dict[str, list[Any]], artifact_file: str) -> None:
+    """``data`` (column -> values) as an MLflow table artifact, which the UI's table view shows. Unlike
+    ``MlflowClient.log_table``, which appends to an existing file, a second call replaces the table, so a
+    resumed study refreshes its tables instead of doubling their rows."""
+    import pandas as pd  # lazy: pandas loads only when a table is logged
+
+    client = study_client(uri)
+    with tempfile.TemporaryDirectory(prefix="gs-table-") as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        pd.DataFrame(data).to_json(path, orient="split", index=False)
+        parent = str(Path(artifact_file).parent)
+        _with_retries(client.log_artifact, run_id, str(path), None if parent == "." else parent)
+    tags = client.get_run(run_id).data.tags
+    logged = json.loads(tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
+    entry = {"path": artifact_file, "type": "table"}
+    if entry not in logged:
+        set_run_tags(uri, run_id, {LOGGED_ARTIFACTS_TAG: json.dumps(logged + [entry])})

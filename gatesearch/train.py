@@ -30,12 +30,14 @@ from torch import nn
 
 from gatesearch.checkpoint import build_model, load_checkpoint, save_checkpoint
 from gatesearch.config import Config, OptimConfig
+from gatesearch.cost import CandidateCosts
 from gatesearch.data import DataBundle, build_data, eval_loader
 from gatesearch.errors import UserError
-from gatesearch.evaluate import kl_between
+from gatesearch.evaluate import candidate_table, kl_between, ladder, table_metrics
 from gatesearch.methods import METHODS, Method
 from gatesearch.models.torchvision_init import load_torchvision_file
 from gatesearch.patterns import SkipPattern, all_patterns
+from gatesearch.resolve import check_names
 from gatesearch.schedules import lr_factor
 
 
@@ -124,25 +126,27 @@ class _Evaluator:
     probgates' strategies), ``frontier_score`` over them, ``top1_super``/``top1_base``, ``kl_full_base``."""
 
     def __init__(self, cfg: Config, model: nn.Module, data: DataBundle, method: Method, device: torch.device) -> None:
-        from gatesearch.cost import CandidateCosts
-        from gatesearch.evaluate import ladder
-
         self.cfg, self.data, self.method, self.device = cfg, data, method, device
         n = model.n_units
         self.patterns = all_patterns(n) if n <= cfg.train.eval_all_patterns_max_units else ladder(n)
         self.costs = CandidateCosts(model, data.input_shape, cfg.train.score_cost)
 
     def table(self, model: nn.Module) -> list:
-        from gatesearch.evaluate import candidate_table
-
         return candidate_table(model, self.method, eval_loader(self.data), self.device,
                                input_shape=self.data.input_shape, patterns=self.patterns, bn_loader=self.data.train,
                                bn_batches=self.cfg.train.bn_reestimate_batches, seed=self.cfg.train.seed,
                                costs=self.costs)
 
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        from gatesearch.evaluate import table_metrics
+    def test_metrics(self, model: nn.Module) -> dict[str, float]:
+        """``train.final_test``: ``test_top1_<candidate>``, ``test_cost_<candidate>``, ``test_frontier_score``
+        and ``test_n`` (the split's image count, for binomial intervals) on the test split."""
+        rows = candidate_table(model, self.method, self.data.test, self.device, input_shape=self.data.input_shape,
+                               patterns=self.patterns, bn_loader=self.data.train,
+                               bn_batches=self.cfg.train.bn_reestimate_batches, seed=self.cfg.train.seed,
+                               costs=self.costs)
+        return {f"test_{k}": v for k, v in table_metrics(rows).items()} | {"test_n": float(rows[0].n) if rows else 0.0}
 
+    def __call__(self, model: nn.Module) -> dict[str, float]:
         rows = self.table(model)
         n = model.n_units
         sup, base = SkipPattern.super_net(n), SkipPattern.base_net(n)
@@ -307,6 +311,7 @@ def _resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
 
 def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path | None = None) -> FitResult:
     """Train ``cfg`` from scratch (or from the checkpoint ``resume_from``); see the module docstring."""
+    check_names(cfg)  # before any data is read
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     data = build_data(cfg.data, cfg.train.seed)
@@ -357,6 +362,8 @@ def _run_epoch(cfg: Config, trainer: Trainer, evaluator: _Evaluator, data: DataB
     last = epoch == cfg.train.epochs - 1
     if (epoch + 1) % cfg.train.eval_every == 0 or last:
         metrics.update(evaluator(trainer.eval_model))
+    if last and cfg.train.final_test:
+        metrics.update(evaluator.test_metrics(trainer.eval_model))
     metrics["epoch_time_s"] = time.perf_counter() - t0
     metrics["train_time_s"] = (history[-1]["train_time_s"] if history else 0.0) + train_s
     return metrics
@@ -377,7 +384,7 @@ class ConsoleReporter:
               file=sys.stderr)
 
     def on_step(self, step: int, epoch: int, parts: dict[str, float]) -> None:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: only an interactive terminal gets a bar
 
         if self.bar is None:
             self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", file=sys.stderr, leave=False)

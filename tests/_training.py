@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gatesearch.config import Config, from_flat
+from gatesearch.resolve import check_names
 
 QUICK: dict[str, Any] = {
     "model.name": "resnet20",
@@ -20,8 +21,8 @@ QUICK: dict[str, Any] = {
 
 def quick_cfg(out_dir: str, method: str = "plain", **flat: Any) -> Config:
     extra = {"model.gate_head": "logit"} if method == "probgates" else {}
-    return from_flat({**QUICK, **extra, "method.name": method, "train.out_dir": out_dir,
-                      **{k.replace("__", "."): v for k, v in flat.items()}})
+    return check_names(from_flat({**QUICK, **extra, "method.name": method, "train.out_dir": out_dir,
+                                  **{k.replace("__", "."): v for k, v in flat.items()}}))
 
 
 def one_thread():

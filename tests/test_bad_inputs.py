@@ -25,7 +25,7 @@ import torch
 from gatesearch.checkpoint import build_model, save_checkpoint
 from gatesearch.cli import main
 from gatesearch.config import from_flat
-from gatesearch.selection.latency import LutRow, write_lut
+from gatesearch.devices.lut import LutRow, write_lut
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = str(ROOT / "search_spaces" / "quickstart.yaml")
@@ -368,7 +368,7 @@ def test_file_not_what_it_claims(case: str, assets: dict, tmp_path: Path, capsys
 
 
 def test_lut_of_other_device_with_flag_is_used(assets: dict) -> None:
-    from gatesearch.selection.latency import read_lut
+    from gatesearch.devices.lut import read_lut
     from gatesearch.selection.select import _lut_for, get_device
 
     rows = read_lut(assets["h100_lut"])

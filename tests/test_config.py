@@ -1,6 +1,7 @@
 import pytest
 
 from gatesearch.config import Config, ConfigError, flat_keys, from_flat, from_nested, load, to_flat, to_nested
+from gatesearch.resolve import check_names
 
 
 def test_defaults_round_trip_through_flat_and_nested():
@@ -29,7 +30,7 @@ def test_defaults_round_trip_through_flat_and_nested():
 )
 def test_bad_values_name_the_key(flat, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        from_flat(flat)
+        check_names(from_flat(flat))  # types and ranges in config, names where they resolve
 
 
 def test_load_yaml_with_overrides(tmp_path):

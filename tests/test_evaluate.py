@@ -58,8 +58,8 @@ def _tiny(n_batches: int = 2, batch: int = 8, seed: int = 0) -> list:
 
 
 def test_candidate_table_exhaustive_and_beam(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gatesearch import evaluate as ev
-    from gatesearch.selection.score import evaluate_patterns_naive
+    from gatesearch.evaluate import table as ev
+    from gatesearch.evaluate.walk import evaluate_patterns_naive
 
     torch.manual_seed(0)
     model = create_model("resnet20", 10, gating="block", gate_downsample=False).eval()  # 7 units

@@ -1,4 +1,4 @@
-"""selection/latency.py: device profiles, the per-layer roofline, host timing, LUT files."""
+"""devices/ (profiles, roofline, timing, lut): device profiles, the per-layer roofline, host timing, LUT files."""
 
 from __future__ import annotations
 
@@ -7,24 +7,14 @@ from pathlib import Path
 import pytest
 from _training import one_thread
 
+from gatesearch.devices import profiles
+from gatesearch.devices.lut import LutRow, lut_lookup, read_lut, write_lut
+from gatesearch.devices.profiles import DEVICES, device_profiles, get_device
+from gatesearch.devices.roofline import bytes_moved, predict_ms, trace_layers
+from gatesearch.devices.timing import measure_ms, measure_unit_ms
 from gatesearch.errors import UserError
 from gatesearch.models import create_model
 from gatesearch.patterns import SkipPattern, all_patterns
-from gatesearch.selection import latency
-from gatesearch.selection.latency import (
-    DEVICES,
-    LutRow,
-    bytes_moved,
-    device_profiles,
-    get_device,
-    lut_lookup,
-    measure_ms,
-    measure_unit_ms,
-    predict_ms,
-    read_lut,
-    trace_layers,
-    write_lut,
-)
 
 SHIPPED = ["jetson-orin-nano", "jetson-orin-nano-super", "jetson-orin-nx", "jetson-agx-orin", "jetson-xavier-nx",
            "a100", "h100", "host"]
@@ -76,7 +66,7 @@ def test_host_profile_is_measured_once(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(threads)
         return 1e11, 2e10, 3e-6, 0.8, 1e-6, 2e-5
 
-    monkeypatch.setattr(latency, "_host_figures", fake)
+    monkeypatch.setattr(profiles, "_host_figures", fake)
     prof = get_device("host")
     assert prof.peak_tflops_fp32 == pytest.approx(0.1) and prof.precision == "fp32" and not prof.fused_elementwise
     assert prof.launch_overhead_us == pytest.approx(3.0) and prof.conv_overhead_us == pytest.approx(20.0)
@@ -111,7 +101,7 @@ def test_lut_roundtrip_and_errors(tmp_path: Path) -> None:
 
 
 def test_lut_compose_from_units() -> None:
-    from gatesearch.selection.latency import lut_compose
+    from gatesearch.devices.lut import lut_compose
 
     rows = [LutRow("TTT", 1, 1.0, 1.2, 5, "d"), LutRow("unit:0", 1, 0.5, 0.6, 5, "d"),
             LutRow("unit:2", 1, 0.25, 0.3, 5, "d")]

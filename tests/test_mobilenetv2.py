@@ -13,15 +13,16 @@ from _training import one_thread
 
 from gatesearch.config import from_flat
 from gatesearch.cost import count_params
+from gatesearch.devices.roofline import trace_layers
+from gatesearch.devices.timing import profile_rows
 from gatesearch.evaluate import candidate_table
+from gatesearch.evaluate.walk import evaluate_patterns_naive, evaluate_patterns_trie
 from gatesearch.export import export, prune
 from gatesearch.methods import METHODS
 from gatesearch.models import create_model
 from gatesearch.models.mobilenetv2 import InvertedResidual, convert_torchvision_state_dict
 from gatesearch.models.norm import PlainNorm, SwitchableBatchNorm2d
 from gatesearch.patterns import SkipPattern, all_patterns
-from gatesearch.selection.latency import profile_rows, trace_layers
-from gatesearch.selection.score import evaluate_patterns_naive, evaluate_patterns_trie
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)  # small convs: one thread is faster
 SMALL = "mobilenet_v2_x0_5"

@@ -8,16 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from gatesearch.selection.pareto import (
-    MENU_COLUMNS,
-    build_menu,
-    format_menu,
-    frontier_score,
-    pareto_mask,
-    pick,
-    read_menu,
-    write_menu,
-)
+from gatesearch.evaluate.frontier import frontier_score, pareto_mask
+from gatesearch.selection.pareto import MENU_COLUMNS, build_menu, format_menu, pick, read_menu, write_menu
 
 
 def test_pareto_mask() -> None:

@@ -1,4 +1,4 @@
-"""selection/score.py: the prefix trie gives exactly the per-pattern numbers; beam search and
+"""evaluate/walk.py and evaluate/strategies.py: the prefix trie gives exactly the per-pattern numbers; beam search and
 probgates strategies return well-formed scores."""
 
 from __future__ import annotations
@@ -7,14 +7,10 @@ import pytest
 import torch
 from _training import one_thread
 
+from gatesearch.evaluate.strategies import score_strategies
+from gatesearch.evaluate.walk import beam_search, evaluate_patterns_naive, evaluate_patterns_trie
 from gatesearch.models import create_model
 from gatesearch.patterns import all_patterns
-from gatesearch.selection.score import (
-    beam_search,
-    evaluate_patterns_naive,
-    evaluate_patterns_trie,
-    score_strategies,
-)
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)  # tiny convs: one thread is faster
 

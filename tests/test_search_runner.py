@@ -28,13 +28,15 @@ RAY_TIMING = pytest.mark.flaky(reruns=1, reruns_delay=2)
 
 
 def tiny_space(tmp_path: Path, name: str, trials: int = 4, epochs: int = 2, grace: int = 1,
-               objective: object = None, devices: tuple[str, ...] = (), baselines: bool = True) -> Path:
+               objective: object = None, devices: tuple[str, ...] = (), baselines: bool = True,
+               reeval: dict | None = None) -> Path:
     """Two methods: with baselines, trials 0 and 1 are the adn and gated_depth paper recipes."""
     space = {
         "study": {"name": name, "objective": objective or {"metric": "top1_super", "mode": "max"},
                   "budget": {"trials": trials, "epochs": epochs}, "max_concurrent_trials": 2,
                   "devices": list(devices), "baselines": baselines,
-                  "resources": {"cpu": 1}, "max_failures": 1, "asha": {"grace_period": grace, "reduction_factor": 2}},
+                  "resources": {"cpu": 1}, "max_failures": 1, "asha": {"grace_period": grace, "reduction_factor": 2},
+                  **({"reeval": reeval} if reeval else {})},
         "fixed": {"data.name": "digits", "data.train_subset": 192, "data.batch_size": 64, "data.augment": False,
                   "data.eval_batch_size": 256, "model.name": "resnet20", "train.device": "cpu",
                   "train.max_steps_per_epoch": 2, "train.log_every": 1000, "tracking.experiment": name},
@@ -298,3 +300,111 @@ def test_study_logs_to_an_http_tracking_server(local_ray, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# ----------------------------------------------------------------- re-evaluation (study.reeval)
+
+#: A trainable whose result is known per (recipe, seed): the adn paper baseline scores 0.70 + 0.01 * seed,
+#: the gated_depth one 0.60, a searched trial the adn baseline plus DELTA[study](seed). So the paired
+#: differences at seeds 1..3 are known: "same" 0.01, 0.02, 0.03 (interval [-0.0048, +0.0448], no
+#: difference); "better" 0.11, 0.12, 0.13 (interval [0.0952, 0.1448], better).
+DELTA = {"reeval_same": lambda seed: 0.01 * seed, "reeval_better": lambda seed: 0.10 + 0.01 * seed}
+
+
+def known_trainable(config: dict, ctx) -> None:
+    from ray import tune
+
+    from gatesearch.search.baselines import TRIAL_KEY
+    from gatesearch.search.reeval import TRIAL_KEY as REEVAL
+
+    cfg = ctx.reeval[config[REEVAL]] if REEVAL in config else config
+    seed = int(cfg.get("train.seed", 0))
+    adn = 0.70 + 0.01 * seed
+    value = {"adn": adn, "gated_depth": 0.60}[cfg[TRIAL_KEY]] if cfg.get(TRIAL_KEY) else adn + DELTA[ctx.study](seed)
+    for epoch in range(ctx.epochs):
+        tune.report({"top1_super": value, "epochs_done": epoch + 1, "test_top1_FFF": value - 0.05,
+                     "test_frontier_score": value - 0.05, "test_n": 100.0})
+
+
+@pytest.mark.parametrize("study, kind, verdict", [
+    ("reeval_same", "no_difference", "no difference detected with 3 seeds (interval [-0.0048, +0.0448])"),
+    ("reeval_better", "better", "better"),
+])
+def test_reeval_verdict_end_to_end_with_known_per_seed_results(local_ray, tmp_path, study, kind, verdict):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = tiny_space(tmp_path, study, trials=4, epochs=2, reeval={"finalists": 1, "seeds": 3})
+    summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0,
+                                       trainable=known_trainable))
+    section = summary["reeval"]
+    assert section["complete"] and section["seeds"] == [1, 2, 3]
+    assert [s["train.seed"] for s in section["seed_keys"]] == [1, 2, 3]
+    assert [s["data.split_seed"] for s in section["seed_keys"]] == [1, 2, 3]  # index i sets both seeds
+    rows = {r["baseline"] or "searched": r for r in section["finalists"]}
+    assert set(rows) == {"searched", "adn"}  # the best searched trial and the best baseline (adn, not gated_depth)
+    base = rows["adn"]
+    assert base["values"] == pytest.approx([0.71, 0.72, 0.73]) and base["mean"] == pytest.approx(0.72)
+    assert base["low"] == pytest.approx(0.72 - 4.302652729749464 * 0.01 / 3**0.5, abs=1e-9)
+    diff = rows["searched"]["vs_baseline"]
+    assert diff["kind"] == kind and diff["verdict"] == verdict
+    expected_mean = 0.02 if kind == "no_difference" else 0.12
+    assert diff["mean"] == pytest.approx(expected_mean) and diff["std"] == pytest.approx(0.01)
+    # the best trial is now the crowned finalist, with its interval; best.json says so
+    assert summary["best"]["trial_id"] == rows["searched"]["trial_id"] and summary["best"]["reeval"]["n"] == 3
+    best = json.loads((tmp_path / "rr" / study / "best.json").read_text())
+    assert best["reeval"]["vs_baseline"]["verdict"] == verdict and "crowned" in best["verdict"]
+    # the parent MLflow run: mean and interval as metrics, the verdict as a tag, the finalists table
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["parent_run_id"])
+    name = rows["searched"]["name"]
+    assert parent.data.metrics[f"reeval_diff_{name}"] == pytest.approx(expected_mean)
+    assert parent.data.metrics[f"reeval_diff_low_{name}"] == pytest.approx(diff["low"])
+    assert parent.data.metrics["reeval_mean_adn"] == pytest.approx(0.72)
+    assert parent.data.tags[f"gatesearch.reeval.verdict.{name}"] == verdict
+    assert verdict in parent.data.tags["gatesearch.verdict"]
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "reeval_finalists.json", str(tmp_path))).read_text())
+    assert len(table["data"]) == 2 and "verdict" in table["columns"]
+    assert any(verdict in line for line in describe(summary).splitlines())
+
+
+@RAY_TIMING
+def test_interrupted_reeval_resumes_without_duplicate_runs(local_ray, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = tiny_space(tmp_path, "reresume", trials=3, epochs=2, grace=2, reeval={"finalists": 1, "seeds": 2})
+    cmd = [sys.executable, "-m", "gatesearch.cli", "search", "--space", str(space), "--tracking-uri", uri,
+           "--storage", str(tmp_path / "rr"), "--address", local_ray]
+    # every re-evaluation trial but the first is slowed, so Ctrl+C lands inside the re-evaluation
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), FAULT_ENV: "slow@1,slow@2,slow@3"})
+    parent_file = tmp_path / "rr" / "reresume" / "mlflow_parent.json"
+    deadline = time.time() + 240
+    done: list = []
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if parent_file.is_file():
+            ids = json.loads(parent_file.read_text())
+            runs = MlflowClient(uri).search_runs([ids["experiment_id"]], filter_string=(
+                f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}' and tags.`gatesearch.kind` = 'reeval'"))
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            if done:
+                break
+    assert done, proc.communicate()[0][-3000:] if proc.poll() is not None else "no re-evaluation run finished in time"
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    history = {r.info.run_id: len(MlflowClient(uri).get_metric_history(r.info.run_id, "train_loss")) for r in done}
+
+    summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
+                                       resume=True, verbose=0))
+    assert not summary["interrupted"] and summary["reeval"]["complete"]
+    runs = [r for r in child_runs(uri, summary) if r.data.tags.get("gatesearch.kind") == "reeval"]
+    # (1 finalist + 1 baseline) x 2 seeds, one run each
+    assert len(runs) == 4
+    assert sorted((r.data.tags["gatesearch.reeval_of"], r.data.tags["gatesearch.reeval_seed"]) for r in runs) == sorted(
+        (f["trial_id"], str(i)) for f in summary["reeval"]["finalists"] for i in (1, 2))
+    client = MlflowClient(uri)
+    for run_id, n in history.items():  # a finished seed was not trained again
+        assert len(client.get_metric_history(run_id, "train_loss")) == n == 2
+    again = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
+                                     resume=True, verbose=0))  # a second resume: nothing new
+    assert len([r for r in child_runs(uri, again) if r.data.tags.get("gatesearch.kind") == "reeval"]) == 4

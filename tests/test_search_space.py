@@ -303,3 +303,40 @@ def test_bad_baseline_settings_name_the_key(study, key):
     raw["study"].update(study)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse(raw)
+
+
+@pytest.mark.parametrize("reeval, key", [
+    ({"finalists": 0, "seeds": 3}, "study.reeval.finalists"),
+    ({"finalists": 2, "seeds": 1}, "study.reeval.seeds"),  # one seed has no spread: no interval
+    ({"finalists": 2, "seeds": 2.5}, "study.reeval.seeds"),
+    ({"finalists": 2}, "study.reeval.seeds"),
+    ({"finalists": 2, "seeds": 3, "repeats": 2}, "study.reeval.repeats"),
+    ({"finalists": 2, "seeds": 3, "baselines": "some"}, "study.reeval.baselines"),
+    ({"finalists": 2, "seeds": 3, "vary_split": "yes"}, "study.reeval.vary_split"),
+    ([2, 3], "study.reeval"),
+])
+def test_bad_reeval_names_the_key(reeval, key):
+    raw = _minimal(**{"method.name": {"choice": ["adn", "gated_depth"]}})
+    raw["study"]["reeval"] = reeval
+    with pytest.raises(ConfigError, match=f"^{key.replace('.', '[.]')}:"):
+        parse(raw)
+
+
+def test_reeval_block_parses_and_is_refused_for_several_objectives():
+    raw = _minimal(**{"method.name": {"choice": ["adn", "gated_depth"]}})
+    raw["study"]["reeval"] = {"finalists": 2, "seeds": 3}
+    r = parse(raw).study.reeval
+    assert (r.finalists, r.seeds, r.baselines, r.vary_split) == (2, 3, "best", True)
+    assert parse(_minimal(**{"method.name": {"choice": ["adn"]}})).study.reeval is None  # absent: off
+    raw["study"]["objective"] = [{"metric": "top1_super", "mode": "max"}, {"metric": "top1_base", "mode": "max"}]
+    with pytest.raises(ConfigError, match="^study.reeval: .*one objective"):
+        parse(raw)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("quickstart.yaml", (2, 3, "best")), ("cifar10_resnet20_cpu.yaml", (1, 3, "best")),
+    ("cifar10_resnet20.yaml", (3, 5, "all")), ("imagenet_resnet50.yaml", (3, 5, "all")),
+])
+def test_shipped_spaces_re_evaluate_their_finalists(name, expected):
+    r = load_space(next(p for p in SPACES if p.name == name)).study.reeval
+    assert (r.finalists, r.seeds, r.baselines) == expected

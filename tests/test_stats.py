@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from gatesearch import evaluate as evaluate_module
 from gatesearch.evaluate import EvalResult, evaluate_stochastic
+from gatesearch.evaluate import passes as evaluate_module
 from gatesearch.selection.pareto import build_menu
 from gatesearch.stats import (
     Crown,

@@ -13,14 +13,14 @@ from _training import one_thread, quick_cfg
 from torch import nn
 
 from gatesearch.cost import count_macs, count_params
+from gatesearch.devices.roofline import trace_layers
+from gatesearch.evaluate.walk import evaluate_patterns_naive, evaluate_patterns_trie
 from gatesearch.export import export, prune
 from gatesearch.methods import METHODS
 from gatesearch.models import create_model
 from gatesearch.models.norm import PlainLayerNorm, SwitchableLayerNorm
 from gatesearch.models.vit import SelfAttention
 from gatesearch.patterns import SkipPattern, all_patterns
-from gatesearch.selection.latency import trace_layers
-from gatesearch.selection.score import evaluate_patterns_naive, evaluate_patterns_trie
 
 _threads = pytest.fixture(autouse=True)(one_thread)
 SMALL = ("vit_ti_4", "swin_nano_2")
@@ -346,7 +346,7 @@ def test_gate_options_reach_the_transformer_gates() -> None:
 
 def test_torchscript_export_and_profile_rows(small: nn.Module, tmp_path: Path) -> None:
     """TorchScript export of the base-net traces and matches; ``profile`` rows cover every pattern and unit."""
-    from gatesearch.selection.latency import profile_rows
+    from gatesearch.devices.timing import profile_rows
 
     p = SkipPattern.base_net(4)
     path = export(small, p, "torchscript", tmp_path / "base.pt", (3, 32, 32))
@@ -362,7 +362,8 @@ def test_roofline_charges_attention_kernels_and_unfused_layernorm() -> None:
     LayerNorm still costs a kernel while GELU (an activation) is folded and dropout costs nothing."""
     from dataclasses import replace
 
-    from gatesearch.selection.latency import Layer, get_device, predict_ms
+    from gatesearch.devices.profiles import get_device
+    from gatesearch.devices.roofline import Layer, predict_ms
 
     prof = replace(get_device("jetson"), conv_overhead_us=0.0)
     assert prof.fused_elementwise

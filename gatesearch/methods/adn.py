@@ -18,18 +18,13 @@ footnote of Algorithm 1: the official code's variant, less memory, what DDP's bu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from gatesearch.config import ConfigError
+from gatesearch.config import Config, ConfigError
 from gatesearch.losses import kl_features, kl_logits
 from gatesearch.methods.base import Backward, Method, StepResult, scalar
 from gatesearch.models import GatedResNet
 from gatesearch.patterns import SkipPattern
-
-if TYPE_CHECKING:
-    from gatesearch.config import Config
 
 
 class ADN(Method):

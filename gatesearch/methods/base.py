@@ -19,16 +19,14 @@ A method is built once per run as ``Method(cfg, model, steps_per_epoch)`` and th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from gatesearch.config import Config
 from gatesearch.models import GatedResNet, Gates
 from gatesearch.patterns import SkipPattern
-
-if TYPE_CHECKING:
-    from gatesearch.config import Config
 
 Backward = Callable[[torch.Tensor], None]
 

@@ -15,18 +15,14 @@ altering their semantic content", Sec. 4); ``teacher_grad=false`` runs the full 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from gatesearch.config import Config
 from gatesearch.losses import kl_logits
 from gatesearch.methods.base import Backward, Method, StepResult, calibrated, draw_pattern, scalar
 from gatesearch.models import GatedResNet, Gates
 from gatesearch.patterns import SkipPattern
 from gatesearch.schedules import gated_depth_keep
-
-if TYPE_CHECKING:
-    from gatesearch.config import Config
 
 
 class GatedDepth(Method):

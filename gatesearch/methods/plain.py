@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from gatesearch.config import Config
+from gatesearch.errors import UserError
 from gatesearch.methods.base import Backward, Method, StepResult, scalar
 from gatesearch.models import GatedResNet
 from gatesearch.patterns import SkipPattern
-
-if TYPE_CHECKING:
-    from gatesearch.config import Config
 
 
 class Plain(Method):
@@ -22,8 +19,6 @@ class Plain(Method):
         try:
             self.pattern = SkipPattern.parse(text, model.n_units) if text else None
         except ValueError as e:
-            from gatesearch.errors import UserError
-
             raise UserError(f"method.plain.train_pattern: {e}") from None
 
     def train_step(

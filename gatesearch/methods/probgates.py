@@ -19,22 +19,19 @@ mean and std over ``runs`` sampled passes), ``ensemble`` (mean softmax of ``runs
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 
-from gatesearch.config import ConfigError
+from gatesearch.config import Config, ConfigError
 from gatesearch.evaluate import GateSource, PerBatch
 from gatesearch.losses import RATE_LOSSES, rate_per_gate
 from gatesearch.methods.base import Backward, Method, StepResult, scalar
 from gatesearch.models import GatedResNet, Gates
-from gatesearch.models.gates import gumbel_gate
+from gatesearch.models.gates import LogitGate, gumbel_gate
 from gatesearch.patterns import SkipPattern
 from gatesearch.schedules import annealed_target, geometric_temperature, stepped_target, variable_target
-
-if TYPE_CHECKING:
-    from gatesearch.config import Config
 
 
 def sample_gates(model: GatedResNet, x: torch.Tensor, tau: float) -> tuple[Gates, list[torch.Tensor], list[torch.Tensor]]:
@@ -60,8 +57,6 @@ def sample_gates(model: GatedResNet, x: torch.Tensor, tau: float) -> tuple[Gates
 
 
 def _is_logit(model: GatedResNet) -> bool:
-    from gatesearch.models.gates import LogitGate
-
     return model.gate_heads is not None and isinstance(model.gate_heads[0], LogitGate)
 
 

@@ -4,17 +4,13 @@ dropped for a whole mini-batch with probability ``1 - p_s``, ``p_s`` decaying li
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
+from gatesearch.config import Config
 from gatesearch.methods.base import Backward, Method, StepResult, calibrated, draw_pattern, scalar
 from gatesearch.models import GatedResNet, Gates
 from gatesearch.patterns import SkipPattern
 from gatesearch.schedules import stochastic_depth_keep
-
-if TYPE_CHECKING:
-    from gatesearch.config import Config
 
 
 class StochasticDepth(Method):

@@ -12,7 +12,7 @@ A ``GatedNet`` is ``stem -> stages -> head``:
 - ``head(h) -> logits [B, num_classes]``: everything after the last stage; it uses no module
   inside ``stem``, ``stages`` or ``gate_heads`` (``export`` keeps a copy of the model without them).
 
-Block calls (the trie in ``selection/score.py`` and ``export`` make the same calls):
+Block calls (the trie in ``evaluate/walk.py`` and ``export`` make the same calls):
 a base block is called ``block(h, which)`` (``which``: ``UNIT_ON``/``UNIT_OFF`` or a ``[B]``
 keep tensor, for its switchable norms) and the first stage's first base block may get a third
 argument, ``first_out = model.shared_prefix(h)``; a unit block is called ``block(h)`` or
@@ -30,6 +30,7 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import nn
 
+from gatesearch.models.norm import UNIT_OFF, UNIT_ON, unit_switch
 from gatesearch.patterns import SkipPattern
 
 #: ``(unit_index, unit_input) -> keep [B]``: data-dependent gates decide per unit.
@@ -132,8 +133,6 @@ def stage_switch(gates: Gates, switch_unit: int | None, batch: int, norm: str = 
     """Which norm set a stage's mandatory blocks use under ``gates``: ``UNIT_ON`` / ``UNIT_OFF`` for a
     pattern (one set, the other untouched), a ``[B]`` switch for keep tensors (``norm.unit_switch``:
     the set follows whether the unit runs, so a calibrated full network uses the "unit runs" set)."""
-    from gatesearch.models.norm import UNIT_OFF, UNIT_ON, unit_switch
-
     if switch_unit is None or gates is None:
         return UNIT_ON
     if isinstance(gates, SkipPattern):

@@ -36,12 +36,10 @@ How a recipe meets a space (``paper_baselines``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gatesearch.config import ConfigError, from_flat, to_flat
-
-if TYPE_CHECKING:
-    from gatesearch.search.space import Param
+from gatesearch.search.params import Param
 
 # The Tune config key that marks a baseline trial (no dot: never a Config key, so the trainable
 # drops it before building the config), the Optuna user attribute on its enqueued trial, and the

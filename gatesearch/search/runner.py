@@ -19,6 +19,7 @@ baseline (``versus_baselines``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -30,9 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gatesearch import tracking
+from gatesearch.config import from_flat
 from gatesearch.errors import UserError
-from gatesearch.preflight import check_search, ray_connect_error
+from gatesearch.search import reeval
+from gatesearch.search.algorithms import BaselineASHA, StudySearch
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
+from gatesearch.search.preflight import check_search, ray_connect_error
 from gatesearch.search.space import SearchSpace, load_space
 from gatesearch.search.trainable import (
     CHECKPOINT_FILE,
@@ -43,6 +48,8 @@ from gatesearch.search.trainable import (
     trial_dirname,
     trial_name,
 )
+from gatesearch.selection.pareto import format_menu
+from gatesearch.selection.select import SelectOptions, run_select
 
 PARENT_FILE = "mlflow_parent.json"
 DEFAULT_STORAGE = "ray_results"
@@ -59,6 +66,7 @@ class SearchOptions:
     num_cpus: int | None = None  # local Ray only; default: enough for max_concurrent_trials
     verbose: int = 1
     select: bool = True  # after the study, write menus for study.devices from the best trial(s)
+    trainable: Any = None  # the Tune function trainable (config, ctx); None: trainable.run_trial (tests pass others)
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -81,7 +89,7 @@ def _absolute_paths(space: SearchSpace) -> dict[str, Any]:
 
 def _init_ray(opts: SearchOptions, space: SearchSpace) -> bool:
     """Connect to ``opts.address`` or start a local Ray; True when this call started it."""
-    import ray
+    import ray  # lazy (each Ray/Optuna import here): seconds to import; checks run first
 
     if ray.is_initialized():
         return False
@@ -99,9 +107,6 @@ def _init_ray(opts: SearchOptions, space: SearchSpace) -> bool:
 
 def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Path) -> tuple[str, str]:
     """The study's MLflow (experiment id, parent run id): reused on resume, else created."""
-    from gatesearch import tracking
-    from gatesearch.config import from_flat
-
     marker = study_dir / PARENT_FILE
     if opts.resume and marker.is_file():
         saved = json.loads(marker.read_text())
@@ -140,8 +145,6 @@ def _status_callback(ctx: TrialContext) -> Any:
     """
     from ray.tune import Callback
 
-    from gatesearch import tracking
-
     uri, epochs = ctx.tracking_uri, ctx.epochs
 
     def run_of(trial: Any) -> str | None:
@@ -168,8 +171,6 @@ def _status_callback(ctx: TrialContext) -> Any:
 
 
 def _has_error(uri: str, run_id: str) -> bool:
-    from gatesearch import tracking
-
     return tracking.ERROR_TAG in tracking.study_client(uri).get_run(run_id).data.tags
 
 
@@ -177,10 +178,9 @@ def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, sto
     import optuna
     from ray import tune
 
-    from gatesearch.search.algorithms import BaselineASHA, StudySearch
-
     s = space.study
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": s.cpu, "gpu": s.gpu})
+    trainable = tune.with_resources(tune.with_parameters(opts.trainable or run_trial, ctx=ctx),
+                                    {"cpu": s.cpu, "gpu": s.gpu})
     run_config = tune.RunConfig(
         name=s.name,
         storage_path=str(storage),
@@ -241,6 +241,8 @@ def summarize(space: SearchSpace, results: Any, study_dir: Path) -> dict[str, An
         shown = {p.key for p in space.params} | (set(baseline.extra) if baseline else set())
         trials.append({
             "trial_id": m.get("trial_id") or Path(r.path).name.rsplit("_", 1)[-1],
+            "name": Path(r.path).name.split("_", 1)[0],  # t003: the trial's index in the study
+            "method": (r.config or {}).get("method.name"),
             "mlflow_run_id": m.get("mlflow_run_id"),
             "state": "ERROR" if r.error is not None else ("COMPLETE" if done >= s.epochs else "STOPPED"),
             "epochs_done": done,
@@ -301,8 +303,6 @@ def versus_baselines(space: SearchSpace, complete: list[dict[str, Any]]) -> list
 
 
 def _log_summary(uri: str, parent_run_id: str, summary: dict[str, Any], study_dir: Path) -> None:
-    from gatesearch import tracking
-
     tracking.log_run_dict(uri, parent_run_id, summary, "summary.json")
     best = summary["best"]
     tags: dict[str, Any] = {"gatesearch.n_trials": summary["n_trials"], "gatesearch.n_complete": summary["n_complete"],
@@ -320,10 +320,45 @@ def _log_summary(uri: str, parent_run_id: str, summary: dict[str, Any], study_di
         if row["best_baseline_method"]:
             tags |= {f"gatesearch.best_baseline_method.{m}": row["best_baseline_method"],
                      f"gatesearch.best_baseline_run_id.{m}": row["best_baseline_run_id"]}
+    if summary.get("reeval"):
+        m, t = _reeval_record(uri, parent_run_id, summary["reeval"])
+        metrics |= m
+        tags |= t
+    tags["gatesearch.verdict"] = verdict_line(summary)
     if metrics:
         tracking.log_trial_metrics(uri, parent_run_id, metrics, 0)
     tracking.set_run_tags(uri, parent_run_id, tags)
     tracking.end_run(uri, parent_run_id, "KILLED" if summary["interrupted"] else "FINISHED")
+
+
+def _reeval_record(uri: str, parent_run_id: str, section: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """The re-evaluation on the parent run: per finalist (``<name>`` its trial name or baseline method) the
+    mean and 95 % interval as metrics, the paired verdict as a tag, and every finalist as one table."""
+    metrics: dict[str, float] = {}
+    tags = {"gatesearch.reeval.crowned": section.get("crowned") or "", "gatesearch.reeval.tied": ",".join(section["tied"]),
+            "gatesearch.reeval.seeds": str(len(section["seeds"]))}
+    table: dict[str, list[Any]] = {c: [] for c in ("finalist", "kind", "method", "trial_id", "n_seeds", "values", "mean",
+                                                    "std", "low", "high", "vs_baseline", "diff_low", "diff_high",
+                                                    "verdict", "run_ids")}
+    for r in section["finalists"]:
+        key = r["baseline"] or r["name"]
+        if r["complete"]:
+            metrics |= {f"reeval_{q}_{key}": r[q] for q in ("mean", "std", "low", "high")}
+        v = r.get("vs_baseline")
+        if v:
+            metrics |= {f"reeval_diff_{key}": v["mean"], f"reeval_diff_low_{key}": v["low"],
+                        f"reeval_diff_high_{key}": v["high"]}
+            tags[f"gatesearch.reeval.verdict.{key}"] = v["verdict"]
+        for col, val in (("finalist", r["label"]), ("kind", "paper baseline" if r["baseline"] else "searched"),
+                         ("method", r["method"]), ("trial_id", r["trial_id"]), ("n_seeds", r.get("n", 0)),
+                         ("values", json.dumps(r["values"])), ("mean", r.get("mean")), ("std", r.get("std")),
+                         ("low", r.get("low")), ("high", r.get("high")), ("vs_baseline", v and v["mean"]),
+                         ("diff_low", v and v["low"]), ("diff_high", v and v["high"]),
+                         ("verdict", v["verdict"] if v else ("reference" if r["baseline"] else "")),
+                         ("run_ids", ",".join(x or "" for x in r["run_ids"]))):
+            table[col].append(val)
+    tracking.log_table(uri, parent_run_id, table, "reeval_finalists.json")
+    return {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}, tags
 
 
 def _interrupted(space: SearchSpace, study_dir: Path, elapsed_s: float) -> bool:
@@ -347,7 +382,6 @@ def write_json(path: Path, obj: Any) -> None:
 def run_search(opts: SearchOptions) -> dict[str, Any]:
     """Validate the space, run (or resume) the study, write summary.json / best.json, return the summary."""
     space = load_space(opts.space, opts.overrides)  # every config problem stops here, before Ray starts
-    from gatesearch.config import from_flat
 
     uri = absolute_tracking_uri(opts.tracking_uri or from_flat(space.fixed).tracking.uri)
     storage = Path(opts.storage or DEFAULT_STORAGE).expanduser().resolve()
@@ -367,21 +401,26 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
                            epochs=space.study.epochs, objective_metrics=tuple(space.study.metrics),
                            fault=os.environ.get(FAULT_ENV, ""), fault_dir=str(study_dir / "faults"))
         results = _build_tuner(opts, space, ctx, storage).fit()
+        interrupted = _interrupted(space, study_dir, time.perf_counter() - t0)
+        summary = summarize(space, results, study_dir) | {"tracking_uri": uri, "parent_run_id": parent_id,
+                                                          "experiment_id": exp_id, "interrupted": interrupted}
+        if space.study.reeval is not None and not interrupted:  # the finalists again, on paired fresh seeds
+            summary["reeval"], summary["interrupted"] = _reevaluate(opts, space, ctx, storage, summary, results)
+            _crown(summary)
     finally:
         shutil.rmtree(scratch_dir(space.study.name), ignore_errors=True)  # this node's trial scratch files
         if started:
             import ray
 
             ray.shutdown()
-    interrupted = _interrupted(space, study_dir, time.perf_counter() - t0)
-    summary = summarize(space, results, study_dir) | {"wall_time_s": time.perf_counter() - t0,
-                                                      "tracking_uri": uri, "parent_run_id": parent_id,
-                                                      "experiment_id": exp_id, "interrupted": interrupted}
+    summary["wall_time_s"] = time.perf_counter() - t0
+    interrupted = summary["interrupted"]
     write_json(study_dir / "summary.json", summary)
     best = summary["best"]
     write_json(study_dir / "best.json",
                {"study": space.study.name, "trial_id": best and best["trial_id"], "checkpoint": best and best["checkpoint"],
                 "mlflow_run_id": best and best["mlflow_run_id"], "objectives": best and best["objectives"],
+                "reeval": best and best.get("reeval"), "verdict": verdict_line(summary),
                 "tracking_uri": uri, "devices": list(space.study.devices)})
     if opts.select and space.study.devices and not interrupted:
         summary["menus"] = select_best(summary, space.study.devices, study_dir)
@@ -390,22 +429,99 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     return summary
 
 
+def _reevaluate(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, storage: Path, summary: dict[str, Any],
+                results: Any) -> tuple[dict[str, Any], bool]:
+    """Train the finalists again on the re-evaluation seeds (``reeval.py``) as trials of this Ray session;
+    returns the ``reeval`` section of the summary and whether it was interrupted. A second call (``--resume``)
+    restores the re-evaluation experiment: finished seeds are not trained again."""
+    from ray import tune  # lazy: as in _init_ray
+
+    s, r = space.study, space.study.reeval
+    chosen, note = reeval.finalists(summary, r)
+    full = {_trial_id(res): res.config or {} for res in results}
+    base = from_flat(space.example_flat())
+    seed_keys = reeval.seeds_of(r, base.train.seed, base.data.split_seed)
+    plan = {reeval.key(t["trial_id"], i): {**full[t["trial_id"]], **seed_keys[i - 1], "train.final_test": True}
+            for t in chosen for i in range(1, r.seeds + 1)}
+    if not plan:
+        return reeval.aggregate(summary, r, chosen, {}, seed_keys, "no trial ran the full budget: nothing to "
+                                "re-evaluate"), False
+    ctx = dataclasses.replace(ctx, reeval=plan)
+    name = s.name + reeval.SUFFIX
+    trainable = tune.with_resources(tune.with_parameters(opts.trainable or run_trial, ctx=ctx), {"cpu": s.cpu, "gpu": s.gpu})
+    if tune.Tuner.can_restore(str(storage / name)):
+        tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space={reeval.TRIAL_KEY: tune.grid_search(sorted(plan))},
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=s.max_concurrent_trials, reuse_actors=True,
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=opts.verbose,
+                                      failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                                      callbacks=[_status_callback(ctx)]))
+    print(f"re-evaluating {len(chosen)} finalists on {r.seeds} seeds ({len(plan)} runs)"
+          + (f"; {note}" if note else ""), flush=True)
+    grid = tuner.fit()
+    runs = {}
+    for res in grid:
+        m = res.metrics or {}
+        done = int(m.get("epochs_done", 0))
+        runs[(res.config or {}).get(reeval.TRIAL_KEY)] = {**m, "state": "ERROR" if res.error is not None else (
+            "COMPLETE" if done >= s.epochs else "STOPPED")}
+    from ray.tune import ExperimentAnalysis  # lazy: as in _init_ray
+
+    trials = ExperimentAnalysis(str(storage / name)).trials
+    interrupted = len(trials) < len(plan) or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    return reeval.aggregate(summary, r, chosen, runs, seed_keys, note), interrupted
+
+
+def _trial_id(res: Any) -> str:
+    return (res.metrics or {}).get("trial_id") or Path(res.path).name.rsplit("_", 1)[-1]
+
+
+def _crown(summary: dict[str, Any]) -> None:
+    """With a finished re-evaluation, the study's best trial is the crowned finalist (best mean over seeds),
+    carrying its interval and its paired verdict against the best baseline; the menus come from it."""
+    row = reeval.crowned_row(summary["reeval"])
+    if row is None or not summary["reeval"]["complete"]:
+        return
+    best = next(t for t in summary["trials"] if t["trial_id"] == row["trial_id"])
+    best["reeval"] = {k: row.get(k) for k in ("mean", "std", "low", "high", "n", "vs_baseline", "label")}
+    best["reeval"]["tied"] = summary["reeval"]["tied"]
+    summary["best"], summary["pareto"] = best, [best]
+
+
+def verdict_line(summary: dict[str, Any]) -> str:
+    """One line naming the winner with its uncertainty, or saying the comparison is from single runs."""
+    section = summary.get("reeval")
+    if section and section.get("complete"):
+        row = reeval.crowned_row(section)
+        if section["tied"]:
+            return f"tie between {', '.join(section['tied'])} over {len(section['seeds'])} seeds"
+        if row:
+            v = row.get("vs_baseline")
+            tail = f"; vs {v['baseline']}: {v['verdict']}" if v else ""
+            return (f"crowned {row['label']}: {section['metric']} {row['mean']:.4f} [{row['low']:.4f}, {row['high']:.4f}] "
+                    f"over {row['n']} seeds{tail}")
+    return "single runs: no interval (no study.reeval), so no difference is a verdict"
+
+
 def select_best(summary: dict[str, Any], devices: tuple[str, ...], study_dir: Path) -> dict[str, str]:
     """DESIGN step 5: score every pattern of the best trial (every Pareto trial when multi-objective) for
     each device, write menus under ``<study>/menus/<trial_id>/`` and log them to the trial's MLflow run.
 
     Returns ``{trial_id: menu directory}`` and prints each menu's table.
     """
-    from gatesearch.selection.pareto import format_menu
-    from gatesearch.selection.select import SelectOptions, run_select
-
     written: dict[str, str] = {}
     for t in summary["pareto"]:
         # the checkpoint in Tune's storage when this machine sees it, else the one logged to MLflow
         local = t["checkpoint"] if t["checkpoint"] and Path(t["checkpoint"]).is_file() else None
         out = study_dir / "menus" / t["trial_id"]
         try:
-            menus, _ = run_select(SelectOptions(devices=devices, out=str(out), checkpoint=local,
+            spread = _seed_spread(summary, t["trial_id"])
+            menus, _ = run_select(SelectOptions(devices=devices, out=str(out), checkpoint=local, seed_spread=spread,
                                                 run=t["mlflow_run_id"], tracking_uri=summary["tracking_uri"]))
         except UserError as e:  # the study's results are written already; say why there is no menu
             print(f"selector skipped for trial {t['trial_id']}: {e}", file=sys.stderr, flush=True)
@@ -414,6 +530,13 @@ def select_best(summary: dict[str, Any], devices: tuple[str, ...], study_dir: Pa
         for menu in menus:
             print(format_menu(menu, limit=12), flush=True)
     return written
+
+
+def _seed_spread(summary: dict[str, Any], trial_id: str) -> dict[str, dict[str, Any]] | None:
+    """A re-evaluated trial's test top-1 per candidate over seeds (``metric_name`` -> interval), else None."""
+    rows = (summary.get("reeval") or {}).get("finalists", [])
+    row = next((r for r in rows if r["trial_id"] == trial_id and r["complete"]), None)
+    return row.get("test") if row else None
 
 
 def _describe_baselines(summary: dict[str, Any]) -> list[str]:
@@ -436,7 +559,7 @@ def _describe_baselines(summary: dict[str, Any]) -> list[str]:
         line = (f"  {row['metric']} ({row['mode']}): best searched trial {show(row['best_searched'], row['best_searched_trial_id'])}"
                 f" vs best paper baseline {paper}")
         if row["difference"] is not None:
-            line += f", difference {row['difference']:+.4f}"
+            line += f", single-run difference {row['difference']:+.4f} (one seed each: not a verdict)"
         lines.append(line)
     return lines
 
@@ -453,6 +576,8 @@ def describe(summary: dict[str, Any]) -> str:
     if summary["best"]:
         lines.append(f"  best checkpoint: {summary['best']['checkpoint']}")
     lines += _describe_baselines(summary)
+    lines += reeval.describe_lines(summary.get("reeval"))
+    lines.append(f"  verdict: {verdict_line(summary)}")
     if summary["interrupted"]:
         lines.append("interrupted: the study's state is saved; continue it with the same command plus --resume")
     lines.append(f"results: {summary['storage']}/summary.json, best trial: {summary['storage']}/best.json")

@@ -27,7 +27,6 @@ this module imports neither Ray nor Optuna.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -38,18 +37,35 @@ from typing import Any, Literal
 import yaml
 
 from gatesearch.config import ConfigError, flat_keys, from_flat, parse_override, read_utf8
+from gatesearch.devices.profiles import DEVICES, check_cost_axis
+from gatesearch.resolve import check_names
 from gatesearch.search.baselines import OPTUNA_ATTR, TRIAL_KEY, Baseline, paper_baselines
+from gatesearch.search.params import KINDS, Param, same_choice
 
-KINDS = ("choice", "uniform", "loguniform", "int")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STUDY_KEYS = {"name", "objective", "budget", "max_concurrent_trials", "resources", "devices", "seed",
-               "max_failures", "asha", "baselines", "cost"}
+               "max_failures", "asha", "baselines", "cost", "reeval"}
+_REEVAL_KEYS = ("finalists", "seeds", "baselines", "vary_split")
 
 
 @dataclass(frozen=True)
 class Objective:
     metric: str  # a per-epoch metric of train.fit: top1_super, top1_base, frontier_score, ...
     mode: Literal["max", "min"] = "max"
+
+
+@dataclass(frozen=True)
+class Reeval:
+    """``study.reeval``: after the search, the ``finalists`` best searched configs and the best paper
+    baseline (``baselines: all``: the best baseline of every searched method) are trained again at the
+    full epoch budget, without early stopping, on the same ``seeds`` fresh seed indices; index i sets
+    ``train.seed`` and (``vary_split``) ``data.split_seed`` together, so every comparison is paired
+    over seeds while it also covers the train/validation split (``search/reeval.py``)."""
+
+    finalists: int
+    seeds: int
+    baselines: Literal["best", "all"] = "best"
+    vary_split: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,7 @@ class Study:
     asha_reduction_factor: float = 2.0
     cost: str = "macs"  # the frontier score's cost axis: macs | latency:<device> (sets train.score_cost)
     baselines: bool = True  # first train the papers' recipes of the searched methods (search/baselines.py)
+    reeval: Reeval | None = None  # re-train the finalists on paired seeds (absent: single-run comparison)
 
     @property
     def multi_objective(self) -> bool:
@@ -81,62 +98,6 @@ class Study:
     @property
     def modes(self) -> list[str]:
         return [o.mode for o in self.objectives]
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched key. ``when`` maps other keys to the values under which this one applies."""
-
-    key: str
-    kind: Literal["choice", "uniform", "loguniform", "int"]
-    choices: tuple[Any, ...] = ()
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False  # int only
-    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-
-    def active(self, chosen: dict[str, Any]) -> bool:
-        return all(k in chosen and _same(chosen[k], vals) for k, vals in self.when)
-
-    def probe_values(self) -> list[Any]:
-        """The values whose validity implies the whole range's (endpoints, every choice)."""
-        if self.kind == "choice":
-            return list(self.choices)
-        return [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
-
-    def contains(self, value: Any) -> bool:
-        """Whether ``value`` is one this key can take (a choice, or inside the range)."""
-        if self.kind == "choice":
-            return _same(value, self.choices)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        return (self.kind != "int" or isinstance(value, int)) and self.low <= value <= self.high
-
-    def nearest(self, value: Any) -> Any:
-        """The value in range closest to ``value`` (numbers), else the first choice."""
-        if self.kind == "choice":
-            return self.choices[0]
-        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else self.low
-        clipped = min(max(number, self.low), self.high)
-        return int(round(clipped)) if self.kind == "int" else float(clipped)
-
-    def describe(self) -> str:
-        """``search.KEY {kind: ...}`` as written in the space file (for error messages)."""
-        bounds = [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
-        return f"search.{self.key} {{{self.kind}: {list(self.choices) if self.kind == 'choice' else bounds}}}"
-
-    def trial_value(self, value: Any) -> Any:
-        """``value`` as Optuna holds it (``enqueue_trial``): choices by their label."""
-        return _label(value) if self.kind == "choice" else value
-
-    def suggest(self, trial: Any) -> Any:
-        """Draw a value with an Optuna ``Trial`` (define-by-run)."""
-        if self.kind == "choice":
-            labels = [_label(c) for c in self.choices]
-            return self.choices[labels.index(trial.suggest_categorical(self.key, labels))]
-        if self.kind == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.key, self.low, self.high, log=self.kind == "loguniform")
 
 
 @dataclass(frozen=True)
@@ -179,15 +140,6 @@ class SearchSpace:
             if p.active(chosen):
                 chosen[p.key] = p.probe_values()[0]
         return chosen
-
-
-def _label(value: Any) -> Any:
-    """Optuna categoricals hold scalars only; lists (e.g. annealed targets) travel as JSON text."""
-    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
-
-
-def _same(value: Any, allowed: tuple[Any, ...]) -> bool:
-    return _label(value) in [_label(a) for a in allowed]
 
 
 def _expand_env(value: Any, key: str) -> Any:
@@ -269,9 +221,7 @@ def _parse_study(raw: Any) -> Study:
     devices = raw.get("devices") or []
     if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
         raise ConfigError(f"study.devices: must be a list of device names, got {devices!r}")
-    from gatesearch.selection.latency import DEVICES  # the selector's profiles: a typo fails before Ray starts
-
-    for d in devices:
+    for d in devices:  # the selector's profiles: a typo fails before Ray starts
         if d not in DEVICES:
             raise ConfigError(f"study.devices: unknown device {d!r}; known: {', '.join(DEVICES.names())}")
 
@@ -299,6 +249,7 @@ def _parse_study(raw: Any) -> Study:
                                       "study.asha.reduction_factor"),
         cost=_cost_axis(raw.get("cost", Study.cost)),
         baselines=raw.get("baselines", Study.baselines),
+        reeval=_parse_reeval(raw.get("reeval"), integer),
     )
     if not isinstance(study.baselines, bool):
         raise ConfigError(f"study.baselines: must be true or false, got {study.baselines!r}")
@@ -310,15 +261,38 @@ def _parse_study(raw: Any) -> Study:
         raise ConfigError(f"study.resources.gpu: must be a fraction in [0, 1] or a whole number, got {study.gpu}")
     if study.asha_reduction_factor <= 1:
         raise ConfigError(f"study.asha.reduction_factor: must be > 1, got {study.asha_reduction_factor}")
+    if study.reeval is not None and study.multi_objective:
+        raise ConfigError("study.reeval: re-evaluation ranks finalists by one objective; this study has "
+                          f"{len(study.objectives)} (drop reeval or keep one objective)")
     return study
 
 
-def _cost_axis(value: Any) -> str:
-    from gatesearch.config import _check_cost_axis
+def _parse_reeval(raw: Any, integer: Any) -> Reeval | None:
+    """``study.reeval: {finalists: K >= 1, seeds: N >= 2, baselines: best | all, vary_split: bool}``."""
+    if raw is None:
+        return None
+    raw = _mapping(raw, "study.reeval")
+    unknown = sorted(set(raw) - set(_REEVAL_KEYS))
+    if unknown:
+        raise ConfigError(f"study.reeval.{unknown[0]}: unknown key (use {', '.join(_REEVAL_KEYS)})")
+    for key in ("finalists", "seeds"):
+        if key not in raw:
+            raise ConfigError(f"study.reeval.{key}: required (e.g. reeval: {{finalists: 2, seeds: 3}})")
+    baselines = raw.get("baselines", Reeval.baselines)
+    if baselines not in ("best", "all"):
+        raise ConfigError(f"study.reeval.baselines: must be best or all, got {baselines!r}")
+    vary = raw.get("vary_split", Reeval.vary_split)
+    if not isinstance(vary, bool):
+        raise ConfigError(f"study.reeval.vary_split: must be true or false, got {vary!r}")
+    # N >= 2: one seed has no spread, so no interval and no verdict
+    return Reeval(finalists=integer(raw["finalists"], "study.reeval.finalists", 1),
+                  seeds=integer(raw["seeds"], "study.reeval.seeds", 2), baselines=baselines, vary_split=vary)
 
+
+def _cost_axis(value: Any) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"study.cost: must be macs or latency:<device>, got {value!r}")
-    _check_cost_axis(value, "study.cost")
+    check_cost_axis(value, "study.cost")
     return value
 
 
@@ -436,7 +410,7 @@ def _check_values(space: SearchSpace) -> None:
     are satisfied, so a value is judged in a context where it would actually be used.
     """
     try:
-        from_flat(space.fixed)
+        check_names(from_flat(space.fixed))
     except ConfigError as e:
         raise ConfigError(f"fixed: {e}") from None
     order = [p.key for p in space.params]
@@ -447,11 +421,11 @@ def _check_values(space: SearchSpace) -> None:
                 raise ConfigError(f"search.{p.key}.when.{k}: must be fixed or searched before {p.key}")
             dep = next((q for q in space.params if q.key == k), None)
             possible = [space.fixed[k]] if dep is None else dep.probe_values() if dep.kind == "choice" else None
-            if possible is not None and not any(_same(v, vals) for v in possible):
+            if possible is not None and not any(same_choice(v, vals) for v in possible):
                 raise ConfigError(f"search.{p.key}.when.{k}: {list(vals)} can never hold")
         context = {**base, **{k: vals[0] for k, vals in p.when}}
         for value in p.probe_values():
             try:
-                from_flat({**context, p.key: value})
+                check_names(from_flat({**context, p.key: value}))
             except ConfigError as e:
                 raise ConfigError(f"search.{p.key}: value {value!r} is rejected ({e})") from None

@@ -17,12 +17,20 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatesearch import tracking
+from gatesearch.config import from_flat, to_flat
+from gatesearch.errors import UserError
 from gatesearch.search.baselines import MLFLOW_TAG as BASELINE_TAG
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
+from gatesearch.search.reeval import TAG_OF as REEVAL_OF_TAG
+from gatesearch.search.reeval import TAG_SEED as REEVAL_SEED_TAG
+from gatesearch.search.reeval import TRIAL_KEY as REEVAL_KEY
+from gatesearch.search.reeval import parse_key as reeval_keys
+from gatesearch.train import TrainingDiverged, fit
 
 CHECKPOINT_FILE = "last.pt"
 TRIAL_FILE = "trial.json"
@@ -51,6 +59,8 @@ class TrialContext:
     objective_metrics: tuple[str, ...]
     fault: str = ""  # GATESEARCH_FAULT as read by the driver
     fault_dir: str = ""  # where once-only faults leave their marker
+    # study.reeval: reeval.key(trial, seed index) -> the flat config that re-evaluation trial trains
+    reeval: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def trial_index_of(trial: Any) -> int:
@@ -102,9 +112,7 @@ class _TuneReporter:
         pass
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_path: Path) -> None:
-        from ray import tune
-
-        from gatesearch import tracking
+        from ray import tune  # lazy: imported in the Ray worker that runs the trial
 
         # epochs without evaluation (train.eval_every > 1) carry the last objective values, so the
         # scheduler and searcher always find their metrics
@@ -163,13 +171,11 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable: ``config`` is the flat dotted config of this trial."""
     from ray import tune
 
-    from gatesearch import tracking
-    from gatesearch.config import from_flat, to_flat
-    from gatesearch.errors import UserError
-    from gatesearch.train import TrainingDiverged, fit
-
     tctx = tune.get_context()
     trial_id = tctx.get_trial_id()
+    reeval_key = config.get(REEVAL_KEY)  # a re-evaluation trial: its whole config comes with the context
+    if reeval_key:
+        config = ctx.reeval[reeval_key]
     # train.fit's own files go to a scratch directory per worker process, wiped when the worker starts
     # its next trial (a trial stopped inside tune.report never reaches a cleanup of its own); not
     # tctx.get_trial_dir(), which with reuse_actors can still name the worker's previous trial
@@ -188,7 +194,13 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     if baseline:
         tags[BASELINE_TAG] = str(baseline)
     name = f"{ctx.study}-{index:03d}-{cfg.method.name}" + ("-baseline" if baseline else "")
-    run_id, status, error = tracking.trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, trial_id,
+    run_key = trial_id  # finds this trial's MLflow run again when Tune restarts or resumes it
+    if reeval_key:  # keyed by (repeated trial, seed index): a resumed re-evaluation never makes a second run
+        of, seed_index = reeval_keys(reeval_key)
+        tags |= {REEVAL_OF_TAG: of, REEVAL_SEED_TAG: str(seed_index), "gatesearch.kind": "reeval"}
+        name = f"{ctx.study}-reeval-{cfg.method.name}{'-baseline' if baseline else ''}-{of[:8]}-s{seed_index}"
+        run_key = f"reeval:{reeval_key}"
+    run_id, status, error = tracking.trial_run(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, run_key,
                                                name, to_flat(cfg), tags)
     if error:  # a deterministic failure already recorded: retrying cannot help
         raise InjectedFault(error) if error.startswith("InjectedFault") else RuntimeError(error)

@@ -1,18 +1,8 @@
-"""Pareto frontier and the frontier score of (cost, accuracy) points; device menus.
-
-Both axes are normalised by the caller: cost as a fraction of the super-net's (MACs or modelled
-latency; the super-net is 1, lower is better), accuracy as top-1 (0..1, higher is better).
-
-The **frontier score** (``frontier_score``) is what a study maximises and what a menu reports: the
-mean, over ``k`` budgets spaced evenly from the cheapest point's cost to the super-net's cost 1
-*inclusive*, of the top-1 of the most accurate point that fits each budget. It reads as "the
-accuracy a user gets on average when the deployment budget is anywhere in the model's range", and
-every sub-network counts: the super-net decides the last budget, the cheapest point the first, a
-dominated point none (``docs/search.md`` gives the formula, a worked example, and why it replaced
-the reference-point hypervolume, which gave the super-net's accuracy zero weight).
-
-The second half builds **menus**: for one model and one device, every scored candidate with
-the Pareto set (top-1 vs latency) flagged, written as JSON and Parquet with the same columns.
+"""Device menus: for one trained model and one device, every scored candidate with the Pareto set
+(top-1 vs latency) flagged and the menu's frontier score, written as JSON and Parquet with the same
+entry columns (the Parquet file keeps the menu-level fields -- model, device, frontier_score, ... --
+in its schema metadata). The Pareto mask and the frontier score are ``evaluate.frontier``'s, the ones
+training and the search objective use.
 """
 
 from __future__ import annotations
@@ -21,72 +11,21 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from gatesearch.evaluate.frontier import frontier_score, pareto_mask
+from gatesearch.preflight import atomic_target
 from gatesearch.stats import sample_std
-
-#: Budgets the frontier score averages over (evenly spaced, both ends included).
-FRONTIER_BUDGETS = 10
-#: Costs within this of a budget fit it (costs are ratios computed in floating point).
-_COST_TOL = 1e-9
-
-
-def pareto_mask(costs: Sequence[float], accs: Sequence[float]) -> list[bool]:
-    """True where no other point has cost <= and acc >= with at least one strict.
-
-    O(n log n): a point survives iff its accuracy beats every strictly cheaper point and is the
-    best among points of equal cost (equal points do not dominate each other).
-    """
-    order = sorted(range(len(costs)), key=lambda i: costs[i])
-    mask = [False] * len(costs)
-    best_cheaper = float("-inf")
-    k = 0
-    while k < len(order):
-        group = [order[k]]
-        while k + len(group) < len(order) and costs[order[k + len(group)]] == costs[order[k]]:
-            group.append(order[k + len(group)])
-        top = max(accs[i] for i in group)
-        for i in group:
-            mask[i] = accs[i] > best_cheaper and accs[i] == top
-        best_cheaper = max(best_cheaper, top)
-        k += len(group)
-    return mask
-
-
-def frontier_score(costs: Sequence[float], accs: Sequence[float], k: int = FRONTIER_BUDGETS) -> float:
-    """Mean top-1 of the best point within each of ``k`` budgets evenly spaced over [cheapest cost, 1].
-
-    ``costs``: each point's cost relative to the super-net (the super-net is 1.0; points costlier
-    than 1, e.g. a 5-pass ensemble, fit no budget); ``accs``: their top-1 in [0, 1]. Budget ``i`` of
-    ``k`` is ``b_i = c_min + (1 - c_min) * i / (k - 1)``; the score is ``mean_i max{acc_j : cost_j <= b_i}``.
-    A budget nothing fits counts 0 (only possible when no point costs <= 1). Empty input scores 0.
-    """
-    if k < 2:
-        raise ValueError(f"frontier_score needs k >= 2 budgets, got {k}")
-    pts = sorted((float(c), float(a)) for c, a in zip(costs, accs))
-    if not pts or pts[0][0] > 1.0 + _COST_TOL:
-        return 0.0
-    low = pts[0][0]
-    total, best, j = 0.0, 0.0, 0
-    for i in range(k):
-        budget = 1.0 if i == k - 1 else low + (1.0 - low) * i / (k - 1)
-        while j < len(pts) and pts[j][0] <= budget + _COST_TOL:
-            best = max(best, pts[j][1])
-            j += 1
-        total += best
-    return total / k
-
-
-# ----------------------------------------------------------------- menus
-# A menu: for one trained model and one device, every scored candidate with the Pareto set
-# (top-1 vs latency) flagged. JSON and Parquet carry the same entry columns; the Parquet file
-# keeps the menu-level fields (model, device, frontier_score, ...) in its schema metadata.
 
 #: Entry columns, in order. ``latency_ms`` is at ``batch`` (menu field); ``bytes`` are weights +
 #: activations moved at the device's precision; ``activation`` the mean fraction of units run;
-#: ``unit_rates`` per unit; ``top1_std`` over stochastic runs (0 for deterministic candidates).
-MENU_COLUMNS = ("pattern", "strategy", "top1", "top5", "top1_std", "macs", "params", "bytes", "latency_ms",
-                "latency_p90_ms", "latency_source", "activation", "unit_rates", "pareto")
+#: ``unit_rates`` per unit; ``top1_std`` over stochastic runs (0 for deterministic candidates);
+#: ``top1_low`` / ``top1_high`` the 95 % Wilson interval of ``top1`` over the ``n_eval`` images it was
+#: scored on (the evaluation split's sampling error); ``top1_seed_std`` the sample std of the candidate's
+#: test top-1 over ``n_seeds`` re-evaluation seeds of its config (``study.reeval``; null and 0 otherwise).
+MENU_COLUMNS = ("pattern", "strategy", "top1", "top1_low", "top1_high", "n_eval", "top1_seed_std", "n_seeds", "top5",
+                "top1_std", "macs", "params", "bytes", "latency_ms", "latency_p90_ms", "latency_source", "activation",
+                "unit_rates", "pareto")
 _META_KEY = b"gatesearch.menu"
 
 
@@ -140,10 +79,8 @@ def pick(menu: Menu, budget_ms: float) -> dict[str, Any] | None:
 
 def write_menu(menu: Menu, out_dir: str | Path, stem: str = "menu") -> tuple[Path, Path]:
     """``<out_dir>/<stem>.json`` (the record) and ``<stem>.parquet`` (same columns), via pyarrow."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow loads only when a menu is written or read
     import pyarrow.parquet as pq
-
-    from gatesearch.preflight import atomic_target
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +103,8 @@ def write_menu(menu: Menu, out_dir: str | Path, stem: str = "menu") -> tuple[Pat
 
 def _schema(pa: Any) -> Any:
     f64, i64, s = pa.float64(), pa.int64(), pa.string()
-    types = {"pattern": s, "strategy": s, "top1": f64, "top5": f64, "top1_std": f64, "macs": i64, "params": i64,
+    types = {"pattern": s, "strategy": s, "top1": f64, "top1_low": f64, "top1_high": f64, "n_eval": i64,
+             "top1_seed_std": f64, "n_seeds": i64, "top5": f64, "top1_std": f64, "macs": i64, "params": i64,
              "bytes": i64, "latency_ms": f64, "latency_p90_ms": f64, "latency_source": s, "activation": f64,
              "unit_rates": pa.list_(f64), "pareto": pa.bool_()}
     return pa.schema([(c, types[c]) for c in MENU_COLUMNS])
@@ -176,7 +114,7 @@ def read_menu(path: str | Path) -> Menu:
     """Read a menu back from its ``.json`` or ``.parquet`` file."""
     path = Path(path)
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # lazy: as in write_menu
 
         table = pq.read_table(path)
         meta = json.loads(table.schema.metadata[_META_KEY])
@@ -194,16 +132,28 @@ def format_menu(menu: Menu, limit: int | None = 40, budget_ms: float | None = No
              f"batch={menu.batch}, search={menu.search}, frontier score={menu.frontier_score:.4f}, "
              f"top-1 over patterns {menu.top1_mean:.4f} +- {menu.top1_std:.4f})"]
     w = max([8] + [len(e["pattern"]) for e in order])
-    lines.append(f"  {'pattern':<{w}}  {'strategy':<15} {'top1':>7} {'+-':>6} {'top5':>7} {'MMACs':>9} "
-                 f"{'params(M)':>9} {'lat(ms)':>9} {'src':>8}  act")
+    lines.append(f"  {'pattern':<{w}}  {'strategy':<15} {'top1':>7} {'95% CI (split)':>17} {'sd seeds':>10} "
+                 f"{'+-runs':>6} {'top5':>7} {'MMACs':>9} {'params(M)':>9} {'lat(ms)':>9} {'src':>8}  act")
     for e in order[:limit]:
         mark = ">" if chosen is e else "*" if e["pareto"] else " "
-        lines.append(f"{mark} {e['pattern']:<{w}}  {e['strategy']:<15} {e['top1']:7.4f} {e['top1_std']:6.4f} "
-                     f"{e['top5']:7.4f} {e['macs'] / 1e6:9.2f} {e['params'] / 1e6:9.3f} {e['latency_ms']:9.4f} "
-                     f"{e['latency_source']:>8}  {e['activation']:.2f}")
+        lines.append(f"{mark} {e['pattern']:<{w}}  {e['strategy']:<15} {e['top1']:7.4f} {_ci(e):>17} {_seed_sd(e):>10} "
+                     f"{e['top1_std']:6.4f} {e['top5']:7.4f} {e['macs'] / 1e6:9.2f} {e['params'] / 1e6:9.3f} "
+                     f"{e['latency_ms']:9.4f} {e['latency_source']:>8}  {e['activation']:.2f}")
     if limit is not None and len(order) > limit:
         lines.append(f"  ... {len(order) - limit} more (all in the JSON / Parquet files)")
+    lines.append("  entries whose 95% intervals overlap are not shown apart by this split (docs/selection.md)")
     if budget_ms is not None:
         lines.append(f"budget {budget_ms} ms: " + (f"pick {chosen['pattern']} ({chosen['strategy']}), top-1 "
                      f"{chosen['top1']:.4f}, {chosen['latency_ms']:.4f} ms" if chosen else "nothing fits"))
     return "\n".join(lines)
+
+
+def _ci(e: dict[str, Any]) -> str:
+    """``[low, high]`` of an entry's top-1 (menus written before the interval columns show ``-``)."""
+    low, high = e.get("top1_low"), e.get("top1_high")
+    return "-" if low is None or high is None else f"[{low:.4f},{high:.4f}]"
+
+
+def _seed_sd(e: dict[str, Any]) -> str:
+    sd, n = e.get("top1_seed_std"), e.get("n_seeds") or 0
+    return "-" if sd is None or n < 2 else f"{sd:.4f} n={n}"

@@ -13,30 +13,40 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from gatesearch.checkpoint import load_checkpoint
+from gatesearch.config import with_overrides
 from gatesearch.cost import count_macs, count_params
+from gatesearch.data import build_data, eval_loader
+from gatesearch.devices.lut import LutRow, lut_compose, lut_lookup, read_lut
+from gatesearch.devices.profiles import DEVICES, DeviceProfile, get_device
+from gatesearch.devices.roofline import Layer, bytes_moved, predict_ms, trace_layers
+from gatesearch.devices.timing import measure_ms
 from gatesearch.errors import UserError
+from gatesearch.evaluate import EXHAUSTIVE_MAX_UNITS, candidate_table, frontier_of, metric_name
+from gatesearch.evaluate.walk import PatternScore
 from gatesearch.models import GatedResNet
 from gatesearch.patterns import SkipPattern
-from gatesearch.selection.latency import (
-    DeviceProfile,
-    Layer,
-    LutRow,
-    bytes_moved,
-    get_device,
-    lut_compose,
-    lut_lookup,
-    measure_ms,
-    predict_ms,
-    trace_layers,
-)
-from gatesearch.selection.pareto import Menu, build_menu
-from gatesearch.selection.score import PatternScore, ScoreResult
+from gatesearch.selection.pareto import Menu, build_menu, write_menu
+from gatesearch.selection.plots import save_figures
+from gatesearch.stats import wilson_interval
+from gatesearch.tracking import find_run_checkpoint, log_selection
+from gatesearch.train import restore_method
 
 MEASURE_MAX_PATTERNS = 64
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """A candidate table with how it was searched and how BN was set, the input of ``device_menu``."""
+
+    scores: list[PatternScore]
+    search: str  # "exhaustive" | "beam(width=W)"
+    bn_mode: str  # "switchable" | "plain" | "reestimated"
+    extras: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -96,8 +106,11 @@ def _lut_for(rows: Sequence[LutRow] | None, profile: DeviceProfile, devices: Seq
 def device_menu(
     scores: ScoreResult, costs: PatternCosts, device: str, *, lut: Sequence[LutRow] | None = None,
     devices: Sequence[str] = (), measure_runs: int = 20, meta: dict | None = None,
+    seed_spread: dict[str, dict[str, Any]] | None = None,
 ) -> Menu:
-    """One menu: every scored candidate with MACs, params, bytes and latency on ``device``."""
+    """One menu: every scored candidate with MACs, params, bytes and latency on ``device``; each top-1 with
+    its Wilson interval over the images scored, and ``seed_spread`` (``metric_name`` -> ``{"std", "n"}``,
+    from ``study.reeval``) as its std over seeds."""
     profile = get_device(device)
     model, n = costs.model, costs.model.n_units
     lut_rows = _lut_for(lut, profile, devices or [device])
@@ -127,14 +140,19 @@ def device_menu(
     def nbytes(p: str) -> int:
         return bytes_moved(costs.trace(p), profile.bytes_per_element)
 
-    entries = [_entry(s, costs, lat, nbytes, n) for s in scores.scores]
+    entries = [_entry(s, costs, lat, nbytes, n, seed_spread) for s in scores.scores]
     return build_menu(entries, device=profile.name, bn_mode=scores.bn_mode, search=scores.search,
                       batch=costs.batch, **(meta or {}))
 
 
-def _entry(s: PatternScore, costs: PatternCosts, lat: Callable, nbytes: Callable, n: int) -> dict:
-    e = {"pattern": s.pattern, "strategy": s.strategy, "top1": s.top1, "top5": s.top5, "top1_std": s.top1_std,
-         "unit_rates": list(s.unit_rates), "activation": sum(s.unit_rates) / n if n else 1.0}
+def _entry(s: PatternScore, costs: PatternCosts, lat: Callable, nbytes: Callable, n: int,
+           spread: dict[str, dict[str, Any]] | None = None) -> dict:
+    low, high = wilson_interval(s.correct1, s.n) if s.n > 0 else (None, None)
+    seeds = (spread or {}).get(metric_name(s))  # this candidate's test top-1 over re-evaluation seeds
+    e = {"pattern": s.pattern, "strategy": s.strategy, "top1": s.top1, "top1_low": low, "top1_high": high,
+         "n_eval": s.n, "top1_seed_std": seeds["std"] if seeds else None, "n_seeds": seeds["n"] if seeds else 0,
+         "top5": s.top5, "top1_std": s.top1_std, "unit_rates": list(s.unit_rates),
+         "activation": sum(s.unit_rates) / n if n else 1.0}
     if is_fixed(s.strategy):
         macs, params = costs.of(s.pattern)
         med, p90, src = lat(s.pattern)
@@ -160,7 +178,7 @@ class Progress:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: only an interactive terminal gets a bar
 
         self.passes += 1
         yield from tqdm(self.loader, desc=f"{self.desc}, pass {self.passes}", file=sys.stderr, leave=False)
@@ -168,8 +186,6 @@ class Progress:
 
 def validate_devices(devices: Sequence[str]) -> list[str]:
     """Resolve names early so an unknown device fails before minutes of scoring."""
-    from gatesearch.selection.latency import DEVICES
-
     for d in devices:
         if d not in DEVICES:
             raise UserError(f"unknown device {d!r}; known: {', '.join(DEVICES.names())}")
@@ -198,20 +214,13 @@ class SelectOptions:
     beam_width: int = 8
     threads: int = 1  # torch CPU threads (host timings and the host profile use the same count)
     lut_any_device: bool = False  # use a LUT whose device column names none of ``devices``
+    # a re-evaluated config's test top-1 spread per candidate (``metric_name`` -> {"std", "n", ...}; study.reeval)
+    seed_spread: dict[str, dict[str, Any]] | None = None
 
 
 def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
     """Score a checkpoint's candidates on its validation split and write one menu per device
     under ``o.out/<device>/``, figures under ``o.out``; log to the MLflow run when ``o.run``."""
-    from gatesearch.checkpoint import load_checkpoint
-    from gatesearch.config import with_overrides
-    from gatesearch.data import build_data, eval_loader
-    from gatesearch.evaluate import EXHAUSTIVE_MAX_UNITS, candidate_table, frontier_of
-    from gatesearch.selection.latency import read_lut
-    from gatesearch.selection.pareto import write_menu
-    from gatesearch.selection.plots import save_figures
-    from gatesearch.train import restore_method
-
     devices = validate_devices(o.devices)
     if o.threads > 0:
         torch.set_num_threads(o.threads)
@@ -246,20 +255,17 @@ def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
             "extras": {"method": cfg.method.name, "run_id": o.run, "split": split, "input_shape": list(ck.input_shape),
                        "score_cost": cfg.train.score_cost, "frontier_score_on_score_cost": frontier_of(table),
                        "torch": torch.__version__, "threads": torch.get_num_threads()}}
-    menus = [device_menu(scores, costs, d, lut=rows, devices=devices, meta=meta) for d in devices]
+    menus = [device_menu(scores, costs, d, lut=rows, devices=devices, meta=meta, seed_spread=o.seed_spread)
+             for d in devices]
     files: dict[str, Path] = {}
     for menu in menus:
         j, p = write_menu(menu, out / menu.device)
         files[f"{menu.device}/menu.json"], files[f"{menu.device}/menu.parquet"] = j, p
     files.update(save_figures(menus, out))
     if o.run:
-        from gatesearch.tracking import log_selection
-
         log_selection(o.tracking_uri, o.run, menus, out)
     return menus, files
 
 
 def _run_checkpoint(o: SelectOptions, out: Path) -> Path:
-    from gatesearch.tracking import find_run_checkpoint
-
     return find_run_checkpoint(o.tracking_uri, o.run, out / "checkpoint")
