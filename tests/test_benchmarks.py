@@ -155,7 +155,10 @@ def test_study_record_and_render_show_the_summary_numbers(tmp_path):
     assert (results / "s.png").stat().st_size > 0 and "![objective per epoch of every trial](studies/s.png)" in out
     assert "| 0 | `b1` **best** | paper baseline | adn | alpha=0.5 | COMPLETE | 10 | 0.8456 | 2.00 |" in out
     assert "| 1 | `s2` | searched | gated_depth | k=7 | stopped early | 3 | 0.8123 |" in out
-    assert "searched `s2` 0.8123 vs baseline adn `b1` 0.8456: difference -0.0333 (the paper recipe stays ahead)" in out
+    # a single-run difference is reported as such, never as a win (issue #24)
+    assert ("searched `s2` 0.8123 vs baseline adn `b1` 0.8456: difference -0.0333 from one run each, which is no verdict "
+            "(this study ran without `study.reeval`)") in out
+    assert "stays ahead" not in out and "beat" not in out
     assert "`FFF` 90.00 % @ 2 ms" in out and "1.50 h wall time" in out
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_study.py"), "--study", "s", "--results-dir",
                             str(results), "--doc", str(doc)], capture_output=True, text=True, timeout=300, check=True).stdout
@@ -282,3 +285,21 @@ def test_study_stop_reasons_follow_the_spaces_asha_rungs_and_time_budget():
     assert rs._stop_reason(rec, {"epochs_done": 5}) == "stopped by the time budget"
     assert rs._stop_reason({**rec, "wall_time_s": 3600.0}, {"epochs_done": 5}) == "stopped"
     assert rs._stop_reason({}, {"epochs_done": 3}) == "stopped early"  # a record without its space: reason unknown
+
+
+def test_render_study_shows_the_re_evaluation_with_intervals_and_verdicts():
+    rs = _bench("render_study")
+    base = {"label": "adn (paper baseline)", "baseline": "adn", "complete": True, "values": [0.71, 0.72, 0.73],
+            "mean": 0.72, "std": 0.01, "low": 0.6952, "high": 0.7448, "vs_baseline": None}
+    found = {"label": "t004 (probgates)", "baseline": None, "complete": True, "values": [0.72, 0.74, 0.76],
+             "mean": 0.74, "std": 0.02, "low": 0.6903, "high": 0.7897,
+             "vs_baseline": {"mean": 0.02, "low": -0.0048, "high": 0.0448,
+                             "verdict": "no difference detected with 3 seeds (interval [-0.0048, +0.0448])"}}
+    section = {"seeds": [1, 2, 3], "vary_split": True, "metric": "frontier_score", "best_baseline": "adn (paper baseline)",
+               "finalists": [found, base], "crowned": "t004 (probgates)", "tied": [], "note": ""}
+    lines = rs.render_reeval(section)
+    assert ("| t004 (probgates) | 0.7200, 0.7400, 0.7600 | 0.7400 | 0.0200 | [0.6903, 0.7897] | +0.0200 | "
+            "[-0.0048, +0.0448] | no difference detected with 3 seeds (interval [-0.0048, +0.0448]) |") in lines
+    assert any(line.startswith("| adn (paper baseline) |") and line.endswith("| | reference |") for line in lines)
+    assert lines[-1] == "- Crowned: **t004 (probgates)** (best mean)."
+    assert rs.render_reeval(None) == []
