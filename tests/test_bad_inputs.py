@@ -449,3 +449,29 @@ def test_trusted_storage_checks(tmp_path: Path) -> None:
     os.chown(study / "tuner.pkl", 54321, -1)
     with pytest.raises(UserError, match="belongs to user id 54321"):
         check_trusted_storage(tmp_path / "rr", study)
+
+
+# ---------------------------------------------------------------- study.reeval out of range
+
+
+REEVAL_CASES = {
+    "no_finalists": ({"finalists": 0, "seeds": 3}, "study.reeval.finalists"),
+    "one_seed": ({"finalists": 2, "seeds": 1}, "study.reeval.seeds"),
+    "negative_seeds": ({"finalists": 2, "seeds": -3}, "study.reeval.seeds"),
+    "unknown_key": ({"finalists": 2, "seeds": 3, "repeat": True}, "study.reeval.repeat"),
+    "bad_baselines": ({"finalists": 2, "seeds": 3, "baselines": "every"}, "study.reeval.baselines"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REEVAL_CASES))
+def test_bad_reeval_stops_before_any_work(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    reeval, name = REEVAL_CASES[case]
+    raw = yaml.safe_load(Path(SPACE).read_text())
+    raw["study"]["reeval"] = reeval
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    argv = ["search", "--space", str(space), "--storage", str(tmp_path / "rr"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    _expect_clean_failure(argv, name, capsys, [tmp_path], FAST_S)
