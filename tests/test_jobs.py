@@ -113,7 +113,13 @@ def test_ray_job_submit_runs_a_search(ray_cluster, tmp_path):
                                          filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     from gatesearch.search.space import load_space
 
-    assert len(children) == load_space(ROOT / "search_spaces" / "quickstart.yaml").study.trials  # baselines included
+    study = load_space(ROOT / "search_spaces" / "quickstart.yaml").study
+    kinds = [r.data.tags.get("gatesearch.kind") for r in children]
+    assert kinds.count("trial") == study.trials  # baselines included
+    # the finalists re-trained on the space's seeds, one child run per (finalist, seed), and a printed verdict
+    summary = json.loads((tmp_path / "rr" / "quickstart" / "summary.json").read_text())
+    assert kinds.count("reeval") == len(summary["reeval"]["finalists"]) * study.reeval.seeds
+    assert "re-evaluation:" in logs and "  verdict: " in logs and "95% t-intervals" in logs
 
 
 def test_job_entry_points_pass_their_arguments(tmp_path):
