@@ -49,6 +49,14 @@ def _check_menu(folder: Path, device: str) -> dict:
                         and (o["latency_ms"] < e["latency_ms"] or o["top1"] > e["top1"]) for o in entries)
         assert e["pareto"] == (not dominated)
     assert any(e["pareto"] for e in entries)
+    z = 1.959963984540054  # the normal's 97.5 % quantile: Wilson's interval, worked out from its closed form
+    for e in entries:  # every top-1 with its 95 % Wilson interval over the images scored; no seeds here
+        n, k = e["n_eval"], round(e["top1"] * e["n_eval"])
+        p, centre = k / n, (k / n + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+        assert n > 0 and e["top1_low"] == pytest.approx(centre - half, abs=1e-9)
+        assert e["top1_high"] == pytest.approx(centre + half, abs=1e-9) and e["top1_low"] <= e["top1"] <= e["top1_high"]
+        assert e["top1_seed_std"] is None and e["n_seeds"] == 0
     return record
 
 
@@ -132,3 +140,16 @@ def test_select_reestimated_bn(trained: dict, tmp_path: Path) -> None:
                  "--out", str(out)]) == 0
     record = json.loads((out / "jetson-orin-nx" / "menu.json").read_text())
     assert record["bn_mode"] == "reestimated" and len(record["entries"]) == 8
+
+
+def test_menu_carries_the_std_over_re_evaluation_seeds(trained: dict, tmp_path: Path) -> None:
+    from gatesearch.selection.select import SelectOptions, run_select
+
+    spread = {"FFF": {"mean": 0.9, "std": 0.0123, "low": 0.87, "high": 0.93, "n": 3}}
+    menus, _ = run_select(SelectOptions(devices=("jetson",), out=str(tmp_path / "m"), checkpoint=trained["checkpoint"],
+                                        seed_spread=spread))
+    by = {e["pattern"]: e for e in menus[0].entries}
+    assert by["FFF"]["top1_seed_std"] == 0.0123 and by["FFF"]["n_seeds"] == 3
+    assert by["TTT"]["top1_seed_std"] is None and by["TTT"]["n_seeds"] == 0
+    record = json.loads((tmp_path / "m" / "jetson-orin-nano" / "menu.json").read_text())
+    assert {e["pattern"]: e["n_seeds"] for e in record["entries"]}["FFF"] == 3
