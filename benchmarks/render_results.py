@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gatesearch.stats import sample_std
+from gatesearch.evaluate.frontier import pareto_mask
+from gatesearch.stats import paired_difference, sample_std, t_interval, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["plain_full", "plain_base", "stochastic_depth", "adn", "gated_depth", "probgates_per_gate",
@@ -227,9 +228,6 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
     """Every candidate (dots) and each run's frontier (steps), top-1 vs MACs: the whole range on the
     left, and on the right the band within 10 points of the best top-1, where the frontiers differ."""
     plt = _pyplot()
-
-    from gatesearch.evaluate.frontier import pareto_mask
-
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     fronts = {}
     for name, r in runs.items():
@@ -281,9 +279,154 @@ def sweep_plot(runs: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
+# ----------------------------------------------------------------- tables with several seeds per recipe
+# Runs named ``<recipe>_s<i>`` (``reproduce_cifar.py --table block``): seed index i set train.seed and
+# data.split_seed, so two recipes at the same index share the split and are compared paired by seed.
+
+
+def by_recipe(runs: dict[str, dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """``{recipe: {seed index: run}}``, recipes in ``ORDER``."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, r in runs.items():
+        recipe, _, idx = name.rpartition("_s")
+        if recipe and idx.isdigit():
+            out.setdefault(recipe, {})[int(idx)] = r
+    return dict(sorted(out.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER)))
+
+
+def _ladder(n: int) -> list[str]:
+    """Super-net, then one more unit skipped from the last backwards, down to the base-net."""
+    return ["".join("T" if i >= n - k else "F" for i in range(n)) for k in range(n + 1)]
+
+
+def _mean_sd(values: list[float]) -> str:
+    return f"{100 * sum(values) / len(values):.2f} ± {100 * sample_std(values):.2f}" if len(values) > 1 else f"{100 * values[0]:.2f}"
+
+
+def seeded_candidate_table(recipes: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """Test top-1 (%) mean ± sample std over seeds of the ladder's patterns (the calibrated full network where
+    a method calibrates), probgates' threshold 0.5, and the frontier score with its 95 % t-interval."""
+    n = next(iter(next(iter(recipes.values())).values()))["n_units"]
+    ladder = _ladder(n)
+    lines = ["| recipe | seeds | " + " | ".join(f"`{p}`" for p in ladder) + " | threshold 0.5 | frontier score (test), "
+             "95 % interval |", "|---" * (len(ladder) + 4) + "|"]
+    for recipe, seeds in recipes.items():
+        runs = [seeds[i] for i in sorted(seeds)]
+        cells = []
+        for p in ladder:
+            vals = [_fixed(r)[p]["top1"] for r in runs if p in _fixed(r)]
+            cells.append(_mean_sd(vals) if len(vals) == len(runs) else "-")
+        half = [_strategies(r)[HALF]["top1"] for r in runs if HALF in _strategies(r)]
+        frontier = [r["test"]["frontier_score"] for r in runs]
+        iv = t_interval(frontier)
+        band = f"[{iv.low:.4f}, {iv.high:.4f}]" if iv.n > 1 else "one seed: no interval"
+        lines.append(f"| {recipe} | {', '.join(map(str, sorted(seeds)))} | " + " | ".join(cells)
+                     + f" | {_mean_sd(half) if len(half) == len(runs) else '-'} | {iv.mean:.4f} ± {iv.std:.4f} {band} |")
+    return lines
+
+
+def paired_rows(recipes: dict[str, dict[int, dict[str, Any]]], value: Any) -> list[tuple[str, str, Any]]:
+    """Every pair of recipes with at least two common seed indices: ``(a, b, Interval of value(a) - value(b))``."""
+    names = list(recipes)
+    out = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common = sorted(set(recipes[a]) & set(recipes[b]))
+            if len(common) >= 2:
+                out.append((a, b, paired_difference([value(recipes[a][s]) for s in common],
+                                                     [value(recipes[b][s]) for s in common])))
+    return out
+
+
+def paired_table(recipes: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """Paired differences of the test frontier score between every two recipes, over their common seeds."""
+    rows = paired_rows(recipes, lambda r: r["test"]["frontier_score"])
+    if not rows:
+        return ["No two recipes share two seed indices yet: no paired comparison."]
+    lines = ["| a | b | seeds | a - b (frontier score, test) | 95 % interval | verdict for a |", "|---|---|---|---|---|---|"]
+    for a, b, d in rows:
+        lines.append(f"| {a} | {b} | {d.n} | {d.mean:+.4f} | [{d.low:+.4f}, {d.high:+.4f}] | {verdict(d)} |")
+    return lines
+
+
+def seeded_claims(recipes: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """The papers' claims on the seeded table, each as a paired difference over common seeds."""
+    out = []
+
+    def pair(a: str, b: str, value: Any) -> Any:
+        if a not in recipes or b not in recipes:
+            return None
+        return next((d for x, y, d in paired_rows({a: recipes[a], b: recipes[b]}, value) if (x, y) == (a, b)), None)
+
+    def show(d: Any, unit: str = "points") -> str:
+        return (f"{100 * d.mean:+.2f} {unit} over {d.n} seeds, 95 % interval [{100 * d.low:+.2f}, {100 * d.high:+.2f}]: "
+                f"{verdict(d)}")
+
+    d = pair("adn", "plain_full", lambda r: _top1(r, "F"))
+    out.append("- **ADN Table 1** (super-net >= the individually trained full-depth net), ADN super-net minus plain "
+               "full-depth top-1: " + (show(d) if d else "needs adn and plain_full at two common seeds") + ".")
+    d = pair("gated_depth", "adn", lambda r: sample_std([c["top1"] for c in _fixed(r).values()]))
+    out.append("- **Gated Depth Sec. 6.2** (its sub-networks' top-1 spread is tighter than ADN's), std of top-1 over "
+               "all patterns, gated_depth minus adn: " + (show(d) if d else "needs adn and gated_depth at two common seeds")
+               + " (negative: tighter).")
+    d = pair("probgates_per_batch", "probgates_per_gate", lambda r: _strategies(r)[HALF]["top1"] if HALF in _strategies(r) else float("nan"))
+    act = pair("probgates_per_batch", "probgates_per_gate", lambda r: _activation(_strategies(r)[HALF]) if HALF in _strategies(r) else float("nan"))
+    out.append("- **Probabilistic gates Sec. 4** (per-batch better in accuracy and activation), at threshold 0.5, "
+               "per-batch minus per-gate: top-1 " + (show(d) if d else "needs both probgates runs at two common seeds")
+               + ("; activation " + f"{act.mean:+.3f} [{act.low:+.3f}, {act.high:+.3f}] ({verdict(act)})" if act else "") + ".")
+    return out
+
+
+def seeded_plot(recipes: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
+    """Per recipe the frontier (top-1 vs MACs) of the candidates' mean test top-1 over seeds, with the std over
+    seeds as error bars at the frontier points, and each seed's own frontier thin."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for recipe, seeds in recipes.items():
+        runs = [seeds[i] for i in sorted(seeds)]
+        keys = set.intersection(*[{(c["pattern"], c["strategy"]) for c in r["test"]["candidates"] if c["cost"] <= 1 + 1e-9}
+                                   for r in runs])
+        rows = {k: [next(c for c in r["test"]["candidates"] if (c["pattern"], c["strategy"]) == k) for r in runs]
+                for k in keys}
+        macs = {k: sum(c["macs"] for c in v) / len(v) / 1e6 for k, v in rows.items()}
+        mean = {k: 100 * sum(c["top1"] for c in v) / len(v) for k, v in rows.items()}
+        sd = {k: 100 * sample_std([c["top1"] for c in v]) for k, v in rows.items()}
+        order = list(rows)
+        mask = pareto_mask([macs[k] for k in order], [mean[k] for k in order])
+        front = sorted((k for k, m in zip(order, mask) if m), key=lambda k: macs[k])
+        line = ax.step([macs[k] for k in front], [mean[k] for k in front], where="post", label=f"{recipe} (n={len(runs)})")
+        ax.errorbar([macs[k] for k in front], [mean[k] for k in front], yerr=[sd[k] for k in front], fmt="o", ms=3,
+                    color=line[0].get_color(), capsize=2)
+    ax.set_xlabel("MMACs per image")
+    ax.set_ylabel("test top-1 (%), mean over seeds")
+    ax.set_title("CIFAR-10, ResNet-20, a gate on every block: frontier of the mean over seeds (bars: std)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def render_seeded(table: str, folder: Path, doc: Path, runs: dict[str, dict[str, Any]]) -> str:
+    recipes = by_recipe(runs)
+    begin, end = f"<!-- results:{table}:begin -->", f"<!-- results:{table}:end -->"
+    first = next(iter(runs.values()))
+    seeded_plot(recipes, folder / "frontier.png")
+    body = [f"Rendered by `python benchmarks/render_results.py --table {table}` from `docs/results/{table}/*.json` "
+            f"({len(runs)} runs finished: {', '.join(f'{k} x{len(v)}' for k, v in recipes.items())}; {first['epochs']} "
+            f"epochs, {first['n_units']} units, test set {first['test']['candidates'][0]['n']} images; seed index i sets "
+            "`train.seed` and `data.split_seed`). Test top-1 (%) as mean ± sample std over seeds, along the ladder "
+            "(`T` = unit skipped), and the frontier score with its 95 % Student-t interval over seeds:", "",
+            *seeded_candidate_table(recipes), "",
+            "Paired differences between recipes (same seed indices; 95 % Student-t interval; `gatesearch.stats`):", "",
+            *paired_table(recipes), "", "What the papers claim, at this budget, with paired intervals:", "",
+            *seeded_claims(recipes), "", f"![frontiers](results/{table}/frontier.png)"]
+    return write_section(doc, begin, end, body)
+
+
 def render(table: str, results_root: Path, doc: Path) -> str:
     folder = results_root / table
     every = load_runs(folder)
+    if any("seed_index" in r for r in every.values()):
+        return render_seeded(table, folder, doc, every)
     runs = {k: v for k, v in every.items() if k in ORDER}
     diag = {k: v for k, v in every.items() if k not in ORDER}
     begin, end = f"<!-- results:{table}:begin -->", f"<!-- results:{table}:end -->"

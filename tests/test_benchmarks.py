@@ -1,5 +1,6 @@
 """The step-time benchmark runs end to end on a tiny budget and prints what its docs quote."""
 
+import json
 import re
 import subprocess
 import sys
@@ -303,3 +304,41 @@ def test_render_study_shows_the_re_evaluation_with_intervals_and_verdicts():
     assert any(line.startswith("| adn (paper baseline) |") and line.endswith("| | reference |") for line in lines)
     assert lines[-1] == "- Crowned: **t004 (probgates)** (best mean)."
     assert rs.render_reeval(None) == []
+
+
+def _seeded(run: str, seed: int, top1: dict[str, float], frontier: float, half: float | None = None) -> dict:
+    """A block-table run JSON (``reproduce_cifar.py --table block``) with 2 units and hand-set numbers."""
+    macs = {"FF": 40e6, "FT": 30e6, "TF": 30e6, "TT": 20e6}
+    cands = [{"pattern": p, "strategy": "pattern", "top1": t, "macs": macs[p], "cost": macs[p] / 40e6, "n": 10000,
+              "unit_rates": [0.0 if c == "T" else 1.0 for c in p]} for p, t in top1.items()]
+    if half is not None:
+        cands.append({"pattern": "FT", "strategy": "threshold:0.50", "top1": half, "macs": 35e6, "cost": 0.875,
+                      "n": 10000, "unit_rates": [1.0, 0.5]})
+    split = {"candidates": cands, "frontier_score": frontier}
+    return {"run": run, "seed_index": seed, "table": "block", "config": {}, "epochs": 30, "n_units": 2,
+            "history": [], "train_time_s": 3600.0, "test": split, "val": split}
+
+
+def test_seeded_table_renders_means_paired_intervals_and_claims(tmp_path):
+    rr = _bench("render_results")
+    folder = tmp_path / "results" / "blk"
+    folder.mkdir(parents=True)
+    # plain: super-net 0.80, 0.82, 0.84; adn: super 0.81, 0.84, 0.87 -> adn - plain = 0.01, 0.02, 0.03
+    for i, (p_sup, a_sup) in enumerate([(0.80, 0.81), (0.82, 0.84), (0.84, 0.87)]):
+        (folder / f"plain_full_s{i}.json").write_text(json.dumps(_seeded(f"plain_full_s{i}", i, {
+            "FF": p_sup, "FT": 0.5, "TF": 0.5, "TT": 0.2}, frontier=0.60 + 0.01 * i)))
+        (folder / f"adn_s{i}.json").write_text(json.dumps(_seeded(f"adn_s{i}", i, {
+            "FF": a_sup, "FT": 0.78, "TF": 0.77, "TT": 0.70}, frontier=0.75 + 0.01 * i)))
+    doc = tmp_path / "R.md"
+    out = rr.render("blk", tmp_path / "results", doc)
+    # ladder FF, FT, TT: plain FF mean 82.00, sample std 2.00
+    assert "| plain_full | 0, 1, 2 | 82.00 ± 2.00 | 50.00 ± 0.00 | 20.00 ± 0.00 | - |" in out
+    # frontier scores 0.60, 0.61, 0.62: mean 0.61, s 0.01, 95 % t-interval 0.61 -+ 4.3027 * 0.01 / sqrt(3)
+    assert "0.6100 ± 0.0100 [0.5852, 0.6348] |" in out
+    # adn - plain frontier: 0.15 at every seed: zero spread, an interval of zero width above 0
+    assert "| plain_full | adn | 3 | -0.1500 | [-0.1500, -0.1500] | worse |" in out
+    # ADN Table 1 on super-nets: differences 0.01, 0.02, 0.03 -> +2.00 points, [-0.48, +4.48]
+    assert ("ADN super-net minus plain full-depth top-1: +2.00 points over 3 seeds, 95 % interval [-0.48, +4.48]: "
+            "no difference detected with 3 seeds (interval [-0.0048, +0.0448])") in out
+    assert "Gated Depth Sec. 6.2" in out and "needs adn and gated_depth" in out
+    assert (folder / "frontier.png").stat().st_size > 0
