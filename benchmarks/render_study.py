@@ -149,7 +149,8 @@ def render_section(rec: dict[str, Any]) -> list[str]:
         cfg = t.get("config") or {}
         kind = "paper baseline" if t.get("baseline") else "searched"
         star = " **best**" if t["trial_id"] == rec.get("best_trial_id") else ""
-        state = _stop_reason(rec, t) if t["state"] == "STOPPED" else t["state"]
+        # the runner records why a trial stopped (summary "stop_reason"); older records are inferred from the rungs
+        state = (t.get("stop_reason") or _stop_reason(rec, t)) if t["state"] == "STOPPED" else t["state"]
         lines.append(f"| {i} | `{t['trial_id']}`{star} | {kind} | {cfg.get('method.name', '')} | {_short_config(cfg)}"
                      f" | {state} | {t['epochs_done']} | {_objective(rec, t)} | {(t.get('train_time_s') or 0) / 3600:.2f} |")
     lines.append("")

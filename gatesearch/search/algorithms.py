@@ -20,7 +20,9 @@ baseline at the same fidelity.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -73,7 +75,14 @@ class StudySearch(OptunaSearch):
 
 
 class BaselineASHA(ASHAScheduler):
-    """ASHA that never stops a paper-baseline trial before ``max_t`` (see module docstring)."""
+    """ASHA that never stops a paper-baseline trial before ``max_t`` (see module docstring), and that
+    writes down every trial it stops early: ``<stops_dir>/<trial id>.json`` holds the rung (epoch) it was
+    stopped at, so the runner records *why* a trial ended (``stop_reason``) instead of guessing it from
+    the epoch count; the file outlives a ``Tuner.restore``, which unpickles the scheduler."""
+
+    def __init__(self, *args: Any, stops_dir: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stops_dir = stops_dir
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
@@ -81,4 +90,17 @@ class BaselineASHA(ASHAScheduler):
         if action == TrialScheduler.STOP and early and trial.config.get(TRIAL_KEY):
             self._num_stopped -= 1  # counted as stopped by the parent
             return TrialScheduler.CONTINUE
+        if action == TrialScheduler.STOP and early and self._stops_dir:
+            record_stop(Path(self._stops_dir), trial.trial_id, int(result.get(self._time_attr, 0)))
         return action
+
+
+def record_stop(stops_dir: Path, trial_id: str, rung: int) -> None:
+    stops_dir.mkdir(parents=True, exist_ok=True)
+    (stops_dir / f"{trial_id}.json").write_text(json.dumps({"scheduler": "asha", "rung": rung}))
+
+
+def stop_of(stops_dir: Path, trial_id: str) -> dict[str, Any] | None:
+    """What ``BaselineASHA`` wrote when it stopped ``trial_id`` early, else None."""
+    path = stops_dir / f"{trial_id}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

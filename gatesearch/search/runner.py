@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -35,7 +34,7 @@ from gatesearch import tracking
 from gatesearch.config import from_flat
 from gatesearch.errors import UserError
 from gatesearch.search import reeval
-from gatesearch.search.algorithms import BaselineASHA, StudySearch
+from gatesearch.search.algorithms import BaselineASHA, StudySearch, stop_of
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
 from gatesearch.search.preflight import check_search, ray_connect_error
 from gatesearch.search.space import SearchSpace, load_space
@@ -43,8 +42,8 @@ from gatesearch.search.trainable import (
     CHECKPOINT_FILE,
     FAULT_ENV,
     TrialContext,
+    remove_scratch,
     run_trial,
-    scratch_dir,
     trial_dirname,
     trial_name,
 )
@@ -52,6 +51,7 @@ from gatesearch.selection.pareto import format_menu
 from gatesearch.selection.select import SelectOptions, run_select
 
 PARENT_FILE = "mlflow_parent.json"
+STOPS_DIR = "stops"  # <study>/stops/<trial id>.json: the trials ASHA stopped early, and at which rung
 DEFAULT_STORAGE = "ray_results"
 
 
@@ -137,15 +137,31 @@ def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Pa
     return exp_id, run_id
 
 
-def _status_callback(ctx: TrialContext) -> Any:
+def stop_reason(state: str, epochs_done: int, stop: dict[str, Any] | None, budget_spent: bool) -> str:
+    """Why a trial ended: ``finished`` (the full epoch budget), ``stopped early by ASHA at epoch R`` (the
+    scheduler's own record, ``algorithms.BaselineASHA``), ``stopped by the time budget``, ``errored``, or
+    ``interrupted`` (the study was stopped, e.g. Ctrl+C, before the trial ended)."""
+    if state == "ERROR":
+        return "errored"
+    if state == "COMPLETE":
+        return "finished"
+    if stop is not None:
+        return f"stopped early by ASHA at epoch {stop.get('rung', epochs_done)}"
+    return "stopped by the time budget" if budget_spent else "interrupted"
+
+
+def _status_callback(ctx: TrialContext, stops_dir: Path | None = None, time_budget_s: float | None = None) -> Any:
     """A Tune callback (driver side) that closes each trial's MLflow run with its final state.
 
-    A trial stopped by ASHA (or at ``max_t``) never returns from ``tune.report``, so its run is
-    closed here: FINISHED when it ran the full budget, KILLED (tag full_budget=False) otherwise.
+    A trial stopped by ASHA (or at ``max_t``, or by the study's time budget) never returns from
+    ``tune.report``, so its run is closed here: FINISHED with tag ``gatesearch.stop_reason`` (finished, or
+    stopped early by ASHA at epoch R, or stopped by the time budget: the scheduler's decision is not a
+    failure) and ``gatesearch.full_budget``; an errored trial ends FAILED.
     """
-    from ray.tune import Callback
+    from ray.tune import Callback  # lazy: as in _init_ray
 
     uri, epochs = ctx.tracking_uri, ctx.epochs
+    started = time.time()
 
     def run_of(trial: Any) -> str | None:
         return trial.last_result.get("mlflow_run_id") or tracking.find_trial_run(
@@ -156,15 +172,19 @@ def _status_callback(ctx: TrialContext) -> Any:
             run_id = run_of(trial)
             if run_id:
                 done = int(trial.last_result.get("epochs_done", 0))
-                tracking.set_run_tags(uri, run_id, {"gatesearch.epochs_done": done,
+                spent = time_budget_s is not None and time.time() - started >= 0.95 * time_budget_s
+                reason = stop_reason("COMPLETE" if done >= epochs else "STOPPED", done,
+                                     stop_of(stops_dir, trial.trial_id) if stops_dir else None, spent)
+                tracking.set_run_tags(uri, run_id, {"gatesearch.epochs_done": done, "gatesearch.stop_reason": reason,
                                                     "gatesearch.full_budget": done >= epochs})
-                tracking.end_run(uri, run_id, "FINISHED" if done >= epochs else "KILLED")
+                tracking.end_run(uri, run_id, "FINISHED")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             run_id = run_of(trial)
             if run_id:
                 err = trial.get_error()
                 line = str(err).strip().splitlines()[-1][:500] if err else "trial errored"
+                tracking.set_run_tags(uri, run_id, {"gatesearch.stop_reason": "errored"})
                 tracking.end_run(uri, run_id, "FAILED", error=None if _has_error(uri, run_id) else line)
 
     return MlflowTrialStatus()
@@ -186,7 +206,7 @@ def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, sto
         storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[_status_callback(ctx)],
+        callbacks=[_status_callback(ctx, storage / s.name / STOPS_DIR, s.time_budget_s)],
         verbose=opts.verbose,
     )
     fixed = _absolute_paths(space) | {"tracking.uri": ctx.tracking_uri}
@@ -206,7 +226,7 @@ def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, sto
                 n_startup_trials=n_baselines + max(2, min(10, (s.trials - n_baselines) // 3)))
         metric, mode = s.metrics[0], s.modes[0]
         scheduler = BaselineASHA(time_attr="training_iteration", max_t=s.epochs, grace_period=s.asha_grace_period,
-                                 reduction_factor=s.asha_reduction_factor)
+                                 reduction_factor=s.asha_reduction_factor, stops_dir=str(storage / s.name / STOPS_DIR))
     searcher = StudySearch(space=space.suggest, metric=metric, mode=mode, sampler=sampler, epochs=s.epochs,
                            baselines=space.baseline_trials())
     tune_config = tune.TuneConfig(
@@ -228,9 +248,11 @@ def _dominates(a: list[float], b: list[float]) -> bool:
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
-def summarize(space: SearchSpace, results: Any, study_dir: Path) -> dict[str, Any]:
-    """Every trial's state and objective values; the best trial or the Pareto set of full-budget trials."""
+def summarize(space: SearchSpace, results: Any, study_dir: Path, elapsed_s: float = 0.0) -> dict[str, Any]:
+    """Every trial's state, why it ended and its objective values; the best trial or the Pareto set of
+    full-budget trials."""
     s = space.study
+    spent = s.time_budget_s is not None and elapsed_s >= 0.95 * s.time_budget_s
     trials = []
     for r in results:
         m = r.metrics or {}
@@ -253,6 +275,8 @@ def summarize(space: SearchSpace, results: Any, study_dir: Path) -> dict[str, An
             "baseline": method,  # the paper recipe's method for a baseline trial, else None
             "config": {k: v for k, v in (r.config or {}).items() if k in shown},
         })
+        t = trials[-1]
+        t["stop_reason"] = stop_reason(t["state"], done, stop_of(study_dir / STOPS_DIR, t["trial_id"]), spent)
     # only trials that ran their full budget compete: an ASHA-stopped trial's early score is not comparable
     complete = [t for t in trials if t["state"] == "COMPLETE"
                 and all(isinstance(t["objectives"][k], (int, float)) for k in s.metrics)]
@@ -395,6 +419,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     # Ray first: a cluster that refuses this client (auth) fails before a parent run or marker exists
     started = _init_ray(opts, space)
     t0 = time.perf_counter()
+    ctx: TrialContext | None = None
     try:
         exp_id, parent_id = _parent_run(opts, space, uri, study_dir)
         ctx = TrialContext(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, study=space.study.name,
@@ -402,13 +427,14 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
                            fault=os.environ.get(FAULT_ENV, ""), fault_dir=str(study_dir / "faults"))
         results = _build_tuner(opts, space, ctx, storage).fit()
         interrupted = _interrupted(space, study_dir, time.perf_counter() - t0)
-        summary = summarize(space, results, study_dir) | {"tracking_uri": uri, "parent_run_id": parent_id,
+        summary = summarize(space, results, study_dir, time.perf_counter() - t0) | {"tracking_uri": uri, "parent_run_id": parent_id,
                                                           "experiment_id": exp_id, "interrupted": interrupted}
         if space.study.reeval is not None and not interrupted:  # the finalists again, on paired fresh seeds
             summary["reeval"], summary["interrupted"] = _reevaluate(opts, space, ctx, storage, summary, results)
             _crown(summary)
     finally:
-        shutil.rmtree(scratch_dir(space.study.name), ignore_errors=True)  # this node's trial scratch files
+        if ctx is not None:
+            remove_scratch(ctx)  # this node's trial scratch files of this study run, nothing else
         if started:
             import ray
 
