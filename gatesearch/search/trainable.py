@@ -12,6 +12,7 @@ Per epoch, ``_TuneReporter`` logs the metrics to the trial's MLflow run and call
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from gatesearch.search.reeval import parse_key as reeval_keys
 from gatesearch.train import TrainingDiverged, fit
 
 CHECKPOINT_FILE = "last.pt"
+SCRATCH_ROOT = "gatesearch-trials"  # under the temporary directory: train.fit's files while a trial runs
 TRIAL_FILE = "trial.json"
 # A debugging aid for the fault-tolerance tests: "KIND@TRIAL[,KIND@TRIAL...]" with KIND one of
 #   raise (the trial raises at the end of its first epoch), nan (the trial's lr is blown up so its loss
@@ -146,8 +148,25 @@ class _TuneReporter:
         pass
 
 
-def scratch_dir(study: str) -> Path:
-    return Path(tempfile.gettempdir()) / "gatesearch-trials" / study
+def scratch_dir(ctx: TrialContext) -> Path:
+    """This node's scratch directory for one study run's trials, ``<tmp>/gatesearch-trials/<study>/<parent run
+    id>``, resolved; refused unless it is that very path inside ``<tmp>/gatesearch-trials``, so neither a name
+    such as ``..`` nor a symbolic link planted in the shared temporary directory can make it another one."""
+    root = (Path(tempfile.gettempdir()) / SCRATCH_ROOT).resolve()
+    path = (root / ctx.study / ctx.parent_run_id).resolve()
+    if path.parent.parent != root or (path.parent.name, path.name) != (ctx.study, ctx.parent_run_id):
+        raise UserError(f"trial scratch directory {root / ctx.study / ctx.parent_run_id} resolves to {path}, "
+                        f"not a directory of {root}")
+    return path
+
+
+def remove_scratch(ctx: TrialContext) -> None:
+    """Remove what this study run's trials left on this node (its own scratch directory, never a sibling
+    of another study or run), then the study's directory if that is left empty."""
+    path = scratch_dir(ctx)
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):  # rmdir removes only an empty directory
+        path.parent.rmdir()
 
 
 def _resume_path(local_dir: Path) -> Path | None:
@@ -179,7 +198,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     # train.fit's own files go to a scratch directory per worker process, wiped when the worker starts
     # its next trial (a trial stopped inside tune.report never reaches a cleanup of its own); not
     # tctx.get_trial_dir(), which with reuse_actors can still name the worker's previous trial
-    trial_dir = scratch_dir(ctx.study) / f"worker-{os.getpid()}"
+    trial_dir = scratch_dir(ctx) / f"worker-{os.getpid()}"
     shutil.rmtree(trial_dir, ignore_errors=True)
     index = trial_index(tctx.get_trial_name())
     faults = faults_for(ctx.fault, index)
