@@ -276,8 +276,14 @@ def find_trial_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: s
 def find_run_checkpoint(uri: str, run_id: str, dst_dir: str | Path) -> Path:
     """Download the checkpoint ``MLflowReporter.on_end`` logged under ``checkpoints/`` of ``run_id``.
 
-    A run that does not exist or has no checkpoint artifact is a ``UserError``.
+    A run that does not exist or has no checkpoint artifact is a ``UserError``; a ``sqlite:///`` store that
+    does not exist yet holds no run, and is not created by looking (MLflow's client would create its tables).
     """
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):]).expanduser()
+        if not db.is_file() or db.stat().st_size == 0:
+            raise UserError(f"MLflow run {run_id} not found: {uri} holds no MLflow store ({db} is "
+                            f"{'empty' if db.is_file() else 'missing'})")
     client = study_client(uri)
     try:
         client.get_run(run_id)
@@ -332,3 +338,8 @@ def log_table(uri: str, run_id: str, data: dict[str, list[Any]], artifact_file: 
     entry = {"path": artifact_file, "type": "table"}
     if entry not in logged:
         set_run_tags(uri, run_id, {LOGGED_ARTIFACTS_TAG: json.dumps(logged + [entry])})
+
+
+def log_figure(uri: str, run_id: str, figure: Any, artifact_file: str) -> None:
+    """A matplotlib figure as an image artifact (a second call replaces it)."""
+    _with_retries(study_client(uri).log_figure, run_id, figure, artifact_file)

@@ -83,7 +83,17 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     parent = client.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["method"] == "searched" and parent.data.tags["dataset"] == "digits"
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"small.yaml", "summary.json"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"small.yaml", "summary.json",
+                                                                          "trials_table.json"}
+    # the parent run is where trials are compared: frontiers overlaid, curves, the trials table, importances
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")} >= {
+        "comparison/frontiers.png", "comparison/objective_per_epoch.png", "comparison/importances.json"}
+    table = json.loads(Path(client.download_artifacts(parent.info.run_id, "trials_table.json", str(tmp_path))).read_text())
+    assert len(table["data"]) == 4 and {"stop_reason", "child_run_id", "optim.lr", "method.name"} <= set(table["columns"])
+    assert {"path": "trials_table.json", "type": "table"} in json.loads(parent.data.tags["mlflow.loggedArtifacts"])
+    imp = json.loads(Path(client.download_artifacts(parent.info.run_id, "comparison/importances.json",
+                                                    str(tmp_path))).read_text())
+    assert imp["importances"] or "complete trial" in imp["reason"]  # 4 trials: few complete, so usually a reason
     children = child_runs(uri, summary)
     assert len(children) == 4
     assert len({c.data.tags["gatesearch.trial_id"] for c in children}) == 4

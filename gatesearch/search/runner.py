@@ -33,7 +33,7 @@ from typing import Any
 from gatesearch import tracking
 from gatesearch.config import from_flat
 from gatesearch.errors import UserError
-from gatesearch.search import reeval
+from gatesearch.search import reeval, report
 from gatesearch.search.algorithms import BaselineASHA, StudySearch, stop_of
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
 from gatesearch.search.preflight import check_search, ray_connect_error
@@ -452,7 +452,44 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         summary["menus"] = select_best(summary, space.study.devices, study_dir)
         write_json(study_dir / "summary.json", summary)
     _log_summary(uri, parent_id, summary, study_dir)
+    _log_comparison(uri, parent_id, summary, space, results)
     return summary
+
+
+def _log_comparison(uri: str, parent_run_id: str, summary: dict[str, Any], space: SearchSpace, results: Any) -> None:
+    """The study's parent run as the place where trials are compared (``report.py``): the trials table, an
+    overlay of every full-budget trial's frontier, the objective per epoch of every trial, and Optuna's
+    parameter importances (or the reason there are none). Written again on ``--resume``."""
+    metric = space.study.metrics[0]
+    searched = [p.key for p in space.params]
+    tracking.log_table(uri, parent_run_id, report.trials_table(summary, searched), "trials_table.json")
+    names = {t["trial_id"]: f"{t['name']} {t['baseline']} (baseline)" if t["baseline"] else f"{t['name']} {t['method']}"
+             for t in summary["trials"]}
+    baselines = {names[t["trial_id"]] for t in summary["trials"] if t["baseline"]}
+    best = summary["best"] and names.get(summary["best"]["trial_id"])
+    points, curves = {}, {}
+    for res in results:
+        tid = _trial_id(res)
+        if tid not in names:
+            continue
+        m = res.metrics or {}
+        if int(m.get("epochs_done", 0)) >= space.study.epochs:
+            points[names[tid]] = report.candidate_points(m)
+        df = res.metrics_dataframe
+        if df is not None and metric in df and "epochs_done" in df:
+            curves[names[tid]] = [(int(e), float(v)) for e, v in zip(df["epochs_done"], df[metric]) if v == v]
+    if points:
+        tracking.log_figure(uri, parent_run_id, report.frontier_figure(points, baselines, best, space.study.cost),
+                            "comparison/frontiers.png")
+    if curves:
+        tracking.log_figure(uri, parent_run_id, report.curves_figure(curves, baselines, metric),
+                            "comparison/objective_per_epoch.png")
+    found, reason = report.importances(summary, space.params, seed=space.study.seed)
+    tracking.log_run_dict(uri, parent_run_id, {"metric": metric, "importances": found, "reason": reason},
+                          "comparison/importances.json")
+    if found:
+        tracking.log_figure(uri, parent_run_id, report.importance_figure(found, metric), "comparison/importances.png")
+    report.close_all()
 
 
 def _reevaluate(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, storage: Path, summary: dict[str, Any],

@@ -1,0 +1,146 @@
+"""What a study's parent MLflow run shows, so trials are compared in one place (``runner._log_summary``):
+
+- ``trials_table``: one row per trial (kind, method, the searched values, state, why it stopped, the
+  objective, epochs, training time, child run id), logged as an MLflow table artifact;
+- ``frontier_figure``: every full-budget trial's candidates as (cost relative to the super-net, top-1)
+  with its frontier, the paper baselines drawn thick and dashed, the best trial marked;
+- ``curves_figure``: the objective per epoch of every trial (baselines solid, ASHA stops visible as
+  short curves);
+- ``importances``: Optuna's parameter importances (``optuna.importance.get_param_importances``,
+  fANOVA) over the study's complete trials, or the reason there are none.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a cluster node
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from gatesearch.evaluate.frontier import pareto_mask  # noqa: E402
+from gatesearch.search.params import Param, choice_label  # noqa: E402
+
+#: Fewer complete trials than this: importances would rank noise, so none are computed (the reason is logged).
+MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+def trials_table(summary: dict[str, Any], searched: Sequence[str]) -> dict[str, list[Any]]:
+    """Column -> values, one row per trial, in the study's order."""
+    metric = summary["objective"][0]["metric"]
+    cols: dict[str, list[Any]] = {c: [] for c in ("trial", "trial_id", "kind", "method", *searched, "state",
+                                                  "stop_reason", metric, "epochs", "train_time_s", "child_run_id")}
+    for t in summary["trials"]:
+        cfg = t.get("config") or {}
+        row = {"trial": t.get("name"), "trial_id": t["trial_id"], "kind": "paper baseline" if t["baseline"] else "searched",
+               "method": t.get("method") or cfg.get("method.name"), "state": t["state"],
+               "stop_reason": t.get("stop_reason"), metric: t["objectives"].get(metric), "epochs": t["epochs_done"],
+               "train_time_s": t.get("train_time_s"), "child_run_id": t.get("mlflow_run_id"),
+               **{k: _cell(cfg.get(k)) for k in searched}}
+        for c in cols:
+            cols[c].append(row.get(c))
+    return cols
+
+
+def _cell(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def candidate_points(metrics: dict[str, Any]) -> list[tuple[float, float]]:
+    """``(cost, top1)`` of every candidate in a trial's last result (``top1_<name>`` / ``cost_<name>``, the
+    numbers its frontier score was computed from)."""
+    names = [k[len("cost_"):] for k in metrics if k.startswith("cost_") and not k.startswith("cost_gated")]
+    return sorted((float(metrics[f"cost_{n}"]), float(metrics[f"top1_{n}"])) for n in names
+                  if isinstance(metrics.get(f"top1_{n}"), (int, float)) and math.isfinite(float(metrics[f"cost_{n}"])))
+
+
+def frontier_figure(points: dict[str, list[tuple[float, float]]], baselines: set[str], best: str | None,
+                    metric_note: str = "") -> Figure:
+    """Top-1 against cost relative to the super-net for every full-budget trial: dots are its candidates,
+    steps its frontier; baselines thick and dashed, the best trial's line black."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, pts in sorted(points.items()):
+        pts = [(c, a) for c, a in pts if c <= 1.0 + 1e-9]
+        if not pts:
+            continue
+        mask = pareto_mask([c for c, _ in pts], [a for _, a in pts])
+        front = sorted(p for p, m in zip(pts, mask) if m)
+        xs, ys = [c for c, _ in front] + [1.0], [100 * a for _, a in front] + [100 * front[-1][1]]
+        style = {"lw": 2.5, "ls": "--"} if name in baselines else {"lw": 1.2}
+        if name == best:
+            style |= {"color": "black", "lw": 2.5}
+        line = ax.step(xs, ys, where="post", label=name + (" (best)" if name == best else ""), **style)
+        ax.scatter([c for c, _ in pts], [100 * a for _, a in pts], s=8, alpha=0.4, color=line[0].get_color())
+    ax.set_xlabel("cost relative to the super-net" + (f" ({metric_note})" if metric_note else ""))
+    ax.set_ylabel("top-1 (%), validation")
+    ax.set_title("every full-budget trial's candidates and frontier (dashed: paper baselines)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(curves: dict[str, list[tuple[int, float]]], baselines: set[str], metric: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, pts in sorted(curves.items()):
+        if pts:
+            ax.plot([e for e, _ in pts], [v for _, v in pts], marker=".", ls="-" if name in baselines else "--",
+                    label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{metric} (validation)")
+    ax.set_title("objective per epoch of every trial (solid: paper baselines; short curves: stopped early)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _distribution(p: Param) -> Any:
+    if p.kind == "choice":
+        return optuna.distributions.CategoricalDistribution([choice_label(c) for c in p.choices])
+    if p.kind == "int":
+        return optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log)
+    return optuna.distributions.FloatDistribution(p.low, p.high, log=p.kind == "loguniform")
+
+
+def importances(summary: dict[str, Any], params: Sequence[Param], seed: int = 0) -> tuple[dict[str, float], str]:
+    """Optuna's fANOVA importances of the searched keys for the first objective, over the complete trials
+    (params every such trial has: a key searched only under a condition is left out); ``({}, reason)``
+    when there are too few trials or nothing varies."""
+    metric, mode = summary["objective"][0]["metric"], summary["objective"][0]["mode"]
+    complete = [t for t in summary["trials"] if t["state"] == "COMPLETE"
+                and isinstance(t["objectives"].get(metric), (int, float))]
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return {}, (f"{len(complete)} complete trial(s); importances need at least {MIN_TRIALS_FOR_IMPORTANCE} "
+                    "(fewer would rank noise)")
+    dists = {p.key: _distribution(p) for p in params}
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for t in complete:
+        cfg = t.get("config") or {}
+        values = {k: choice_label(cfg[k]) for k in dists if k in cfg}
+        study.add_trial(optuna.trial.create_trial(params=values, distributions={k: dists[k] for k in values},
+                                                  value=float(t["objectives"][metric])))
+    try:
+        found = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+    except (RuntimeError, ValueError) as e:  # e.g. no parameter common to every trial, or none varies
+        return {}, f"optuna could not rank the parameters: {str(e).splitlines()[0][:200]}"
+    return {k: float(v) for k, v in found.items()}, ""
+
+
+def importance_figure(found: dict[str, float], metric: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(found)))
+    keys = list(found)[::-1]
+    ax.barh(keys, [found[k] for k in keys])
+    ax.set_xlabel(f"importance for {metric} (fANOVA, Optuna)")
+    fig.tight_layout()
+    return fig
+
+
+def close_all() -> None:
+    """Free the figures once logged (a long-lived driver draws a set per study)."""
+    plt.close("all")
