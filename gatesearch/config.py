@@ -34,6 +34,22 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+NAME_MAX = 64  # a name becomes one path component: far below the 255 bytes of a file name, with room for suffixes
+_PATH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_path_name(value: Any, key: str) -> str:
+    """``value`` if it can be one path component as it is: letters, digits, ``_ . -``, starting with a
+    letter or digit (so never ``.``, ``..``, a hidden or an option-like name), at most ``NAME_MAX``
+    characters. Study, experiment and run names pass here before they name a directory."""
+    if not isinstance(value, str) or not _PATH_NAME.fullmatch(value):
+        raise ConfigError(f"{key}: must be a name of letters, digits, _ . - starting with a letter or digit, "
+                          f"got {value!r}")
+    if len(value) > NAME_MAX:
+        raise ConfigError(f"{key}: must be at most {NAME_MAX} characters, got {len(value)}")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet20"
@@ -272,8 +288,13 @@ class MethodConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI: a SQLite file here, or http://server
-    experiment: str = "gatesearch"
+    experiment: str = "gatesearch"  # names the experiment's artifact directory of a sqlite:/// store
     run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        check_path_name(self.experiment, "tracking.experiment")
+        if self.run_name is not None:
+            check_path_name(self.run_name, "tracking.run_name")
 
 
 @dataclass(frozen=True)

@@ -475,3 +475,69 @@ def test_bad_reeval_stops_before_any_work(case: str, tmp_path: Path, capsys: pyt
     argv = ["search", "--space", str(space), "--storage", str(tmp_path / "rr"),
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     _expect_clean_failure(argv, name, capsys, [tmp_path], FAST_S)
+
+
+# ---------------------------------------------------------------- names that become paths (issue 27, item 1)
+
+
+def _space_with(tmp_path: Path, study: dict | None = None, fixed: dict | None = None) -> Path:
+    import yaml
+
+    raw = yaml.safe_load(Path(SPACE).read_text())
+    raw["study"].update(study or {})
+    raw["fixed"].update(fixed or {})
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(raw))
+    return space
+
+
+NAME_CASES = {
+    "study_dot_dot": ({"name": ".."}, {}, "study.name"),
+    "study_dot": ({"name": "."}, {}, "study.name"),
+    "study_hidden": ({"name": ".quickstart"}, {}, "study.name"),
+    "study_slash": ({"name": "a/../../b"}, {}, "study.name"),
+    "study_blank": ({"name": " "}, {}, "study.name"),
+    "study_option_like": ({"name": "-rf"}, {}, "study.name"),
+    "study_300_chars": ({"name": "s" * 300}, {}, "study.name"),
+    "experiment_dot_dot": ({}, {"tracking.experiment": ".."}, "tracking.experiment"),
+    "experiment_blank": ({}, {"tracking.experiment": " "}, "tracking.experiment"),
+    "run_name_slash": ({}, {"tracking.run_name": "runs/../x"}, "tracking.run_name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NAME_CASES))
+def test_name_that_escapes_is_refused(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture) -> None:
+    """A name that would leave its directory (``..`` once removed the whole temporary directory) stops the
+    search before Ray starts; the temporary directory's other files, another study's scratch included, survive."""
+    import tempfile
+
+    study, fixed, name = NAME_CASES[case]
+    tmp = tmp_path / "tmp"
+    (tmp / "gatesearch-trials" / "other-study" / "run1").mkdir(parents=True)
+    (tmp / "gatesearch-trials" / "other-study" / "run1" / "last.pt").write_text("another study's")
+    (tmp / "keep.txt").write_text("someone else's")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    argv = ["search", "--space", str(_space_with(tmp_path, study, fixed)), "--storage", str(tmp_path / "rr"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    _expect_clean_failure(argv, name, capsys, [tmp_path], FAST_S)
+    assert (tmp / "keep.txt").read_text() == "someone else's"
+
+
+TRAIN_NAME_CASES = {
+    "experiment_blank_yaml": ("tracking:\n  experiment: ' '\n", "tracking.experiment"),
+    "experiment_dot_dot_yaml": ("tracking:\n  experiment: ..\n", "tracking.experiment"),
+    "experiment_300_chars": (f"tracking:\n  experiment: {'e' * 300}\n", "tracking.experiment"),
+    "run_name_trailing_space": ("tracking:\n  run_name: 'run '\n", "tracking.run_name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAIN_NAME_CASES))
+def test_train_name_that_escapes_is_refused(case: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    text, name = TRAIN_NAME_CASES[case]
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    argv = ["train", "--config", str(config), "--set", f"train.out_dir={tmp_path / 'out'}",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    _expect_clean_failure(argv, name, capsys, [tmp_path], FAST_S)
+

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import yaml
 
-from gatesearch.config import ConfigError, flat_keys, from_flat, parse_override, read_utf8
+from gatesearch.config import ConfigError, check_path_name, flat_keys, from_flat, parse_override, read_utf8
 from gatesearch.devices.profiles import DEVICES, check_cost_axis
 from gatesearch.resolve import check_names
 from gatesearch.search.baselines import OPTUNA_ATTR, TRIAL_KEY, Baseline, paper_baselines
@@ -203,9 +203,7 @@ def _parse_study(raw: Any) -> Study:
     unknown = set(raw) - _STUDY_KEYS
     if unknown:
         raise ConfigError(f"study.{sorted(unknown)[0]}: unknown key; known: {', '.join(sorted(_STUDY_KEYS))}")
-    name = raw.get("name")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"study.name: must be a name of letters, digits, _ . -, got {name!r}")
+    name = check_path_name(raw.get("name"), "study.name")  # a directory of --storage and of the trials' scratch
     budget = _mapping(raw.get("budget"), "study.budget")
     unknown = set(budget) - {"trials", "epochs", "time_budget_s"}
     if unknown:
