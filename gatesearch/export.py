@@ -4,7 +4,11 @@
 with each mandatory block's switchable BN reduced to the one set the pattern selects; a skipped
 downsampling unit (``model.gate_downsample``) leaves its shortcut, ``relu(shortcut(x))``. Its
 forward has no gates and no Python branch on tensors, so tracing captures it exactly, and
-its parameter count is ``count_params(model, pattern)``.
+its parameter count is ``count_params(model, pattern)``. With ``keep`` (one factor per unit) every
+block of a run unit scales its residual branch by its unit's constant factor: the calibrated full
+network of Gated Depth / stochastic depth (``methods.base.calibrated``) as a static graph.
+
+Deploy bundles (one ONNX file per menu entry + ``bundle.json``) are written by ``gatesearch.bundle``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -63,6 +68,19 @@ class _Shortcut(nn.Module):
         return self.relu(self.downsample(x))
 
 
+class _Scaled(nn.Module):
+    """A run unit's block with its residual branch scaled by a constant keep factor ``p_s``:
+    ``block(x, scale=[p_s])``, the call ``Stage.forward`` makes under ``[1, n_units]`` keep gates."""
+
+    def __init__(self, block: nn.Module, keep: float) -> None:
+        super().__init__()
+        self.block = block
+        self.register_buffer("keep", torch.tensor([float(keep)]))  # [1], broadcast over the batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x, scale=self.keep)
+
+
 def _bake(block: nn.Module, which: int) -> nn.Module:
     """A copy of ``block`` whose switchable norms are plain norms holding set ``which``
     (``SwitchableBatchNorm2d`` here; any other norm with a ``bake(which) -> nn.Module`` method)."""
@@ -78,17 +96,25 @@ def _bake(block: nn.Module, which: int) -> nn.Module:
     return block
 
 
-def prune(model: GatedNet, pattern: SkipPattern) -> PrunedNet:
-    """The sub-network ``pattern`` selects, as a standalone module in eval mode (weights copied)."""
+def prune(model: GatedNet, pattern: SkipPattern, keep: Sequence[float] | None = None) -> PrunedNet:
+    """The sub-network ``pattern`` selects, as a standalone module in eval mode (weights copied).
+    ``keep``: per-unit keep factors in (0, 1] scaling each run unit's residual branches (equal to
+    ``model(x, torch.tensor([keep]))`` for the super-net pattern; the mandatory blocks then use their
+    "unit runs" norm set, as ``models.base.stage_switch`` gives for any factor > 0)."""
     if len(pattern) != model.n_units:
         raise UserError(f"skip pattern {pattern} has {len(pattern)} units; this model has {model.n_units}")
+    if keep is not None and (len(keep) != model.n_units or not all(0.0 < k <= 1.0 for k in keep)):
+        raise UserError(f"keep factors {list(keep)}: need {model.n_units} values in (0, 1]")
     blocks: list[nn.Module] = []
     for stage in model.stages:
         sw = stage.switch_unit
         which = UNIT_OFF if sw is not None and pattern.skipped[sw] else UNIT_ON
         blocks += [_bake(b, which) for b in stage.base]
         for j, unit in enumerate(stage.units):
-            if not pattern.skipped[stage.unit_offset + j]:
+            u = stage.unit_offset + j
+            if not pattern.skipped[u] and keep is not None:
+                blocks += [_Scaled(_bake(b, UNIT_ON), keep[u]) for b in unit]
+            elif not pattern.skipped[u]:
                 blocks += [_bake(b, UNIT_ON) for b in unit]
             else:  # a skipped downsampling unit still changes the shape: keep its shortcut only
                 blocks += [_Shortcut(_bake(b, UNIT_ON)) for b in unit if b.downsample is not None]
@@ -97,14 +123,14 @@ def prune(model: GatedNet, pattern: SkipPattern) -> PrunedNet:
 
 
 def export(model: GatedNet, pattern: SkipPattern, fmt: str, out: str | Path,
-           input_shape: tuple[int, int, int], batch: int = 1) -> Path:
-    """Write the pruned sub-network to ``out`` as ``onnx`` (input ``x``, output ``logits``, dynamic
-    batch) or ``torchscript`` (traced)."""
+           input_shape: tuple[int, int, int], batch: int = 1, keep: Sequence[float] | None = None) -> Path:
+    """Write the pruned sub-network (``prune(model, pattern, keep)``) to ``out`` as ``onnx`` (input
+    ``x``, output ``logits``, dynamic batch) or ``torchscript`` (traced)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    net = prune(model, pattern).cpu()
+    net = prune(model, pattern, keep).cpu()
     x = torch.randn(batch, *input_shape)
     tmp = atomic_target(out)  # a failed export leaves no half-written model at ``out``
     try:
