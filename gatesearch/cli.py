@@ -11,6 +11,7 @@ argument answer without importing torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 from typing import Callable, NoReturn
@@ -49,7 +50,7 @@ positive_int, nonneg_int, positive_float = _number(int, 0, True), _number(int, 0
 def _cmd_patterns(args: argparse.Namespace) -> int:
     from gatesearch.cost import count_macs, count_params
     from gatesearch.models import create_model
-    from gatesearch.patterns import all_patterns
+    from gatesearch.patterns import iter_patterns
 
     stem = args.stem or ("imagenet" if args.image_size >= 64 else "cifar")
     try:
@@ -61,7 +62,7 @@ def _cmd_patterns(args: argparse.Namespace) -> int:
     full_params = count_params(model, None, shape)
     print(f"{args.model}  gating={args.gating}  stem={stem}  units={model.n_units}  input={list(shape)}")
     print(f"{'pattern':<{max(8, model.n_units)}}  {'MMACs':>9}  {'MAC ratio':>9}  {'params (M)':>10}")
-    for p in all_patterns(model.n_units)[: args.limit]:
+    for p in itertools.islice(iter_patterns(model.n_units), args.limit):  # lazily: block resnet56 has 2^27
         macs, params = count_macs(model, p, shape), count_params(model, p, shape)
         print(f"{str(p):<{max(8, model.n_units)}}  {macs / 1e6:9.2f}  {macs / full_macs:9.3f}  {params / 1e6:10.3f}")
     every = sum(p.numel() for p in model.parameters())  # with the unused switchable sets and gate heads

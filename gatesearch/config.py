@@ -135,6 +135,11 @@ class OptimConfig:
                f"not {self.schedule}")
 
 
+# train.eval_all_patterns_max_units: at most 2^12 = 4096 patterns scored per evaluation, the selector's own
+# exhaustive bound (evaluate/table.py, EXHAUSTIVE_MAX_UNITS); more cannot fit an epoch's evaluation
+EVAL_ALL_PATTERNS_MAX = 12
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
@@ -163,6 +168,9 @@ class TrainConfig:
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
+        _check(0 <= self.eval_all_patterns_max_units <= EVAL_ALL_PATTERNS_MAX, "train.eval_all_patterns_max_units",
+               f"must be in [0, {EVAL_ALL_PATTERNS_MAX}] (2^n patterns scored per evaluation), "
+               f"got {self.eval_all_patterns_max_units}")
         _check(self.bn_reestimate_batches >= 0, "train.bn_reestimate_batches", "must be >= 0")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1) (0 = off), got {self.ema_decay}")

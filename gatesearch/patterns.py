@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from gatesearch.errors import UserError
+
 
 @dataclass(frozen=True)
 class SkipPattern:
@@ -64,11 +66,20 @@ class SkipPattern:
         return row.expand(batch, len(self.skipped)).contiguous()
 
 
+ALL_PATTERNS_MAX_UNITS = 16  # 2^16 = 65,536 patterns, a few tens of MB: the most a list of all of them may hold
+
+
 def all_patterns(n_units: int) -> list[SkipPattern]:
-    """All 2^n patterns, super-net first, base-net last (lexicographic in F < T)."""
+    """All 2^n patterns, super-net first, base-net last (lexicographic in F < T), as a list; a model with
+    more than ``ALL_PATTERNS_MAX_UNITS`` units is a ``UserError`` (2^27 patterns exhaust memory): walk
+    ``iter_patterns`` instead, which yields them one at a time."""
+    if n_units > ALL_PATTERNS_MAX_UNITS:
+        raise UserError(f"{n_units} units have 2^{n_units} skip patterns, too many to list "
+                        f"(at most {ALL_PATTERNS_MAX_UNITS} units); use stage gating or a smaller model")
     return list(iter_patterns(n_units))
 
 
 def iter_patterns(n_units: int) -> Iterator[SkipPattern]:
+    """The patterns of ``all_patterns`` in the same order, one at a time (``itertools.islice`` to take a few)."""
     for flags in itertools.product((False, True), repeat=n_units):
         yield SkipPattern(tuple(flags))

@@ -541,3 +541,29 @@ def test_train_name_that_escapes_is_refused(case: str, tmp_path: Path, capsys: p
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     _expect_clean_failure(argv, name, capsys, [tmp_path], FAST_S)
 
+
+# ---------------------------------------------------------------- limits, overwrites, failed look-ups (items 3, 8)
+
+
+LIMIT_CASES = {
+    "eval_all_patterns_27_units": (["train", "--no-mlflow", "--set", "train.eval_all_patterns_max_units=27"],
+                                   "train.eval_all_patterns_max_units"),
+    "eval_all_patterns_negative": (["train", "--no-mlflow", "--set", "train.eval_all_patterns_max_units=-1"],
+                                   "train.eval_all_patterns_max_units"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIMIT_CASES))
+def test_limit_overwrite_or_lookup_refused(case: str, assets: dict, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    """``train`` into a directory holding ``last.pt`` without ``--resume`` keeps it; ``select --run`` on a store
+    that does not exist creates none; a pattern bound that cannot fit an evaluation is refused."""
+    argv, name = LIMIT_CASES[case]
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "last.pt").write_bytes(assets["ckpt"].read_bytes())
+    (tmp_path / "file").write_bytes(b"")  # an empty file: MLflow would make it a store
+    err = _expect_clean_failure(_fill(argv, assets, tmp_path, earlier=str(earlier)), name, capsys,
+                                [tmp_path, assets["dir"]], FAST_S)
+    if case.startswith("train_again"):
+        assert "--resume" in err[0]
