@@ -14,6 +14,7 @@ import argparse
 import itertools
 import math
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn
 
 from gatesearch import preflight
@@ -119,6 +120,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = with_overrides(cfg, {"tracking.uri": args.tracking_uri})
     check_names(cfg)  # model, method, cost-axis device: the same one line, before any work
     preflight.check_output_dir(cfg.train.out_dir, "train.out_dir")
+    earlier = Path(cfg.train.out_dir).expanduser() / "last.pt"
+    if args.resume is None and earlier.exists():  # fit would start at epoch 0 and overwrite it
+        raise UserError(f"train.out_dir: {earlier} is an earlier run's checkpoint; continue it with --resume {earlier}, "
+                        "or set another train.out_dir")
     preflight.torch_device(cfg.train.device, "train.device")
     reporters: list = [ConsoleReporter(cfg.train.log_every)]
     if not args.no_mlflow:

@@ -140,6 +140,8 @@ STUDY_TAG = "gatesearch.study"
 TRIAL_TAG = "gatesearch.trial_id"
 ERROR_TAG = "gatesearch.error"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # the artifacts the UI lists as tables
+# MLflow 3's UI opens an experiment by its kind: the GenAI overview unless it is told it trains models
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def _with_retries(fn: Any, *args: Any, attempts: int = 10, **kwargs: Any) -> Any:
@@ -168,12 +170,16 @@ def study_experiment_id(uri: str, name: str, artifact_location: str | None = Non
     client = study_client(uri)
     exp = _with_retries(client.get_experiment_by_name, name)
     if exp is not None:
+        if exp.tags.get(EXPERIMENT_KIND_TAG) is None:  # made before gatesearch set its kind
+            _with_retries(client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return exp.experiment_id
     if artifact_location is None and uri.startswith("sqlite:///"):
         db_dir = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
         artifact_location = (db_dir / "mlruns" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)).as_uri()
     try:
-        return _with_retries(client.create_experiment, name, artifact_location=artifact_location)
+        # the kind tag makes MLflow 3's UI open the experiment on its training runs, not the GenAI overview
+        return _with_retries(client.create_experiment, name, artifact_location=artifact_location,
+                             tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except Exception:  # another process created it first
         return _with_retries(client.get_experiment_by_name, name).experiment_id
 

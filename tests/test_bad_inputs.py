@@ -550,6 +550,13 @@ LIMIT_CASES = {
                                    "train.eval_all_patterns_max_units"),
     "eval_all_patterns_negative": (["train", "--no-mlflow", "--set", "train.eval_all_patterns_max_units=-1"],
                                    "train.eval_all_patterns_max_units"),
+    "train_again_without_resume": (["train", "--no-mlflow", "--set", "train.out_dir={earlier}"], "train.out_dir"),
+    "train_again_with_mlflow": (["train", "--set", "train.out_dir={earlier}", "--tracking-uri", "{db}"],
+                                "train.out_dir"),
+    "select_run_no_store": (["select", "--run", "0123abcd", "--device", "jetson", "--tracking-uri", "{db}"],
+                            "0123abcd"),
+    "select_run_empty_store": (["select", "--run", "0123abcd", "--device", "jetson", "--tracking-uri",
+                                "sqlite:///{file}"], "0123abcd"),
 }
 
 

@@ -85,6 +85,8 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     assert parent.data.tags["method"] == "searched" and parent.data.tags["dataset"] == "digits"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"small.yaml", "summary.json",
                                                                           "trials_table.json"}
+    # MLflow 3's UI opens this experiment on its training runs, not on the GenAI overview
+    assert client.get_experiment(summary["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
     # the parent run is where trials are compared: frontiers overlaid, curves, the trials table, importances
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")} >= {
         "comparison/frontiers.png", "comparison/objective_per_epoch.png", "comparison/importances.json"}
