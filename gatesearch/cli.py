@@ -11,10 +11,8 @@ argument answer without importing torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import sys
-from pathlib import Path
 from typing import Callable, NoReturn
 
 from gatesearch import preflight
@@ -51,7 +49,7 @@ positive_int, nonneg_int, positive_float = _number(int, 0, True), _number(int, 0
 def _cmd_patterns(args: argparse.Namespace) -> int:
     from gatesearch.cost import count_macs, count_params
     from gatesearch.models import create_model
-    from gatesearch.patterns import iter_patterns
+    from gatesearch.patterns import all_patterns
 
     stem = args.stem or ("imagenet" if args.image_size >= 64 else "cifar")
     try:
@@ -63,7 +61,7 @@ def _cmd_patterns(args: argparse.Namespace) -> int:
     full_params = count_params(model, None, shape)
     print(f"{args.model}  gating={args.gating}  stem={stem}  units={model.n_units}  input={list(shape)}")
     print(f"{'pattern':<{max(8, model.n_units)}}  {'MMACs':>9}  {'MAC ratio':>9}  {'params (M)':>10}")
-    for p in itertools.islice(iter_patterns(model.n_units), args.limit):  # lazily: block resnet56 has 2^27
+    for p in all_patterns(model.n_units)[: args.limit]:
         macs, params = count_macs(model, p, shape), count_params(model, p, shape)
         print(f"{str(p):<{max(8, model.n_units)}}  {macs / 1e6:9.2f}  {macs / full_macs:9.3f}  {params / 1e6:10.3f}")
     every = sum(p.numel() for p in model.parameters())  # with the unused switchable sets and gate heads
@@ -120,10 +118,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = with_overrides(cfg, {"tracking.uri": args.tracking_uri})
     check_names(cfg)  # model, method, cost-axis device: the same one line, before any work
     preflight.check_output_dir(cfg.train.out_dir, "train.out_dir")
-    earlier = Path(cfg.train.out_dir).expanduser() / "last.pt"
-    if args.resume is None and earlier.exists():  # fit would start at epoch 0 and overwrite it
-        raise UserError(f"train.out_dir: {earlier} is an earlier run's checkpoint; continue it with --resume {earlier}, "
-                        "or set another train.out_dir")
     preflight.torch_device(cfg.train.device, "train.device")
     reporters: list = [ConsoleReporter(cfg.train.log_every)]
     if not args.no_mlflow:
@@ -266,11 +260,15 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.menu is not None:
+        return _export_bundle(args)
     from gatesearch.checkpoint import load_checkpoint
     from gatesearch.cost import count_params
     from gatesearch.export import export
     from gatesearch.patterns import SkipPattern
 
+    if args.checkpoint is None:
+        raise UserError("--pattern needs --checkpoint")
     preflight.check_output_file(args.out, "--out")
     ck = load_checkpoint(args.checkpoint)
     try:
@@ -283,12 +281,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_bundle(args: argparse.Namespace) -> int:
+    from gatesearch.bundle import write_bundle
+
+    if args.format != "onnx":
+        raise UserError("--menu writes ONNX bundles; --format torchscript is for one --pattern")
+    result = write_bundle(args.menu, args.out, args.checkpoint, args.entries, args.batch)
+    r = result.record
+    print(f"{r['model']} on {r['dataset']} -> {r['device']}: {len(r['entries'])} entries ({args.entries})")
+    for e in r["entries"]:
+        print(f"  {e['file']:<28} top-1 {e['top1']:.4f}  {e['latency_ms']:9.4f} ms ({e['latency_source']})")
+    for s in r["skipped"]:
+        print(f"  skipped {s['pattern']} ({s['strategy']}): {s['reason']}")
+    print(f"wrote {result.path}")
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export one sub-network, skipped units removed, as ONNX or TorchScript")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--pattern", required=True, help="T/F per unit, T = skipped (e.g. TFFT)")
+    p = sub.add_parser("export", help="export one sub-network (--pattern) as ONNX or TorchScript, or a device's "
+                                      "menu (--menu) as a deploy bundle: one ONNX per entry + bundle.json")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pattern", help="T/F per unit, T = skipped (e.g. TFFT); needs --checkpoint")
+    what.add_argument("--menu", help="a device's menu.json from `gatesearch select`: write a bundle into --out")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (with --menu: default the menu's checkpoint)")
+    p.add_argument("--entries", default="pareto", choices=["pareto", "all"], help="with --menu: which entries")
     p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the model file (--pattern) or the bundle directory (--menu)")
     p.add_argument("--batch", type=positive_int, default=1, help="example batch for tracing (ONNX batch axis is dynamic)")
     p.set_defaults(func=_cmd_export)
 
