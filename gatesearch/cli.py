@@ -11,8 +11,11 @@ argument answer without importing torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
+import os
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn
 
 from gatesearch import preflight
@@ -49,7 +52,7 @@ positive_int, nonneg_int, positive_float = _number(int, 0, True), _number(int, 0
 def _cmd_patterns(args: argparse.Namespace) -> int:
     from gatesearch.cost import count_macs, count_params
     from gatesearch.models import create_model
-    from gatesearch.patterns import all_patterns
+    from gatesearch.patterns import iter_patterns
 
     stem = args.stem or ("imagenet" if args.image_size >= 64 else "cifar")
     try:
@@ -61,7 +64,7 @@ def _cmd_patterns(args: argparse.Namespace) -> int:
     full_params = count_params(model, None, shape)
     print(f"{args.model}  gating={args.gating}  stem={stem}  units={model.n_units}  input={list(shape)}")
     print(f"{'pattern':<{max(8, model.n_units)}}  {'MMACs':>9}  {'MAC ratio':>9}  {'params (M)':>10}")
-    for p in all_patterns(model.n_units)[: args.limit]:
+    for p in itertools.islice(iter_patterns(model.n_units), args.limit):  # lazily: block resnet56 has 2^27
         macs, params = count_macs(model, p, shape), count_params(model, p, shape)
         print(f"{str(p):<{max(8, model.n_units)}}  {macs / 1e6:9.2f}  {macs / full_macs:9.3f}  {params / 1e6:10.3f}")
     every = sum(p.numel() for p in model.parameters())  # with the unused switchable sets and gate heads
@@ -118,6 +121,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = with_overrides(cfg, {"tracking.uri": args.tracking_uri})
     check_names(cfg)  # model, method, cost-axis device: the same one line, before any work
     preflight.check_output_dir(cfg.train.out_dir, "train.out_dir")
+    earlier = Path(cfg.train.out_dir).expanduser() / "last.pt"
+    if args.resume is None and earlier.exists():  # fit would start at epoch 0 and overwrite it
+        raise UserError(f"train.out_dir: {earlier} is an earlier run's checkpoint; continue it with --resume {earlier}, "
+                        "or set another train.out_dir")
     preflight.torch_device(cfg.train.device, "train.device")
     reporters: list = [ConsoleReporter(cfg.train.log_every)]
     if not args.no_mlflow:
@@ -259,6 +266,14 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_profile)
 
 
+def _export_file(out: str, pattern: str, fmt: str) -> str:
+    """``--out`` as given, or a file inside it named for the pattern (``TFFT.onnx``, ``TFFT.pt``) when it ends
+    with a slash or is an existing directory (a bad pattern is refused before anything is written)."""
+    if out.endswith(("/", os.sep)) or Path(out).expanduser().is_dir():
+        return str(Path(out).expanduser() / f"{pattern.strip().upper()}.{'onnx' if fmt == 'onnx' else 'pt'}")
+    return out
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.menu is not None:
         return _export_bundle(args)
@@ -269,13 +284,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.checkpoint is None:
         raise UserError("--pattern needs --checkpoint")
-    preflight.check_output_file(args.out, "--out")
+    out = _export_file(args.out, args.pattern, args.format)
+    preflight.check_output_file(out, "--out")
     ck = load_checkpoint(args.checkpoint)
     try:
         pattern = SkipPattern.parse(args.pattern, ck.model.n_units)
     except ValueError as e:
         raise UserError(str(e)) from None
-    path = export(ck.model, pattern, args.format, args.out, tuple(ck.input_shape), args.batch)
+    path = export(ck.model, pattern, args.format, out, tuple(ck.input_shape), args.batch)
     params = count_params(ck.model, pattern, (1, *ck.input_shape))
     print(f"wrote {path} ({args.format}, pattern {pattern}, {params / 1e6:.3f} M params)")
     return 0

@@ -24,6 +24,25 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(d / "last.pt", model, cfg, epoch=0, metrics={}, input_shape=(1, 8, 8), num_classes=10)
 
 
+@pytest.mark.parametrize("fmt,name", [("onnx", "TFF.onnx"), ("torchscript", "TFF.pt")])
+@pytest.mark.parametrize("existing", [False, True])
+def test_export_into_a_directory(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture, fmt: str, name: str,
+                                 existing: bool) -> None:
+    """``--out newdir/`` (trailing slash) or an existing directory: a file named for the pattern inside it."""
+    out = tmp_path / "models"
+    if existing:
+        out.mkdir()
+    arg = str(out) if existing else str(out) + "/"
+    assert main(["export", "--checkpoint", str(ckpt), "--pattern", "tff", "--format", fmt, "--out", arg]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [name]
+    assert str(out / name) in capsys.readouterr().out
+
+
+def test_export_to_a_file_name_is_unchanged(ckpt: Path, tmp_path: Path) -> None:
+    assert main(["export", "--checkpoint", str(ckpt), "--pattern", "FFF", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
 def test_patterns_limit_is_lazy(capsys: pytest.CaptureFixture) -> None:
     """27 units: the first 4 patterns print at once; listing all 2^27 first ran out of memory."""
     assert main(["patterns", "--model", "resnet56", "--gating", "block", "--limit", "4"]) == 0
