@@ -1,5 +1,6 @@
 import pytest
 import torch
+from _tolerance import layers, rounding_tol
 from _training import one_thread, quick_cfg
 
 from gatesearch.config import ConfigError, GatedDepthConfig
@@ -59,8 +60,8 @@ def test_adn_two_backward_matches_one_backward(tmp_path):
     model.load_state_dict(state)
     g2, r2 = _step_grads(two, model, x, y)
     assert r2.loss is None and r2.parts["loss"] == pytest.approx(r1.loss.item(), rel=1e-5)
-    for a, b in zip(g1, g2):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(g1, g2):  # two float32 backwards of a 22-layer network in another order
+        torch.testing.assert_close(b, a, **rounding_tol(a, layers(model)))
 
 
 def _unit_ones(model):
