@@ -184,6 +184,54 @@ def test_switchable_bn_optional_and_rejected_for_block_gating():
         create_model("resnet20", 10, gating="block", switchable_bn=True)
 
 
+def _mandatory_downsampling_blocks(model) -> list:
+    return [b for stage in model.stages for b in stage.base if b.downsample is not None]
+
+
+def test_mandatory_shortcut_bn_is_one_bn_shared_by_every_sub_network():
+    """ADN's official ResNet (``wchkang/depth`` ``models/resnet.py``: ``downsample`` holds one
+    ``norm_layer``): a mandatory block's residual branch switches BN sets, its downsampling shortcut
+    keeps one BN that the super-net and the base-net both use and train."""
+    model = create_model("resnet20", 10).train()
+    blocks = _mandatory_downsampling_blocks(model)
+    assert len(blocks) == 2  # stages 2 and 3 open with a stride-2 mandatory block
+    for b in blocks:
+        assert isinstance(b.bn1, SwitchableBatchNorm2d) and isinstance(b.downsample.bn, PlainNorm)
+    shared = blocks[0].downsample.bn.bn
+    for pattern in ("FFF", "TTT"):
+        before = shared.running_mean.clone()
+        model(torch.randn(4, 3, 32, 32), SkipPattern.parse(pattern))
+        assert not torch.equal(shared.running_mean, before), pattern
+    fresh = create_model("resnet20", 10)
+    fresh.load_state_dict(model.state_dict())  # strict: the layout round-trips through a state dict
+    with pytest.raises(RuntimeError, match=r"downsample\.bn\.bns\.0\.weight"):
+        create_model("resnet20", 10, switchable_shortcut_bn=True).load_state_dict(model.state_dict())
+
+
+def test_switchable_shortcut_bn_switches_the_shortcut_too():
+    """``switchable_shortcut_bn=True`` (the layout before issue 23): the shortcut BN has the two
+    sets of its block's residual branch; the base-net uses and trains only the "unit skipped" set."""
+    model = create_model("resnet20", 10, switchable_shortcut_bn=True).train()
+    bn = _mandatory_downsampling_blocks(model)[0].downsample.bn
+    assert isinstance(bn, SwitchableBatchNorm2d)
+    before = [b.running_mean.clone() for b in bn.bns]
+    model(torch.randn(4, 3, 32, 32), SkipPattern.parse("TTT"))
+    assert torch.equal(bn.bns[0].running_mean, before[0]) and not torch.equal(bn.bns[1].running_mean, before[1])
+    with pytest.raises(ValueError, match="switchable_shortcut_bn needs switchable_bn"):
+        create_model("resnet20", 10, switchable_bn=False, switchable_shortcut_bn=True)
+
+
+def test_resnet50_parameters_are_the_official_adn_count():
+    """ADN's official ResNet-50 has 25,583,144 parameters (Table 1: 25.58 M): torchvision's
+    25,557,032 plus a second set of bn1-bn3 in the 2 + 2 + 3 + 2 mandatory blocks, 26,112. Switching
+    the four shortcut BNs too adds 2 * (256 + 512 + 1024 + 2048) = 7,680."""
+    def count(**kw) -> int:
+        return sum(p.numel() for p in create_model("resnet50", 1000, stem="imagenet", **kw).parameters())
+
+    assert count() == 25_583_144
+    assert count(switchable_shortcut_bn=True) == 25_583_144 + 7_680
+
+
 def test_wrong_pattern_length_is_clear():
     model = create_model("resnet20", 10)
     with pytest.raises(ValueError, match="has 4 units; this model has 3"):

@@ -4,6 +4,9 @@ Every block's ``forward(x, which)`` passes ``which`` to its norms, so a mandator
 use the BN set that matches its stage's gated unit (see ``norm.py``). A gated block also takes
 ``scale``, a per-sample keep factor on its residual branch: ``relu(shortcut(x) + scale * F(x))``
 (``shortcut`` the identity, or the downsampling 1x1 conv + BN); ``skipped`` is its value at 0.
+The downsampling shortcut's norm comes from its own factory, ``shortcut_norm`` (default: the
+block's ``norm``): ADN's official ResNet keeps one BN there, shared by every sub-network, while
+the residual branch of a mandatory block switches (``gated_resnet.GatedResNet``).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ class BasicBlock(nn.Module):
     expansion = 1
     residual_adds = 1  # elementwise additions per call (latency trace)
 
-    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
+    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory,
+                 shortcut_norm: NormFactory | None = None) -> None:
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = conv3x3(cin, planes, stride)
@@ -67,7 +71,8 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, cout)
         self.bn2 = norm(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = Downsample(cin, cout, stride, norm) if stride != 1 or cin != cout else None
+        self.downsample = (Downsample(cin, cout, stride, shortcut_norm or norm)
+                           if stride != 1 or cin != cout else None)
 
     def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON, conv1_out: torch.Tensor | None = None,
                 scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -83,7 +88,8 @@ class Bottleneck(nn.Module):
     expansion = 4
     residual_adds = 1  # elementwise additions per call (latency trace)
 
-    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory) -> None:
+    def __init__(self, cin: int, planes: int, stride: int, norm: NormFactory,
+                 shortcut_norm: NormFactory | None = None) -> None:
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = conv1x1(cin, planes)
@@ -93,7 +99,8 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(planes, cout)
         self.bn3 = norm(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = Downsample(cin, cout, stride, norm) if stride != 1 or cin != cout else None
+        self.downsample = (Downsample(cin, cout, stride, shortcut_norm or norm)
+                           if stride != 1 or cin != cout else None)
 
     def forward(self, x: torch.Tensor, which: int | torch.Tensor = UNIT_ON, conv1_out: torch.Tensor | None = None,
                 scale: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,6 +6,12 @@ stage are mandatory, the remaining blocks form the stage's one gated unit. ``gat
 shape-changing first block of a stage stays mandatory (resnet50: 12 units instead of AIG's 16).
 ``gating="none"``: a plain ResNet with the same modules (the no-gating reference).
 
+Switchable BN (ADN, ``001_...txt`` Sec. 3.4) sits in the residual branch of every mandatory block.
+The 1x1 conv + BN shortcut of a mandatory downsampling block keeps one BN shared by every
+sub-network, as ADN's official ResNet (``wchkang/depth`` ``models/resnet.py``: ``downsample`` is one
+``norm_layer``; ResNet-50 25,583,144 parameters, Table 1's 25.58 M); ``switchable_shortcut_bn=True``
+gives it two sets as well (7,680 more in ResNet-50).
+
 The active sub-network is the ``gates`` argument of ``forward`` — never module state.
 A keep factor ``k`` (tensor gates) scales the residual branch of each block of its unit,
 ``h <- relu(shortcut(h) + k * F(h))``: AIG's gated residual (Veit & Belongie 2018; 002_...txt
@@ -103,17 +109,22 @@ class GatedResNet(GatedNet):
         gate_init_keep: float = 0.9,
         gate_downsample: bool | None = None,
         zero_init_residual: bool = False,
+        switchable_shortcut_bn: bool = False,
     ) -> None:
         """``gate_downsample``: block gating also makes each stage's shape-changing first block a unit
-        (``None``: on for ``gating="block"``, the papers' layout); it needs ``gating="block"``."""
+        (``None``: on for ``gating="block"``, the papers' layout); it needs ``gating="block"``.
+        ``switchable_shortcut_bn``: a mandatory downsampling block's shortcut BN switches with the
+        stage's unit too (module docstring); it needs switchable BN."""
         super().__init__()
         switchable_bn = check_layout(gating, stem, switchable_bn)
+        if switchable_shortcut_bn and not switchable_bn:
+            raise ValueError("switchable_shortcut_bn needs switchable_bn (gating='stage')")
         if gate_downsample is None:
             gate_downsample = gating == "block"
         if gate_downsample and gating != "block":
             raise ValueError("gate_downsample needs gating='block'")
         self.gating, self.stem_kind, self.switchable_bn = gating, stem, switchable_bn
-        self.gate_downsample = gate_downsample
+        self.gate_downsample, self.switchable_shortcut_bn = gate_downsample, switchable_shortcut_bn
         self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, 32 if stem == "cifar" else 224
         stem_width = widths[0]
         if stem == "cifar":
@@ -136,7 +147,9 @@ class GatedResNet(GatedNet):
             if gating == "block" and (stride != 1 or cin != cout) and not gate_downsample:
                 n_base = 1  # the shape-changing first block stays mandatory
             base_norm = SwitchableBatchNorm2d if switchable_bn else PlainNorm
-            base = [block(cin if i == 0 else cout, planes, stride if i == 0 else 1, base_norm) for i in range(n_base)]
+            shortcut_norm = base_norm if switchable_shortcut_bn else PlainNorm
+            base = [block(cin if i == 0 else cout, planes, stride if i == 0 else 1, base_norm, shortcut_norm)
+                    for i in range(n_base)]
             rest = [block(cin if i == 0 else cout, planes, stride if i == 0 else 1, PlainNorm) for i in range(n_base, n)]
             units = [rest] if gating == "stage" and rest else [[b] for b in rest] if gating == "block" else []
             stages.append(Stage(base, units, len(unit_channels), switchable_bn, gate_downsample))
@@ -207,5 +220,5 @@ MODELS.add("resnet101", _imagenet(Bottleneck, [3, 4, 23, 3], 101))
 
 def create_model(name: str, num_classes: int, gating: str = "stage", stem: str = "cifar", **kw) -> GatedResNet:
     """Build a registered model. ``kw``: ``switchable_bn``, ``gate_head`` (``logit``/``aig``), ``gate_init_keep``,
-    ``gate_downsample``, ``in_channels``, ``zero_init_residual``."""
+    ``gate_downsample``, ``in_channels``, ``zero_init_residual``, ``switchable_shortcut_bn``."""
     return MODELS.get(name)(num_classes=num_classes, gating=gating, stem=stem, **kw)
