@@ -84,8 +84,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} is corrupt or not a gatesearch checkpoint ({type(e).__name__})") from None
     _check_fields(path, state)
     try:
-        # written before model.gate_downsample existed: block gating then kept downsampling blocks mandatory
-        cfg = from_flat({"model.gate_downsample": False, **state["config"]})
+        cfg = from_flat({**_legacy_defaults(state["config"]), **state["config"]})
     except ConfigError as e:
         raise UserError(f"checkpoint {path}: stored config is invalid ({e})") from None
     try:
@@ -100,6 +99,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         history=state.get("history", []), method_state=state.get("method_state", {}),
         weights=state.get("weights", "trained"), train_weights=state.get("train_weights"),
     )
+
+
+def _legacy_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint meant by keys it was written without: before ``model.gate_downsample`` block
+    gating kept downsampling blocks mandatory; before ``model.switchable_shortcut_bn`` a mandatory block's
+    downsampling shortcut had two switchable BN sets wherever the model had switchable BN."""
+    switchable = (is_resnet(str(stored.get("model.name", "resnet20"))) and stored.get("model.gating", "stage") == "stage"
+                  and stored.get("model.switchable_bn") is not False)
+    return {"model.gate_downsample": False, "model.switchable_shortcut_bn": switchable}
 
 
 def _is_int(v: Any, low: int) -> bool:
@@ -139,7 +147,8 @@ def build_model(cfg: Config, num_classes: int, input_shape: tuple[int, ...]) -> 
     check_model(cfg.model)  # an unknown name is the one-line ConfigError, not a registry KeyError
     m = cfg.model
     # ResNet-only layout keys (config.ModelConfig rejects them for the other backbones)
-    resnet = {"gate_downsample": m.gate_downsample, "zero_init_residual": m.zero_init_residual} if is_resnet(m.name) else {}
+    resnet = {"gate_downsample": m.gate_downsample, "zero_init_residual": m.zero_init_residual,
+              "switchable_shortcut_bn": m.switchable_shortcut_bn} if is_resnet(m.name) else {}
     return create_model(
         m.name, num_classes, gating=m.gating, stem=m.stem, switchable_bn=m.switchable_bn,
         gate_head=None if m.gate_head == "none" else m.gate_head, in_channels=input_shape[0],

@@ -51,3 +51,26 @@ def test_checkpoint_from_before_gate_downsample_loads_with_its_layout(tmp_path):
     del raw["config"]["model.gate_downsample"]
     torch.save(raw, path)
     assert load_checkpoint(path).model.n_units == 7
+
+
+@pytest.mark.parametrize("switchable", [False, True])
+def test_shortcut_bn_layout_round_trips_and_an_older_checkpoint_keeps_two_sets(tmp_path, switchable):
+    """``model.switchable_shortcut_bn`` reaches the model (a shared shortcut BN has one set, a switchable
+    one two); a checkpoint written before the key existed had two sets where the model had switchable BN,
+    and loads so."""
+    cfg = quick_cfg(str(tmp_path), "adn", model__switchable_shortcut_bn=switchable)
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, (1, 8, 8)).eval()
+    shared = build_model(quick_cfg(str(tmp_path), "adn"), 10, (1, 8, 8))
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in shared.parameters())
+    # resnet20's two mandatory downsampling blocks (16->32, 32->64): a second BN set holds 2 * (32 + 64) params
+    assert extra == (2 * (32 + 64) if switchable else 0)
+    path = save_checkpoint(tmp_path / "c.pt", model, cfg, epoch=0, metrics={}, input_shape=(1, 8, 8), num_classes=10)
+    x = torch.randn(2, 1, 8, 8)
+    for p in ("FFF", "TTT", "FTF"):
+        torch.testing.assert_close(load_checkpoint(path).model(x, SkipPattern.parse(p)), model(x, SkipPattern.parse(p)))
+    if switchable:  # as written before the key existed
+        raw = torch.load(path, weights_only=True)
+        del raw["config"]["model.switchable_shortcut_bn"]
+        torch.save(raw, path)
+        assert load_checkpoint(path).config.model.switchable_shortcut_bn
