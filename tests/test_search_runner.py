@@ -424,3 +424,33 @@ def test_interrupted_reeval_resumes_without_duplicate_runs(local_ray, tmp_path):
     again = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
                                      resume=True, verbose=0))  # a second resume: nothing new
     assert len([r for r in child_runs(uri, again) if r.data.tags.get("gatesearch.kind") == "reeval"]) == 4
+
+
+@RAY_TIMING
+def test_study_removes_only_its_own_scratch(local_ray, tmp_path):
+    """The runner removes ``<tmp>/gatesearch-trials/<study>/<parent run id>``, which its trials wrote; another
+    run of the same study name and another study keep theirs (the old clean-up removed ``<study>`` whole)."""
+    import tempfile
+
+    from gatesearch.search.trainable import SCRATCH_ROOT
+
+    study = f"scratch-{os.getpid()}"
+    root = Path(tempfile.gettempdir()) / SCRATCH_ROOT
+    keep = [root / study / "another-run" / "last.pt", root / f"other-{os.getpid()}" / "run" / "last.pt"]
+    for p in keep:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("not this study run's")
+    try:
+        summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, study, trials=2, epochs=1, baselines=False)),
+                                           tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                                           storage=str(tmp_path / "rr"), verbose=0))
+        assert summary["n_complete"] == 2
+        assert not (root / study / summary["parent_run_id"]).exists()
+        assert all(p.read_text() == "not this study run's" for p in keep)
+    finally:
+        for p in keep:
+            p.unlink(missing_ok=True)
+            p.parent.rmdir()
+        for d in (root / study, root / f"other-{os.getpid()}"):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
