@@ -382,7 +382,7 @@ def test_lut_of_other_device_with_flag_is_used(assets: dict) -> None:
 USAGE_CASES = {
     "no_command": ([], "COMMAND"),
     "unknown_command": (["trian"], "'trian'"),
-    "missing_required": (["export", "--pattern", "FFF"], "--checkpoint"),
+    "missing_required": (["export", "--pattern", "FFF"], "--out"),
     "not_an_integer": (["patterns", "--image-size", "big"], "--image-size"),
     "unknown_option": (["patterns", "--bogus"], "--bogus"),
     "bad_choice": (["patterns", "--gating", "half"], "--gating"),
