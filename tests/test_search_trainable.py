@@ -50,12 +50,15 @@ def test_remove_scratch_removes_only_its_own(tmp: Path) -> None:
 
 
 @pytest.mark.parametrize("study,parent", [("..", "x"), (".", "x"), ("a/..", "x"), ("q", ".."), ("q", "../../y")])
-def test_scratch_dir_outside_its_parent_is_refused(study: str, parent: str, tmp: Path) -> None:
+def test_scratch_dir_outside_its_parent_is_refused(study: str, parent: str, tmp: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
     """Even a name that slipped past study.name's check: ``..`` resolves outside, nothing is removed."""
     before = _files(tmp)
     with pytest.raises(UserError, match="scratch directory"):
-        remove_scratch(_ctx(study, parent))
+        scratch_dir(_ctx(study, parent))  # a trial refuses to start in it
+    remove_scratch(_ctx(study, parent))  # the runner's clean-up removes nothing and says so
     assert _files(tmp) == before
+    assert capsys.readouterr().err.startswith("removed nothing: trial scratch directory")
 
 
 def test_scratch_dir_through_a_planted_link_is_refused(tmp: Path) -> None:
@@ -65,5 +68,6 @@ def test_scratch_dir_through_a_planted_link_is_refused(tmp: Path) -> None:
     (elsewhere / "0123abcd" / "precious").write_text("not a trial's")
     (tmp / SCRATCH_ROOT / "quickstart").symlink_to(elsewhere)
     with pytest.raises(UserError, match="scratch directory"):
-        remove_scratch(_ctx("quickstart"))
+        scratch_dir(_ctx("quickstart"))
+    remove_scratch(_ctx("quickstart"))
     assert (elsewhere / "0123abcd" / "precious").read_text() == "not a trial's"

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -162,8 +163,14 @@ def scratch_dir(ctx: TrialContext) -> Path:
 
 def remove_scratch(ctx: TrialContext) -> None:
     """Remove what this study run's trials left on this node (its own scratch directory, never a sibling
-    of another study or run), then the study's directory if that is left empty."""
-    path = scratch_dir(ctx)
+    of another study or run), then the study's directory if that is left empty. A scratch directory that
+    resolves elsewhere is left alone with one line on stderr (the runner calls this on its way out, where
+    an exception would hide the study's own and skip the rest of its clean-up)."""
+    try:
+        path = scratch_dir(ctx)
+    except UserError as e:
+        print(f"removed nothing: {e}", file=sys.stderr, flush=True)
+        return
     shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(OSError):  # rmdir removes only an empty directory
         path.parent.rmdir()
