@@ -260,6 +260,10 @@ class ProbGatesConfig:
     inference: Literal["threshold", "always_on", "stochastic", "ensemble"] = "threshold"  # paper Sec. 4.1.2
     threshold: float = 0.5  # keep a unit when keep_prob >= threshold; paper Sec. 3.2 "we set tau = 1/2"
     runs: int = 5  # stochastic / ensemble passes; paper Fig. 4: "we run the test set 5 times"
+    # BN statistics re-estimated once after the last epoch, on this many training batches with the gates sampled
+    # as in training (paper Sec. 4.1.1: "before final evaluation, we run training with a learning rate of zero
+    # ... for 200 batches"); kept by the final model. 0: off
+    final_bn_batches: int = 200
 
     def __post_init__(self) -> None:
         key = "method.probgates."
@@ -278,6 +282,7 @@ class ProbGatesConfig:
         _check(self.weight >= 0, key + "weight", "must be >= 0")
         _check(0 < self.tau_end <= self.tau_start, key + "tau_end", "need 0 < tau_end <= tau_start")
         _check(self.gate_lr_mult > 0, key + "gate_lr_mult", "must be > 0")
+        _check(self.final_bn_batches >= 0, key + "final_bn_batches", f"must be >= 0, got {self.final_bn_batches}")
         _check(self.gate_weight_decay is None or self.gate_weight_decay >= 0, key + "gate_weight_decay", "must be >= 0")
         _check(0.0 <= self.threshold <= 1.0, key + "threshold", "must be in [0, 1]")
         _check(self.runs >= 1, key + "runs", "must be >= 1")

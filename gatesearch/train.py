@@ -360,6 +360,8 @@ def _run_epoch(cfg: Config, trainer: Trainer, evaluator: _Evaluator, data: DataB
     train_s = time.perf_counter() - t0
     metrics = {"train_loss": loss, "lr": lr}
     last = epoch == cfg.train.epochs - 1
+    if last:  # a method's final step (probgates: 002 Sec. 4.1.1's BN statistics), before it is evaluated and saved
+        trainer.method.finish_training(trainer.eval_model, data.train, trainer.device)
     if (epoch + 1) % cfg.train.eval_every == 0 or last:
         metrics.update(evaluator(trainer.eval_model))
     if last and cfg.train.final_test:

@@ -280,3 +280,34 @@ def test_probgates_aig_step_has_gate_gradients(tmp_path):
     res.loss.backward()
     assert all(p.grad is not None for p in model.gate_heads.parameters() if p.dim() > 1)
     assert 0.0 <= res.parts["act"] <= 1.0 and res.parts["tau"] == 1.0  # AIG's fixed temperature
+
+
+def test_probgates_final_bn_step_is_the_papers_precise_bn_over_training_batches(tmp_path):
+    """002 Sec. 4.1.1: after the last epoch, BN statistics from 200 (here 2) training batches in train mode,
+    kept by the model. The stem's BN sees the stem conv's output whatever the gates: its running mean must
+    be the average of the two batches' channel means, its running variance the average of their unbiased
+    variances (a cumulative average over equal batches), computed here by hand."""
+    from gatesearch.checkpoint import build_model
+    from gatesearch.methods import METHODS
+
+    cfg = quick_cfg(str(tmp_path), "probgates", method__probgates__final_bn_batches=2)
+    torch.manual_seed(0)
+    model = build_model(cfg, 10, (1, 8, 8))
+    method = METHODS.get("probgates")(cfg, model, 4)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(16, 1, 8, 8, generator=g), torch.zeros(16, dtype=torch.long)) for _ in range(3)]
+    conv = next(m for m in model.stem.modules() if isinstance(m, torch.nn.Conv2d))
+    bn = next(m for m in model.stem.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        z = [conv(x) for x, _ in batches[:2]]  # the third batch is beyond final_bn_batches
+    mean = (z[0].mean((0, 2, 3)) + z[1].mean((0, 2, 3))) / 2
+    var = (z[0].var((0, 2, 3), unbiased=True) + z[1].var((0, 2, 3), unbiased=True)) / 2
+    model.eval()
+    method.finish_training(model, batches, "cpu")
+    torch.testing.assert_close(bn.running_mean, mean, rtol=0, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-6)
+    assert bn.momentum == 0.1 and not model.training  # the layer's own momentum and the eval mode are back
+    off = quick_cfg(str(tmp_path), "probgates", method__probgates__final_bn_batches=0)
+    before = bn.running_mean.clone()
+    METHODS.get("probgates")(off, model, 4).finish_training(model, batches, "cpu")
+    assert torch.equal(bn.running_mean, before)  # 0: off

@@ -72,6 +72,10 @@ class Method:
     def eval_metrics(self, model: GatedResNet, loader: Iterable, device: torch.device) -> dict[str, float]:
         return {}
 
+    def finish_training(self, model: GatedResNet, train_loader: Iterable, device: torch.device) -> None:
+        """Called once, after the last epoch's training steps and before that epoch's evaluation and
+        checkpoint, on the weights that are evaluated (a method's final step; none by default)."""
+
     def state_dict(self) -> dict[str, float]:
         return {}
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from gatesearch.config import Config, ConfigError
-from gatesearch.evaluate import GateSource, PerBatch
+from gatesearch.evaluate import GateSource, PerBatch, reestimate_bn
 from gatesearch.losses import RATE_LOSSES, rate_per_gate
 from gatesearch.methods.base import Backward, Method, StepResult, scalar
 from gatesearch.models import GatedResNet, Gates
@@ -170,6 +170,18 @@ class ProbGates(Method):
         out = {f"gate_rate_{u}": r for u, r in enumerate(rates)}
         out["gate_rate_mean"] = sum(rates) / max(len(rates), 1)
         return out
+
+    def finish_training(self, model: GatedResNet, train_loader: Iterable, device: torch.device) -> None:
+        """002 Sec. 4.1.1: "before final evaluation, we run training with a learning rate of zero and a large
+        batch size for 200 batches in order to improve the stability and performance of the BatchNorm
+        layers": BN statistics re-estimated on ``final_bn_batches`` training batches in train mode, the gates
+        drawn as in training (Bernoulli(keep_prob), which a hard Gumbel sample is), as a cumulative average
+        over the batches (the precise estimate of the statistics that many batches give, where the paper's
+        large batch size serves the same end); the model keeps them. Stated on ImageNet in the paper, done
+        for every data set here (docs/DESIGN_NOTES.md, item 45)."""
+        n = self.cfg.method.probgates.final_bn_batches
+        if n > 0:
+            reestimate_bn(model, train_loader, strategy_gates(model, "stochastic"), n, device)
 
     def state_dict(self) -> dict[str, float]:
         return {"variable_target": self.variable_target, "variable_epoch": self._epoch, "variable_seen": self._seen}
