@@ -256,6 +256,9 @@ OUTPUT_CASES = {
     "profile_out_read_only": (["profile", "--checkpoint", "{ckpt}", "--out", "{ro}/lut.csv"], "--out"),
     "select_out_is_file": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--out", "{file}"], "--out"),
     "export_out_read_only": (["export", "--checkpoint", "{ckpt}", "--pattern", "FFF", "--out", "{ro}/m.onnx"], "--out"),
+    "export_into_dir_bad_letter": (["export", "--checkpoint", "{ckpt}", "--pattern", "TFX", "--out", "{dir}"], "'TFX'"),
+    "export_into_new_dir_short_pattern": (["export", "--checkpoint", "{ckpt}", "--pattern", "FF", "--out", "{new}/"],
+                                          "'FF'"),
     "search_storage_is_file": (["search", "--space", SPACE, "--storage", "{file}", "--tracking-uri", "{db}"],
                                "--storage"),
 }
