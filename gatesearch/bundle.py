@@ -71,12 +71,21 @@ def check_same_model(menu: Menu, ck: Checkpoint, where: str) -> None:
 
 
 def skip_reason(entry: dict[str, Any]) -> str | None:
-    """Why an entry cannot be one static graph (None: it can)."""
-    s = entry["strategy"]
+    """Why an entry is not exported as one static graph (None: it is)."""
+    s, sup = entry["strategy"], "F" * len(entry["pattern"])
     if s in STATIC:
         return None
-    how = "sampled per input" if s in ("stochastic", "ensemble") else "decided per input by the gate heads"
-    return f"gate strategy {s!r}: gates are {how}, not a static graph (export a fixed pattern instead)"
+    if s.startswith("threshold"):
+        why = "gates decided per input by the gate heads (keep where p >= tau), not a static graph"
+    elif s == "always_on":
+        why = f"every gate on with the gate heads still run; without them it is pattern {sup}, exported as that entry"
+    elif s == "stochastic":
+        why = "gates sampled per input from the gate heads, not a static graph"
+    elif s == "ensemble":
+        why = "softmax averaged over runs with gates sampled per input, not a static graph"
+    else:
+        why = "not a fixed sub-network"
+    return f"gate strategy {s!r}: {why}"
 
 
 def _calibration(ck: Checkpoint) -> Callable[[str], tuple[list[float] | None, str | None]]:

@@ -117,9 +117,12 @@ class Bundle:
             raise BundleError(f"{path} does not exist (not a bundle directory?)") from None
         except (OSError, ValueError) as e:
             raise BundleError(f"{path} cannot be read as JSON ({e})") from None
-        if not isinstance(record, dict) or record.get("format") != FORMAT or "entries" not in record:
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise BundleError(f"{path}: not a gatesearch bundle of format {FORMAT}")
-        bundle = cls(root, record, providers, options)
+        try:
+            bundle = cls(root, record, providers, options)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{path}: malformed ({type(e).__name__}: {e})") from None
         if not bundle.entries:
             raise BundleError(f"{path}: the bundle has no entries")
         for e in bundle.entries:

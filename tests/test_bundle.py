@@ -106,11 +106,27 @@ def test_every_pareto_entry_matches_the_gated_model(tmp_path: Path, name: str) -
             assert e[c] == m[c], c
         assert e["file"] == f"{e['pattern']}.onnx" and e["keep_probs"] is None
     (skip,) = record["skipped"]
-    assert skip["strategy"] == "threshold:0.50" and "not a static graph" in skip["reason"]
+    assert skip["strategy"] == "threshold:0.50" and "decided per input" in skip["reason"]
     assert not any("threshold" in f.name for f in out.iterdir())
     assert (record["model"], record["dataset"], record["device"], record["input_shape"]) == (
         name, "synthetic", "jetson-orin-nano", list(SHAPE))
     assert_entries_match(out, ck)
+
+
+def test_a_gate_head_model_exports_its_patterns_and_lists_its_strategies(tmp_path: Path) -> None:
+    """Probgates on ResNet-20 with a gate on every block (9 units, the downsampling ones included): the
+    patterns export (gate heads left out), each inference strategy is listed with why it is left out."""
+    ck = make_checkpoint(tmp_path, "resnet20", method="probgates", model__gate_head="aig", model__gating="block")
+    patterns = ["FFFFFFFFF", "TTTTTTTTT", "FFFTFFTFF", "TFTFTFTFT"]  # units 3 and 6 change the shape
+    strategies = ["threshold:0.50", "always_on", "stochastic", "ensemble"]
+    entries = [menu_entry(p) for p in patterns] + [menu_entry("FFFFFFFFF", s) for s in strategies]
+    record = write_bundle(make_menu(tmp_path, ck, entries), tmp_path / "b", entries="all").record
+    assert [e["pattern"] for e in record["entries"]] == patterns
+    reasons = {s["strategy"]: s["reason"] for s in record["skipped"]}
+    assert list(reasons) == strategies
+    assert "decided per input" in reasons["threshold:0.50"] and "pattern FFFFFFFFF" in reasons["always_on"]
+    assert "sampled per input" in reasons["stochastic"] and "averaged" in reasons["ensemble"]
+    assert_entries_match(tmp_path / "b", ck)
 
 
 def test_all_entries_and_a_calibrated_full_network(tmp_path: Path) -> None:

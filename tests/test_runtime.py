@@ -101,6 +101,12 @@ def test_not_a_bundle(tmp_path: Path) -> None:
     (tmp_path / BUNDLE_FILE).write_text(json.dumps({"format": 99, "entries": []}))
     with pytest.raises(BundleError, match="not a gatesearch bundle of format 1"):
         Bundle.load(tmp_path)
+    (tmp_path / BUNDLE_FILE).write_text(json.dumps({"format": 1, "entries": [{"pattern": "FF"}]}))
+    with pytest.raises(BundleError, match="entry 'FF' lacks "):
+        Bundle.load(tmp_path)
+    (tmp_path / BUNDLE_FILE).write_text(json.dumps({"format": 1, "entries": []}))
+    with pytest.raises(BundleError, match=r"malformed \(KeyError: 'input_shape'\)"):
+        Bundle.load(tmp_path)
 
 
 def test_run_gives_the_picked_entrys_logits_and_keeps_sessions(bundle_dir: dict[str, Path],
