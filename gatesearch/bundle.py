@@ -115,14 +115,8 @@ def _file_name(entry: dict[str, Any]) -> str:
     return f"{entry['pattern']}{'' if entry['strategy'] == 'pattern' else '-' + entry['strategy']}.onnx"
 
 
-def write_bundle(menu_path: str | Path, out: str | Path, checkpoint: str | Path | None = None,
-                 entries: str = "pareto", batch: int = 1) -> BundleResult:
-    """Export ``entries`` (``pareto`` or ``all``) of the menu at ``menu_path`` from ``checkpoint`` (default:
-    the menu's ``checkpoint`` field) into ``out``: ``<pattern>[-<strategy>].onnx`` per entry, then
-    ``bundle.json``. Bad input (missing menu, another model's menu, ``out`` a file) raises ``UserError``
-    before anything is written."""
-    if entries not in SELECTIONS:
-        raise UserError(f"--entries: {entries!r}; use one of {', '.join(SELECTIONS)}")
+def _inputs(menu_path: str | Path, out: str | Path, checkpoint: str | Path | None) -> tuple[Menu, Path, Checkpoint, Path]:
+    """The menu, the bundle directory, the checkpoint and its path, checked before anything is written."""
     menu = load_menu(menu_path)
     root = check_output_dir(out, "--out")
     ck_path = Path(checkpoint if checkpoint is not None else menu.checkpoint)
@@ -134,10 +128,21 @@ def write_bundle(menu_path: str | Path, out: str | Path, checkpoint: str | Path 
     if menu.bn_mode == "reestimated":
         raise UserError("the menu was scored with BN statistics re-estimated per pattern, which the checkpoint "
                         "does not hold: the files would not be the networks it scored (select with --reestimate-bn 0)")
-    chosen = [e for e in menu.entries if entries == "all" or e["pareto"]]
+    return menu, root, ck, ck_path
+
+
+def write_bundle(menu_path: str | Path, out: str | Path, checkpoint: str | Path | None = None,
+                 entries: str = "pareto", batch: int = 1) -> BundleResult:
+    """Export ``entries`` (``pareto`` or ``all``) of the menu at ``menu_path`` from ``checkpoint`` (default:
+    the menu's ``checkpoint`` field) into ``out``: ``<pattern>[-<strategy>].onnx`` per entry, then
+    ``bundle.json``. Bad input (missing menu, another model's menu, ``out`` a file) raises ``UserError``
+    before anything is written."""
+    if entries not in SELECTIONS:
+        raise UserError(f"--entries: {entries!r}; use one of {', '.join(SELECTIONS)}")
+    menu, root, ck, ck_path = _inputs(menu_path, out, checkpoint)
     keep_of = _calibration(ck)
     done, skipped = [], []
-    for e in chosen:
+    for e in (e for e in menu.entries if entries == "all" or e["pareto"]):
         reason = skip_reason(e)
         keep = None
         if reason is None and e["strategy"] == "calibrated":
@@ -158,7 +163,11 @@ def write_bundle(menu_path: str | Path, out: str | Path, checkpoint: str | Path 
               "output": OUTPUT_NAME, "batch": menu.batch, "latency_source": menu.latency_source,
               "bn_mode": menu.bn_mode, "checkpoint": str(ck_path), "menu": str(menu_path), "selected": entries,
               "entries": done, "skipped": skipped}
-    path = root / BUNDLE_FILE
+    return BundleResult(_write_json(root / BUNDLE_FILE, record), record)
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> Path:
+    """``record`` at ``path``, atomically (written last: a bundle.json lists only files that are complete)."""
     text = json.dumps(record, indent=1, allow_nan=False)
     tmp = atomic_target(path)
     try:
@@ -166,4 +175,4 @@ def write_bundle(menu_path: str | Path, out: str | Path, checkpoint: str | Path 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return BundleResult(path, record)
+    return path
