@@ -73,6 +73,32 @@ def child_runs(uri: str, summary: dict) -> list:
                               filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
 
 
+def interrupt_once(space: Path, uri: str, tmp_path: Path, address: str, run_filter: str, timeout_s: float) -> list:
+    """``gatesearch search`` in a subprocess (trials 1-3 slowed), Ctrl+C once a child run matching
+    ``run_filter`` has FINISHED; asserts it exits 130 (state saved) and returns those finished runs."""
+    cmd = [sys.executable, "-m", "gatesearch.cli", "search", "--space", str(space), "--tracking-uri", uri,
+           "--storage", str(tmp_path / "rr"), "--address", address]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), FAULT_ENV: "slow@1,slow@2,slow@3"})
+    parent_file = tmp_path / "rr" / Path(space).stem / "mlflow_parent.json"
+    deadline = time.time() + timeout_s
+    finished: list = []
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if parent_file.is_file():
+            ids = json.loads(parent_file.read_text())
+            runs = MlflowClient(uri).search_runs([ids["experiment_id"]], filter_string=(
+                f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}'" + run_filter))
+            finished = [r for r in runs if r.info.status == "FINISHED"]
+            if finished:
+                break
+    assert finished, proc.communicate()[0][-3000:] if proc.poll() is not None else "no matching run finished in time"
+    proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    return finished
+
+
 @RAY_TIMING
 def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -190,27 +216,8 @@ def test_faults_error_a_trial_and_a_dead_worker_resumes(local_ray, tmp_path, mon
 def test_interrupted_study_resumes_without_redoing_or_duplicating(local_ray, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     space = tiny_space(tmp_path, "resume", trials=4, epochs=3, grace=3)
-    cmd = [sys.executable, "-m", "gatesearch.cli", "search", "--space", str(space), "--tracking-uri", uri,
-           "--storage", str(tmp_path / "rr"), "--address", local_ray]
     # trials 1-3 are slowed down, so Ctrl+C lands while they run, not after a fast study has finished
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), FAULT_ENV: "slow@1,slow@2,slow@3"})
-    parent_file = tmp_path / "rr" / "resume" / "mlflow_parent.json"
-    deadline = time.time() + 120
-    finished: list = []
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(1)
-        if parent_file.is_file():
-            ids = json.loads(parent_file.read_text())
-            runs = MlflowClient(uri).search_runs([ids["experiment_id"]],
-                                                 filter_string=f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}'")
-            finished = [r for r in runs if r.info.status == "FINISHED"]
-            if finished:
-                break
-    assert finished, proc.communicate()[0][-3000:] if proc.poll() is not None else "no trial finished in time"
-    proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, out[-3000:]
+    finished = interrupt_once(space, uri, tmp_path, local_ray, "", timeout_s=120)
     history_before = {r.info.run_id: len(MlflowClient(uri).get_metric_history(r.info.run_id, "train_loss"))
                       for r in finished}
 
@@ -387,27 +394,8 @@ def test_reeval_verdict_end_to_end_with_known_per_seed_results(local_ray, tmp_pa
 def test_interrupted_reeval_resumes_without_duplicate_runs(local_ray, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     space = tiny_space(tmp_path, "reresume", trials=3, epochs=2, grace=2, reeval={"finalists": 1, "seeds": 2})
-    cmd = [sys.executable, "-m", "gatesearch.cli", "search", "--space", str(space), "--tracking-uri", uri,
-           "--storage", str(tmp_path / "rr"), "--address", local_ray]
-    # every re-evaluation trial but the first is slowed, so Ctrl+C lands inside the re-evaluation
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), FAULT_ENV: "slow@1,slow@2,slow@3"})
-    parent_file = tmp_path / "rr" / "reresume" / "mlflow_parent.json"
-    deadline = time.time() + 240
-    done: list = []
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(1)
-        if parent_file.is_file():
-            ids = json.loads(parent_file.read_text())
-            runs = MlflowClient(uri).search_runs([ids["experiment_id"]], filter_string=(
-                f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}' and tags.`gatesearch.kind` = 'reeval'"))
-            done = [r for r in runs if r.info.status == "FINISHED"]
-            if done:
-                break
-    assert done, proc.communicate()[0][-3000:] if proc.poll() is not None else "no re-evaluation run finished in time"
-    proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, out[-3000:]
+    # the slowed trial indices hold in the re-evaluation too, so Ctrl+C lands inside it
+    done = interrupt_once(space, uri, tmp_path, local_ray, " and tags.`gatesearch.kind` = 'reeval'", timeout_s=240)
     history = {r.info.run_id: len(MlflowClient(uri).get_metric_history(r.info.run_id, "train_loss")) for r in done}
 
     summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
