@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -27,6 +27,7 @@ from gatesearch.patterns import SkipPattern
 from gatesearch.preflight import atomic_target, check_output_dir
 from gatesearch.runtime import BUNDLE_FILE, FORMAT, INPUT_NAME, OUTPUT_NAME, sha256_of
 from gatesearch.selection.pareto import Menu, read_menu
+from gatesearch.tracking import register_bundle
 from gatesearch.train import restore_method
 
 STATIC = ("pattern", "calibrated")  # fixed sub-networks, as ``selection.select.is_fixed``
@@ -176,3 +177,16 @@ def _write_json(path: Path, record: dict[str, Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def register_menus(menus: Sequence[Menu], out: str | Path, checkpoint: str | Path, uri: str, run_id: str,
+                   name: str) -> dict[str, str]:
+    """For each device's menu written under ``out/<device>/menu.json``: its bundle (the Pareto entries) in
+    ``out/<device>/bundle``, logged to run ``run_id`` and registered as a version of model ``name`` with the
+    device as alias (``models:/<name>@<device>``). Returns ``{device: version}``."""
+    versions = {}
+    for menu in menus:
+        folder = Path(out) / menu.device
+        write_bundle(folder / "menu.json", folder / "bundle", checkpoint)
+        versions[menu.device] = register_bundle(uri, run_id, folder / "bundle", name, menu.device, folder / "menu.json")
+    return versions

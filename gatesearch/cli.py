@@ -157,11 +157,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
+    from gatesearch.config import check_path_name
     from gatesearch.selection.pareto import format_menu, pick
     from gatesearch.selection.select import SelectOptions, run_select
 
     preflight.check_output_dir(args.out, "--out")
     preflight.torch_device(args.torch_device, "--torch-device")
+    if args.register is not None:
+        if not args.run:
+            raise UserError("--register needs --run: the model version links to the trial's MLflow run")
+        check_path_name(args.register, "--register")
     if args.run:
         from gatesearch.tracking import check_tracking_uri
 
@@ -178,6 +183,11 @@ def _cmd_select(args: argparse.Namespace) -> int:
     if args.budget_ms is not None and all(pick(m, args.budget_ms) is None for m in menus):
         print(f"gatesearch select: nothing fits {args.budget_ms} ms on any device", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in files.values()) + (f"; logged to MLflow run {args.run}" if args.run else ""))
+    if args.register:
+        from gatesearch.bundle import register_menus
+
+        versions = register_menus(menus, args.out, menus[0].checkpoint, args.tracking_uri, args.run, args.register)
+        print("registered " + ", ".join(f"models:/{args.register}@{d} (version {v})" for d, v in versions.items()))
     return 0
 
 
@@ -194,6 +204,9 @@ def _add_select(sub: argparse._SubParsersAction) -> None:
                    help="use the LUT even though its device column names none of the requested devices")
     p.add_argument("--out", default="outputs/select", help="output directory (menus, figures)")
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow tracking URI (with --run)")
+    p.add_argument("--register", default=None, metavar="NAME",
+                   help="with --run: export each device's Pareto entries as a bundle and register it as MLflow model "
+                        "NAME with the device as alias (models:/NAME@DEVICE; predict takes params budget_ms)")
     p.add_argument("--data-root", default=None, help="override the checkpoint's data.root")
     p.add_argument("--reestimate-bn", type=nonneg_int, default=None, metavar="N",
                    help="re-estimate BN statistics per candidate from N training batches "

@@ -20,10 +20,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
+import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
+from gatesearch import runtime
 from gatesearch.config import Config, to_flat
 from gatesearch.errors import UserError
 from gatesearch.preflight import check_output_file
@@ -349,3 +354,55 @@ def log_table(uri: str, run_id: str, data: dict[str, list[Any]], artifact_file: 
 def log_figure(uri: str, run_id: str, figure: Any, artifact_file: str) -> None:
     """A matplotlib figure as an image artifact (a second call replaces it)."""
     _with_retries(study_client(uri).log_figure, run_id, figure, artifact_file)
+
+
+class BundleModel(mlflow.pyfunc.PythonModel):
+    """A deploy bundle (``bundle.py``) as an MLflow model: ``predict(x, params={"budget_ms": 2.0})`` runs the
+    most accurate sub-network whose latency on the bundle's device fits the budget (``runtime.Bundle``;
+    ``x [B, C, H, W]`` float32, normalised as in training; returns logits ``[B, num_classes]``)."""
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = runtime.Bundle.load(context.artifacts["bundle"])
+
+    # the signature logged with the model gives the input schema; MLflow's check of predict's type hints
+    # (which asks for list[...] inputs) is switched off by the attribute its own PythonModel subclasses use
+    _skip_type_hint_validation = True
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 - hints would be read as a schema
+        budget = (params or {}).get("budget_ms")
+        if budget is None:
+            raise ValueError("predict needs params={'budget_ms': <latency budget in ms>}")
+        return self.bundle.run(np.asarray(model_input, dtype=np.float32), float(budget))
+
+
+def register_bundle(uri: str, run_id: str, bundle_dir: str | Path, name: str, alias: str,
+                    menu_path: str | Path | None = None) -> str:
+    """Log the bundle at ``bundle_dir`` as a pyfunc model under the run (``bundles/<alias>``, with its menu),
+    register it as a new version of model ``name`` and point alias ``alias`` (the device) at it, so that
+    ``mlflow.pyfunc.load_model("models:/<name>@<alias>")`` picks sub-networks by latency budget. The version
+    links to the run (its metrics) and carries the menu's frontier score as a tag. Returns the version."""
+    record = json.loads((Path(bundle_dir) / runtime.BUNDLE_FILE).read_text())
+    shape = (-1, *record["input_shape"])
+    fastest = min(e["latency_ms"] for e in record["entries"])
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(record["num_classes"])))]),
+        params=ParamSchema([ParamSpec("budget_ms", "double", max(fastest, 1e-9))]))
+    artifacts = {"bundle": str(bundle_dir), **({"menu": str(menu_path)} if menu_path else {})}
+    client = study_client(uri)
+    with tempfile.TemporaryDirectory(prefix="gs-model-") as tmp:
+        path = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(str(path), python_model=BundleModel(), artifacts=artifacts, signature=signature,
+                                 pip_requirements=["numpy", "onnxruntime", "gatesearch"])
+        _with_retries(client.log_artifacts, run_id, str(path), f"bundles/{alias}")
+    try:
+        _with_retries(client.create_registered_model, name)
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/bundles/{alias}"
+    tags = {"device": alias, "gatesearch.entries": str(len(record["entries"])),
+            "gatesearch.latency_source": str(record.get("latency_source"))}
+    version = _with_retries(client.create_model_version, name, source, run_id=run_id, tags=tags)
+    _with_retries(client.set_registered_model_alias, name, alias, version.version)
+    return str(version.version)

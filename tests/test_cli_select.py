@@ -153,3 +153,35 @@ def test_menu_carries_the_std_over_re_evaluation_seeds(trained: dict, tmp_path: 
     assert by["TTT"]["top1_seed_std"] is None and by["TTT"]["n_seeds"] == 0
     record = json.loads((tmp_path / "m" / "jetson-orin-nano" / "menu.json").read_text())
     assert {e["pattern"]: e["n_seeds"] for e in record["entries"]}["FFF"] == 3
+
+
+def test_select_registers_a_bundle_per_device_that_mlflow_loads_and_runs_within_a_budget(trained: dict, tmp_path: Path,
+                                                                                         capsys: pytest.CaptureFixture):
+    """#26 item 5: `select --run ID --register NAME` logs each device's bundle as a pyfunc model, registers it
+    and aliases it by device; `mlflow.pyfunc.load_model("models:/NAME@device")` predicts the logits of the
+    entry the budget picks (checked against the torch model on that pattern)."""
+    import mlflow
+    import numpy as np
+
+    from gatesearch.checkpoint import load_checkpoint
+    from gatesearch.patterns import SkipPattern
+
+    out = tmp_path / "menus"
+    rc = main(["select", "--run", trained["run_id"], "--tracking-uri", trained["uri"], "--device", "jetson",
+               "--out", str(out), "--register", "gsmodel"])
+    assert rc == 0 and "models:/gsmodel@jetson-orin-nano" in capsys.readouterr().out
+    mlflow.set_tracking_uri(trained["uri"])
+    model = mlflow.pyfunc.load_model("models:/gsmodel@jetson-orin-nano")
+    menu = json.loads((out / "jetson-orin-nano" / "menu.json").read_text())
+    pareto = sorted((e for e in menu["entries"] if e["pareto"] and e["strategy"] == "pattern"), key=lambda e: e["latency_ms"])
+    cheapest = pareto[0]
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    y = model.predict(x, params={"budget_ms": cheapest["latency_ms"] * 1.0001})  # only the fastest entry fits
+    ck = load_checkpoint(trained["checkpoint"])
+    with torch.no_grad():
+        ref = ck.model(torch.from_numpy(x), SkipPattern.parse(cheapest["pattern"])).numpy()
+    assert np.abs(y - ref).max() < 1e-4
+    version = mlflow.MlflowClient(trained["uri"]).get_model_version_by_alias("gsmodel", "jetson-orin-nano")
+    assert version.run_id == trained["run_id"] and version.tags["device"] == "jetson-orin-nano"
+    with pytest.raises(Exception, match="no entry fits"):
+        model.predict(x, params={"budget_ms": cheapest["latency_ms"] / 10})  # nothing fits: the cheapest's latency named

@@ -29,14 +29,14 @@ RAY_TIMING = pytest.mark.flaky(reruns=1, reruns_delay=2)
 
 def tiny_space(tmp_path: Path, name: str, trials: int = 4, epochs: int = 2, grace: int = 1,
                objective: object = None, devices: tuple[str, ...] = (), baselines: bool = True,
-               reeval: dict | None = None) -> Path:
+               reeval: dict | None = None, register: str | None = None) -> Path:
     """Two methods: with baselines, trials 0 and 1 are the adn and gated_depth paper recipes."""
     space = {
         "study": {"name": name, "objective": objective or {"metric": "top1_super", "mode": "max"},
                   "budget": {"trials": trials, "epochs": epochs}, "max_concurrent_trials": 2,
                   "devices": list(devices), "baselines": baselines,
                   "resources": {"cpu": 1}, "max_failures": 1, "asha": {"grace_period": grace, "reduction_factor": 2},
-                  **({"reeval": reeval} if reeval else {})},
+                  **({"reeval": reeval} if reeval else {}), **({"register": register} if register else {})},
         "fixed": {"data.name": "digits", "data.train_subset": 192, "data.batch_size": 64, "data.augment": False,
                   "data.eval_batch_size": 256, "model.name": "resnet20", "train.device": "cpu",
                   "train.max_steps_per_epoch": 2, "train.log_every": 1000, "tracking.experiment": name},
@@ -102,7 +102,7 @@ def interrupt_once(space: Path, uri: str, tmp_path: Path, address: str, run_filt
 @RAY_TIMING
 def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, "small", devices=("jetson",))),
+    summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, "small", devices=("jetson",), register="small")),
                                        tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0))
     assert summary["n_trials"] == 4 and summary["n_error"] == 0 and summary["n_complete"] >= 1
     client = MlflowClient(uri)
@@ -111,6 +111,14 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     assert parent.data.tags["method"] == "searched" and parent.data.tags["dataset"] == "digits"
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"small.yaml", "summary.json",
                                                                           "trials_table.json"}
+    # study.register: the best trial's bundle for each device, loadable by alias
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    version = client.get_model_version_by_alias("small", "jetson-orin-nano")
+    assert version.run_id == summary["best"]["mlflow_run_id"]
+    model = mlflow.pyfunc.load_model("models:/small@jetson-orin-nano")
+    assert model.predict(__import__("numpy").zeros((2, 1, 8, 8), "float32"), params={"budget_ms": 1e6}).shape == (2, 10)
     # MLflow 3's UI opens this experiment on its training runs, not on the GenAI overview
     assert client.get_experiment(summary["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
     # the parent run is where trials are compared: frontiers overlaid, curves, the trials table, importances

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gatesearch import tracking
+from gatesearch.bundle import register_menus
 from gatesearch.config import from_flat
 from gatesearch.errors import UserError
 from gatesearch.search import reeval, report
@@ -449,7 +450,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
                 "reeval": best and best.get("reeval"), "verdict": verdict_line(summary),
                 "tracking_uri": uri, "devices": list(space.study.devices)})
     if opts.select and space.study.devices and not interrupted:
-        summary["menus"] = select_best(summary, space.study.devices, study_dir)
+        summary["menus"] = select_best(summary, space.study.devices, study_dir, space.study.register)
         write_json(study_dir / "summary.json", summary)
     _log_summary(uri, parent_id, summary, study_dir)
     _log_comparison(uri, parent_id, summary, space, results)
@@ -571,7 +572,8 @@ def verdict_line(summary: dict[str, Any]) -> str:
     return "single runs: no interval (no study.reeval), so no difference is a verdict"
 
 
-def select_best(summary: dict[str, Any], devices: tuple[str, ...], study_dir: Path) -> dict[str, str]:
+def select_best(summary: dict[str, Any], devices: tuple[str, ...], study_dir: Path,
+                register: str | None = None) -> dict[str, str]:
     """DESIGN step 5: score every pattern of the best trial (every Pareto trial when multi-objective) for
     each device, write menus under ``<study>/menus/<trial_id>/`` and log them to the trial's MLflow run.
 
@@ -592,6 +594,11 @@ def select_best(summary: dict[str, Any], devices: tuple[str, ...], study_dir: Pa
         written[t["trial_id"]] = str(out)
         for menu in menus:
             print(format_menu(menu, limit=12), flush=True)
+        if register and t["mlflow_run_id"]:  # study.register: a deploy bundle per device, in the model registry
+            versions = register_menus(menus, out, menus[0].checkpoint, summary["tracking_uri"], t["mlflow_run_id"],
+                                      register)
+            print("registered " + ", ".join(f"models:/{register}@{d} (version {v})" for d, v in versions.items()),
+                  flush=True)
     return written
 
 

@@ -44,7 +44,7 @@ from gatesearch.search.params import KINDS, Param, same_choice
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STUDY_KEYS = {"name", "objective", "budget", "max_concurrent_trials", "resources", "devices", "seed",
-               "max_failures", "asha", "baselines", "cost", "reeval"}
+               "max_failures", "asha", "baselines", "cost", "reeval", "register"}
 _REEVAL_KEYS = ("finalists", "seeds", "baselines", "vary_split")
 
 
@@ -86,6 +86,7 @@ class Study:
     cost: str = "macs"  # the frontier score's cost axis: macs | latency:<device> (sets train.score_cost)
     baselines: bool = True  # first train the papers' recipes of the searched methods (search/baselines.py)
     reeval: Reeval | None = None  # re-train the finalists on paired seeds (absent: single-run comparison)
+    register: str | None = None  # MLflow model name: each device's bundle of the best trial, alias = device
 
     @property
     def multi_objective(self) -> bool:
@@ -247,6 +248,7 @@ def _parse_study(raw: Any) -> Study:
                                       "study.asha.reduction_factor"),
         cost=_cost_axis(raw.get("cost", Study.cost)),
         baselines=raw.get("baselines", Study.baselines),
+        register=None if raw.get("register") is None else check_path_name(raw["register"], "study.register"),
         reeval=_parse_reeval(raw.get("reeval"), integer),
     )
     if not isinstance(study.baselines, bool):
