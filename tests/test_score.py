@@ -39,7 +39,7 @@ def test_trie_equals_naive(gating: str) -> None:
     assert model.n_units == (3 if gating == "stage" else 9)
     _randomise_bn(model)
     assert model.switchable_bn == (gating == "stage")
-    data = _data()
+    data = _data(n_batches=8)  # 64 images: enough that the patterns' correct counts tell them apart
     patterns = all_patterns(model.n_units)
     trie = evaluate_patterns_trie(model, data, patterns)
     naive = evaluate_patterns_naive(model, data, patterns)

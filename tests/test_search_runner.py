@@ -294,8 +294,11 @@ def test_summary_compares_the_best_searched_trial_with_the_best_full_budget_base
                 "interrupted": False}
     text = describe(summary)
     assert "paper baselines: adn top1_super=0.7000; gated_depth top1_super=0.9500 (STOPPED)" in text
+    # a single-run difference is printed as what it is, never as a win (issue #24), and the study says it
+    # has no re-evaluation
     assert ("top1_super (max): best searched trial 0.8000 (trial a) vs best paper baseline adn 0.7000 (trial p1), "
-            "difference +0.1000") in text
+            "single-run difference +0.1000 (one seed each: not a verdict)") in text
+    assert "verdict: single runs: no interval (no study.reeval), so no difference is a verdict" in text
 
 
 @pytest.mark.slow
