@@ -79,7 +79,8 @@ def frontier_figure(points: dict[str, list[tuple[float, float]]], baselines: set
     ax.set_ylabel("top-1 (%), validation")
     ax.set_title("every full-budget trial's candidates and frontier (dashed: paper baselines)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a study whose trials all stopped early draws no curve
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -94,7 +95,8 @@ def curves_figure(curves: dict[str, list[tuple[int, float]]], baselines: set[str
     ax.set_ylabel(f"{metric} (validation)")
     ax.set_title("objective per epoch of every trial (solid: paper baselines; short curves: stopped early)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a study whose trials all stopped early draws no curve
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
