@@ -97,6 +97,8 @@ class DataConfig:
     augment: bool = True
     image_size: int = 224  # imagefolder only
     synthetic_size: int = 512  # synthetic only: images per split
+    # in-memory sets: uint8 arrays on the training device, batches cut/augmented there; auto = on for CUDA
+    on_device: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 1, "data.image_size", f"must be >= 1, got {self.image_size}")
@@ -106,6 +108,10 @@ class DataConfig:
         _check(self.eval_batch_size >= 1, "data.eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
         _check(self.num_workers >= 0, "data.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.train_subset is None or self.train_subset >= 1, "data.train_subset", "must be >= 1")
+        _check(self.on_device is not True or self.name != "imagefolder", "data.on_device",
+               "imagefolder decodes files on the host: use auto or false")
+        _check(self.on_device is not True or self.num_workers == 0, "data.on_device",
+               f"the device path runs no loader workers: set data.num_workers=0, got {self.num_workers}")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,11 @@ In-memory data sets (``digits``, ``cifar10``/``cifar100`` from an npz directory 
 ``synthetic``) are held as one uint8 tensor ``[N, C, H, W]``; a batch is cut, augmented
 (random crop with 4-pixel zero padding + horizontal flip, as He et al. 2016, Sec. 4.2) and
 normalised as whole tensors inside ``__getitems__``, so CPU loading costs a few tensor ops per
-batch instead of one PIL round-trip per image. ``imagefolder`` (ImageNet layout) uses
-torchvision transforms. The validation split is carved from train with ``data.split_seed``
+batch instead of one PIL round-trip per image. With ``data.on_device`` (``auto``: when training on
+CUDA) the uint8 arrays live on the training device instead and ``DeviceLoader`` does the same cut,
+augmentation and normalisation there on whole batches, drawing from a ``torch.Generator`` on that
+device: no workers, no host-to-device copy per step (airbench's layout, Jordan 2024). ``imagefolder``
+(ImageNet layout) uses torchvision transforms on the host. The validation split is carved from train with ``data.split_seed``
 (the same images for every trial); ``seed`` drives shuffling and augmentation.
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -26,9 +29,9 @@ from gatesearch.registry import Registry
 
 @dataclass
 class DataBundle:
-    train: DataLoader
-    val: DataLoader | None  # None when data.val_fraction == 0
-    test: DataLoader
+    train: DataLoader | DeviceLoader  # DeviceLoader: data.on_device
+    val: DataLoader | DeviceLoader | None  # None when data.val_fraction == 0
+    test: DataLoader | DeviceLoader
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W)
 
@@ -70,23 +73,58 @@ class ArrayDataset(Dataset):
         return x, self.data.labels[idx]
 
 
-def random_crop_flip(x: torch.Tensor, pad: int, flip: bool = True) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool = True,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-image random crop after zero padding by ``pad`` and (``flip``) random horizontal flip.
 
-    ``x [B, C, H, W]`` (any dtype) -> same shape; uses the global torch RNG (seeded by fit).
+    ``x [B, C, H, W]`` (any dtype, any device) -> same shape, on ``x``'s device. Draws from
+    ``generator`` (on ``x``'s device), or from the global torch RNG (seeded by fit) when ``None``.
+    Offsets are uniform in ``0..2*pad`` per axis, the flip a fair coin, each independent per image.
     """
     b, c, h, w = x.shape
+    dev = x.device
     if pad > 0:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # [B, C, H+2p, W+2p]
-        oy = torch.randint(0, 2 * pad + 1, (b,))
-        ox = torch.randint(0, 2 * pad + 1, (b,))
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [B, 1, H, 1]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # [B, 1, 1, W]
-        x = padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [B, 1, H, 1]
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # [B, 1, 1, W]
+        x = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+                   rows, cols]
     if not flip:
         return x
-    flips = torch.rand(b) < 0.5
+    flips = torch.rand(b, generator=generator, device=dev) < 0.5
     return torch.where(flips[:, None, None, None], x.flip(3), x)
+
+
+class DeviceLoader:
+    """Batches cut from uint8 arrays resident on ``device`` (``data.on_device``): an iterable of
+    ``(x [B, C, H, W] float32, y [B] int64)`` on ``device``, normalised by the train-split statistics
+    as ``ArrayDataset``; with ``shuffle`` a fresh permutation per epoch and only full batches (the
+    host loader's ``drop_last``), with ``augment`` ``random_crop_flip`` on the whole batch. Every
+    draw comes from ``self.generator`` (on ``device``; ``evaluate`` reseeds it for BN re-estimation)."""
+
+    def __init__(self, data: Arrays, mean: torch.Tensor, std: torch.Tensor, batch: int, shuffle: bool, augment: bool,
+                 pad: int, flip: bool, device: torch.device, seed: int) -> None:
+        self.images, self.labels = data.images.to(device), data.labels.to(device)  # [N, C, H, W] uint8, [N]
+        self.mean, self.std = mean.to(device).view(1, -1, 1, 1), std.to(device).view(1, -1, 1, 1)
+        self.batch, self.shuffle, self.augment, self.pad, self.flip = batch, shuffle, augment, pad, flip
+        self.generator = torch.Generator(device).manual_seed(seed)
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch if self.shuffle else -(-n // self.batch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = (torch.randperm(n, generator=self.generator, device=self.images.device) if self.shuffle
+                 else torch.arange(n, device=self.images.device))
+        for i in range(len(self)):
+            idx = order[i * self.batch:(i + 1) * self.batch]
+            x = self.images[idx]  # [B, C, H, W] uint8
+            if self.augment:
+                x = random_crop_flip(x, self.pad, self.flip, self.generator)
+            yield (x.float() / 255.0 - self.mean) / self.std, self.labels[idx]
 
 
 def _collate_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,38 +153,59 @@ def _loader(ds: Dataset, batch: int, shuffle: bool, cfg: DataConfig, seed: int, 
     )
 
 
+def data_device(cfg: DataConfig, device: torch.device | None) -> torch.device | None:
+    """Where ``data.on_device`` puts an in-memory data set when training on ``device``: ``None`` (the
+    host loader) for ``false``, and for ``auto`` unless ``device`` is a GPU; ``true`` -> ``device`` (CPU
+    when none is given)."""
+    if cfg.on_device is False or (cfg.on_device == "auto" and (device is None or device.type != "cuda")):
+        return None
+    return device if device is not None else torch.device("cpu")
+
+
 def bundle_from_arrays(
-    cfg: DataConfig, seed: int, train: Arrays, test: Arrays, num_classes: int, pad: int, flip: bool = True
+    cfg: DataConfig, seed: int, train: Arrays, test: Arrays, num_classes: int, pad: int, flip: bool = True,
+    device: torch.device | None = None,
 ) -> DataBundle:
-    """Split ``train`` into train/val, normalise by train-split channel statistics, build loaders."""
+    """Split ``train`` into train/val, normalise by train-split channel statistics, build loaders:
+    ``DeviceLoader``s on ``data_device(cfg, device)``, or host ``DataLoader``s when that is ``None``."""
     tr_idx, val_idx = _split(len(train.labels), cfg.val_fraction, cfg.train_subset, cfg.split_seed)
     tr = _take(train, tr_idx)
     sample = tr.images[:10000]  # tr is a random permutation: its head is a fair sample; bounds memory
     pixels = sample.float().div_(255.0).transpose(0, 1).flatten(1)  # [C, N*H*W]
     mean, std = pixels.mean(1), pixels.std(1).clamp_min(1e-3)
-    make = lambda a, aug: ArrayDataset(a, mean, std, augment=aug and cfg.augment, pad=pad, flip=flip)  # noqa: E731
+    on = data_device(cfg, device)
+
+    def make(a: Arrays, train_split: bool) -> Iterable:
+        aug, batch = train_split and cfg.augment, cfg.batch_size if train_split else cfg.eval_batch_size
+        if on is not None:
+            return DeviceLoader(a, mean, std, batch, train_split, aug, pad, flip, on, seed)
+        ds = ArrayDataset(a, mean, std, augment=aug, pad=pad, flip=flip)
+        return _loader(ds, batch, train_split, cfg, seed, _collate_batch)
+
     val = _take(train, val_idx) if len(val_idx) else None
     return DataBundle(
-        train=_loader(make(tr, True), cfg.batch_size, True, cfg, seed, _collate_batch),
-        val=None if val is None else _loader(make(val, False), cfg.eval_batch_size, False, cfg, seed, _collate_batch),
-        test=_loader(make(test, False), cfg.eval_batch_size, False, cfg, seed, _collate_batch),
+        train=make(tr, True),
+        val=None if val is None else make(val, False),
+        test=make(test, False),
         num_classes=num_classes,
         input_shape=tuple(train.images.shape[1:]),
     )
 
 
-DATASETS: Registry[Callable[[DataConfig, int], DataBundle]] = Registry("dataset")
+#: ``(cfg, seed, device)`` -> loaders; ``device``: the training device (``data.on_device``), ``None`` = host.
+DATASETS: Registry[Callable[[DataConfig, int, torch.device | None], DataBundle]] = Registry("dataset")
 
 
-def build_data(cfg: DataConfig, seed: int) -> DataBundle:
-    """The train/val/test loaders of ``cfg.name``; ``seed`` drives shuffling and augmentation."""
+def build_data(cfg: DataConfig, seed: int, device: torch.device | None = None) -> DataBundle:
+    """The train/val/test loaders of ``cfg.name``; ``seed`` drives shuffling and augmentation;
+    ``device``: the training device, where ``data.on_device`` may keep an in-memory set."""
     if cfg.name not in DATASETS:
         raise UserError(f"data.name: unknown dataset {cfg.name!r}; known: {', '.join(DATASETS.names())}")
-    return DATASETS.get(cfg.name)(cfg, seed)
+    return DATASETS.get(cfg.name)(cfg, seed, device)
 
 
 @DATASETS.register("digits")
-def _digits(cfg: DataConfig, seed: int) -> DataBundle:
+def _digits(cfg: DataConfig, seed: int, device: torch.device | None = None) -> DataBundle:
     """scikit-learn's bundled 8x8 digits (1797 images, 1 channel, no download); a fixed 20 % test split."""
     from sklearn.datasets import load_digits  # lazy: scikit-learn loads only for the digits set
 
@@ -156,7 +215,7 @@ def _digits(cfg: DataConfig, seed: int) -> DataBundle:
     perm = np.random.default_rng(12345).permutation(len(d.target))
     n_test = len(perm) // 5
     test = _take(arrays, perm[:n_test])  # flips would turn digits into other shapes: crop only
-    return bundle_from_arrays(cfg, seed, _take(arrays, perm[n_test:]), test, 10, pad=1, flip=False)
+    return bundle_from_arrays(cfg, seed, _take(arrays, perm[n_test:]), test, 10, pad=1, flip=False, device=device)
 
 
 def _npz_split(path: Path, num_classes: int) -> Arrays:
@@ -206,8 +265,8 @@ def _torchvision_split(cfg: DataConfig, train: bool, classes: int) -> Arrays:
     return Arrays(torch.as_tensor(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets, dtype=torch.long))
 
 
-def _cifar(classes: int) -> Callable[[DataConfig, int], DataBundle]:
-    def build(cfg: DataConfig, seed: int) -> DataBundle:
+def _cifar(classes: int) -> Callable[[DataConfig, int, torch.device | None], DataBundle]:
+    def build(cfg: DataConfig, seed: int, device: torch.device | None = None) -> DataBundle:
         if cfg.root is None:
             raise UserError(f"data.root: {cfg.name} needs a directory (train.npz/test.npz, or torchvision's)")
         root = Path(cfg.root).expanduser()
@@ -220,7 +279,7 @@ def _cifar(classes: int) -> Callable[[DataConfig, int], DataBundle]:
             if train.images.shape[1:] != test.images.shape[1:]:
                 raise UserError(f"data.root: {root}: test.npz images are {list(test.images.shape[1:])} (C, H, W), "
                                 f"train.npz images {list(train.images.shape[1:])}")
-        return bundle_from_arrays(cfg, seed, train, test, classes, pad=4)
+        return bundle_from_arrays(cfg, seed, train, test, classes, pad=4, device=device)
 
     return build
 
@@ -230,7 +289,7 @@ DATASETS.add("cifar100", _cifar(100))
 
 
 @DATASETS.register("synthetic")
-def _synthetic(cfg: DataConfig, seed: int) -> DataBundle:
+def _synthetic(cfg: DataConfig, seed: int, device: torch.device | None = None) -> DataBundle:
     """Random 3x32x32 images whose class shifts one channel's mean: learnable, instant, offline."""
     gen = torch.Generator().manual_seed(777)
 
@@ -240,12 +299,14 @@ def _synthetic(cfg: DataConfig, seed: int) -> DataBundle:
         images += (labels * 9).view(-1, 1, 1, 1) * torch.tensor([1, 0, 0]).view(1, 3, 1, 1)
         return Arrays(images.clamp(0, 255).to(torch.uint8), labels)
 
-    return bundle_from_arrays(cfg, seed, split(cfg.synthetic_size), split(cfg.synthetic_size), 10, pad=4)
+    return bundle_from_arrays(cfg, seed, split(cfg.synthetic_size), split(cfg.synthetic_size), 10, pad=4,
+                              device=device)
 
 
 @DATASETS.register("imagefolder")
-def _imagefolder(cfg: DataConfig, seed: int) -> DataBundle:
-    """ImageNet layout: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (the test split)."""
+def _imagefolder(cfg: DataConfig, seed: int, device: torch.device | None = None) -> DataBundle:
+    """ImageNet layout: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (the test split);
+    always the host loader (files are decoded there), whatever ``device``."""
     import torchvision.transforms as T  # lazy: only the ImageFolder path needs them
     from torchvision.datasets import ImageFolder
 

@@ -314,7 +314,7 @@ def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path
     check_names(cfg)  # before any data is read
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    data = build_data(cfg.data, cfg.train.seed)
+    data = build_data(cfg.data, cfg.train.seed, device)
     model = build_model(cfg, data.num_classes, data.input_shape)
     if cfg.model.init_from and not resume_from:
         load_torchvision_file(model, cfg.model.init_from)
