@@ -2,8 +2,9 @@
 config), no Ray and no MLflow (``reporters`` receive progress; ``tracking.MLflowReporter`` is one).
 
 Per epoch: train ``steps_per_epoch`` steps (SGD/AdamW, warm-up + cosine/step/multistep/constant lr
-per step, optionally no weight decay on norms and biases; AMP on CUDA only, channels-last on CPU and
-CUDA), evaluate every pattern (or super/base), write ``<train.out_dir>/last.pt`` atomically, and hand
+per step, optionally no weight decay on norms and biases; AMP on CUDA only, in evaluation too with
+``train.amp_eval``; channels-last on CPU and CUDA; ``train.compile``: the method's model calls
+through ``torch.compile``; ``train.cudnn_benchmark`` on CUDA), evaluate every pattern (or super/base), write ``<train.out_dir>/last.pt`` atomically, and hand
 the metrics to the reporters. With ``train.ema_decay`` > 0 an EMA of the weights is what is
 evaluated, checkpointed (with the optimizer's weights beside it) and returned. ``model.init_from``
 starts from a torchvision ResNet state dict (``models/torchvision_init.py``). A non-finite
@@ -19,7 +20,7 @@ import math
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -74,6 +75,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """``train.amp``'s autocast dtype on ``device``: bf16 where the GPU has it (no loss scaling), else
+    fp16 (scaled); ``None`` (full fp32) off CUDA or with amp off."""
+    if device.type != "cuda" or not amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``'s type; a no-op context for ``None``."""
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -125,8 +139,10 @@ class _Evaluator:
     up to ``train.eval_all_patterns_max_units`` units, else the ladder; the calibrated full network;
     probgates' strategies), ``frontier_score`` over them, ``top1_super``/``top1_base``, ``kl_full_base``."""
 
-    def __init__(self, cfg: Config, model: nn.Module, data: DataBundle, method: Method, device: torch.device) -> None:
+    def __init__(self, cfg: Config, model: nn.Module, data: DataBundle, method: Method, device: torch.device,
+                 amp_dtype: torch.dtype | None = None) -> None:
         self.cfg, self.data, self.method, self.device = cfg, data, method, device
+        self.amp_dtype = amp_dtype  # every evaluation pass runs under this autocast (train.amp_eval)
         n = model.n_units
         self.patterns = all_patterns(n) if n <= cfg.train.eval_all_patterns_max_units else ladder(n)
         self.costs = CandidateCosts(model, data.input_shape, cfg.train.score_cost)
@@ -140,13 +156,18 @@ class _Evaluator:
     def test_metrics(self, model: nn.Module) -> dict[str, float]:
         """``train.final_test``: ``test_top1_<candidate>``, ``test_cost_<candidate>``, ``test_frontier_score``
         and ``test_n`` (the split's image count, for binomial intervals) on the test split."""
-        rows = candidate_table(model, self.method, self.data.test, self.device, input_shape=self.data.input_shape,
-                               patterns=self.patterns, bn_loader=self.data.train,
-                               bn_batches=self.cfg.train.bn_reestimate_batches, seed=self.cfg.train.seed,
-                               costs=self.costs)
+        with autocast(self.device, self.amp_dtype):
+            rows = candidate_table(model, self.method, self.data.test, self.device, input_shape=self.data.input_shape,
+                                   patterns=self.patterns, bn_loader=self.data.train,
+                                   bn_batches=self.cfg.train.bn_reestimate_batches, seed=self.cfg.train.seed,
+                                   costs=self.costs)
         return {f"test_{k}": v for k, v in table_metrics(rows).items()} | {"test_n": float(rows[0].n) if rows else 0.0}
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
+        with autocast(self.device, self.amp_dtype):
+            return self._metrics(model)
+
+    def _metrics(self, model: nn.Module) -> dict[str, float]:
         rows = self.table(model)
         n = model.n_units
         sup, base = SkipPattern.super_net(n), SkipPattern.base_net(n)
@@ -197,23 +218,49 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
+class CompiledModel:
+    """What a method's ``train_step`` sees under ``train.compile``: ``model`` with the three calls a
+    method makes into it (``model(x, gates)``, ``forward_patterns``, ``forward_from_stem``) each through
+    ``torch.compile`` (AOTAutograd compiles their backward too); any other attribute is the model's
+    own, and the weights are shared, so the optimizer, the EMA and the checkpoint see ``model``.
+
+    A ``SkipPattern`` is a Python value, so dynamo specialises one graph per pattern (skipped units
+    are not in it); a keep tensor is an input of one graph. A step re-traces only on a pattern (or
+    shape) not seen before: at most ``2**n_units`` graphs, after which dynamo's ``recompile_limit``
+    runs the rest eagerly (``benchmarks/compile_recompiles.py`` counts them per method)."""
+
+    def __init__(self, model: nn.Module, backend: str) -> None:
+        self.model = model
+        self.forward = torch.compile(model.forward, backend=backend)
+        self.forward_patterns = torch.compile(model.forward_patterns, backend=backend)
+        self.forward_from_stem = torch.compile(model.forward_from_stem, backend=backend)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # only for what __init__ did not set
+        return getattr(self.model, name)
+
+
 class Trainer:
-    """Holds what one training epoch needs: model (put in the configured memory layout), method,
-    optimizer, scaler, autocast."""
+    """Holds what one training epoch needs: model (put in the configured memory layout), the model
+    the method calls (``CompiledModel`` under ``train.compile``), method, optimizer, scaler, autocast."""
 
     def __init__(self, cfg: Config, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
                  device: torch.device, steps: int) -> None:
         self.cfg, self.model, self.method, self.optimizer, self.device, self.steps = cfg, model, method, optimizer, device, steps
-        cuda = device.type == "cuda"
-        self.amp = cuda and cfg.train.amp
+        if device.type == "cuda":  # process-wide; left alone off CUDA
+            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
         self.channels_last = cfg.train.channels_last  # faster on CPU (oneDNN) as well as on CUDA
         if self.channels_last:  # in place: the optimizer keeps the same parameters
             model.to(memory_format=torch.channels_last)
         if device.type == "cpu" and cfg.train.keep_freed_memory:
             keep_freed_memory()
+        self.step_model = model if cfg.train.compile == "off" else CompiledModel(model, cfg.train.compile)
+        self.amp_dtype = autocast_dtype(device, cfg.train.amp)  # None: fp32
+        self.eval_amp_dtype = self.amp_dtype if cfg.train.amp_eval else None
         # bf16 autocast needs no loss scaling; fp16 (older GPUs) does
-        self.amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.total = steps * cfg.train.epochs
         self.warmup = steps * cfg.optim.warmup_epochs
         self.milestones = [m * steps for m in cfg.optim.milestones]  # epochs -> steps
@@ -241,9 +288,8 @@ class Trainer:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
-        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp else nullcontext()
-        with autocast:
-            res = self.method.train_step(self.model, x, y, step, epoch, self._backward)
+        with autocast(self.device, self.amp_dtype):
+            res = self.method.train_step(self.step_model, x, y, step, epoch, self._backward)
         loss = res.loss.detach().item() if res.loss is not None else float(res.parts["loss"])
         if not math.isfinite(loss):
             raise TrainingDiverged(f"training diverged: loss is {loss} at epoch {epoch}, step {step} "
@@ -326,7 +372,7 @@ def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path
     if cfg.train.ema_decay > 0:
         trainer.ema = WeightEMA(model, cfg.train.ema_decay)
     start, history = _resume(resume_from, model, optimizer, method, trainer.ema) if resume_from else (0, [])
-    evaluator = _Evaluator(cfg, model, data, method, device)
+    evaluator = _Evaluator(cfg, model, data, method, device, trainer.eval_amp_dtype)
     path = Path(cfg.train.out_dir) / "last.pt"
     info = {"device": str(device), "steps_per_epoch": steps, "start_epoch": start, "n_units": model.n_units,
             "num_classes": data.num_classes, "input_shape": data.input_shape,

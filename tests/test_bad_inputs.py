@@ -577,3 +577,34 @@ def test_limit_overwrite_or_lookup_refused(case: str, assets: dict, tmp_path: Pa
                                 [tmp_path, assets["dir"]], FAST_S)
     if case.startswith("train_again"):
         assert "--resume" in err[0]
+
+
+# ---------------------------------------------------------------- compute settings (issue 25 item 2)
+
+
+COMPILE_CASES = {
+    "train_unknown_backend": (["train", "--no-mlflow", "--set", "train.compile=tvm"], "train.compile"),
+    "train_compile_not_a_name": (["train", "--no-mlflow", "--set", "train.compile=true"], "train.compile"),
+    "search_fixed_unknown_backend": (["search", "--space", "{space}"], "train.compile"),
+    "search_searched_unknown_backend": (["search", "--space", "{searched}"], "train.compile"),
+    "on_device_imagefolder": (["train", "--no-mlflow", "--set", "data.name=imagefolder", "--set", "data.on_device=true"],
+                              "data.on_device"),
+    "on_device_with_workers": (["train", "--no-mlflow", "--set", "data.on_device=true", "--set", "data.num_workers=2"],
+                               "data.on_device"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPILE_CASES))
+def test_bad_compute_setting_stops_before_any_work(case: str, assets: dict, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """A ``train.compile`` backend that is not offered, fixed or searched in a study, stops with one line
+    naming the key before any trial (or any training) starts; so do data on the device with an
+    ImageFolder set or with loader workers."""
+    text = Path(SPACE).read_text().replace("study:\n  name: quickstart", "study:\n  name: bad_compile")
+    (tmp_path / "space.yaml").write_text(text.replace("  train.device: cpu\n", "  train.device: cpu\n"
+                                                      "  train.compile: tvm\n"))
+    (tmp_path / "searched.yaml").write_text(text.replace("search:\n", "search:\n"
+                                                         "  train.compile: {choice: [aot_eager, tvm]}\n"))
+    argv, name = COMPILE_CASES[case]
+    argv = [a.format(space=tmp_path / "space.yaml", searched=tmp_path / "searched.yaml") for a in argv]
+    _expect_clean_failure(_fill(argv, assets, tmp_path), name, capsys, [tmp_path, assets["dir"]], FAST_S)

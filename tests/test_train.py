@@ -7,9 +7,20 @@ import pytest
 import torch
 from _training import one_thread, quick_cfg
 
-from gatesearch.checkpoint import load_checkpoint
+from gatesearch.checkpoint import build_model, load_checkpoint
+from gatesearch.data import build_data
+from gatesearch.methods import METHODS
 from gatesearch.methods.plain import Plain
-from gatesearch.train import FitResult, TrainingDiverged, build_optimizer, fit
+from gatesearch.train import (
+    FitResult,
+    Trainer,
+    TrainingDiverged,
+    _Evaluator,
+    autocast_dtype,
+    build_optimizer,
+    fit,
+    seed_everything,
+)
 
 _threads = pytest.fixture(autouse=True)(one_thread)
 
@@ -231,3 +242,96 @@ def test_ema_is_evaluated_checkpointed_and_resumed(tmp_path):
     assert len(res.history) == 2 and load_checkpoint(res.checkpoint_path).weights == "ema"
     plain = load_checkpoint(fit(small(tmp_path / "off", train__epochs=1)).checkpoint_path)
     assert plain.weights == "trained" and plain.train_weights is None
+
+
+# ---------------------------------------------------------------- compute settings (train.compile, amp_eval, ...)
+
+
+def _steps(tmp_path, method: str, n: int = 3, dtype: torch.dtype = torch.float32,
+           **flat) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The losses of ``n`` training steps from a fixed seed (model and batches in ``dtype``), and the
+    gradients of the last step (``grad.<name>``) and the weights after it (``<name>``, buffers included)."""
+    import torch._dynamo  # lazy: only the compile tests touch dynamo's cache
+
+    torch._dynamo.reset()  # a clean cache: no graph of an earlier test counts against recompile_limit
+    cfg = quick_cfg(str(tmp_path), method, method__gated_depth__k=2, **flat)  # gated_depth: step 1 distils
+    seed_everything(0)
+    data = build_data(cfg.data, 0)
+    model = build_model(cfg, data.num_classes, data.input_shape).to(dtype)
+    m = METHODS.get(method)(cfg, model, n)
+    trainer = Trainer(cfg, model, m, build_optimizer(cfg.optim, m.param_groups(model), model), torch.device("cpu"), n)
+    losses = [trainer.step(x.to(dtype), y, i, 0)["loss"] for i, (x, y) in zip(range(n), data.train)]
+    grads = {f"grad.{k}": p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return losses, grads | {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_close_each(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], rel_to_max: float) -> None:
+    """Every tensor within ``rel_to_max * max|ref|`` elementwise (integer buffers exactly)."""
+    assert got.keys() == ref.keys()
+    for k, v in ref.items():
+        tol = {"atol": rel_to_max * float(v.abs().max()), "rtol": 0.0} if v.is_floating_point() else {}
+        torch.testing.assert_close(got[k], v, **tol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("method", ["plain", "stochastic_depth", "gated_depth", "adn", "probgates"])
+def test_compiled_training_step_equals_eager(tmp_path, method):
+    """``train.compile`` (aot_eager: dynamo's capture and AOTAutograd's forward/backward graphs, the part
+    that decides what runs, per pattern; inductor's kernels only change the rounding) trains as eager
+    does over 3 steps (gated_depth: pattern, distillation, pattern): losses, last gradients, weights and
+    BN statistics within 1e-5 of each tensor's largest value (measured here: equal to the bit)."""
+    eager_loss, eager = _steps(tmp_path / "eager", method)
+    comp_loss, comp = _steps(tmp_path / "comp", method, train__compile="aot_eager")
+    assert comp_loss == pytest.approx(eager_loss, rel=1e-5)
+    _assert_close_each(comp, eager, 1e-5)
+
+
+def test_channels_last_and_cudnn_benchmark_do_not_change_a_step(tmp_path, monkeypatch):
+    """channels_last changes the memory layout, hence the kernels' summation order, only: two adn steps'
+    losses, the last gradients and the weights within 1e-9 of each tensor's largest value, in float64.
+    Float64 because this network is ill-conditioned at the start (8x8 digits: stage 3 normalises over
+    B*2*2 values, some channels nearly constant), so float32 layouts differ by up to 8 % in a gradient
+    (measured) through 1/sqrt(var + eps) alone; in float64 the same rounding is 3e-14 (measured), and
+    a layout that changed the computation would be off by O(1). cudnn_benchmark is left alone off CUDA."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    nchw_loss, nchw = _steps(tmp_path / "a", "adn", 2, torch.float64, train__channels_last=False,
+                             train__cudnn_benchmark=False)
+    assert torch.backends.cudnn.benchmark is True
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    nhwc_loss, nhwc = _steps(tmp_path / "b", "adn", 2, torch.float64, train__channels_last=True,
+                             train__cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark is False
+    assert nhwc["stem.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert nhwc_loss == pytest.approx(nchw_loss, rel=1e-12)
+    _assert_close_each(nhwc, nchw, 1e-9)
+
+
+def test_amp_dtype_follows_the_keys(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert autocast_dtype(cuda, True) == torch.bfloat16 and autocast_dtype(cuda, False) is None
+    assert autocast_dtype(cpu, True) is None  # train.amp is CUDA only
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(cuda, True) == torch.float16
+
+
+def test_bf16_evaluation_top1_is_close_to_fp32(tmp_path):
+    """``train.amp_eval`` runs the evaluator under the training autocast; on the CPU, bf16 autocast
+    (what a GPU with bf16 gets) against fp32 on the same trained model: every candidate's top-1 within
+    6 of the 144 validation images. bf16 keeps 8 bits of mantissa, so logits move by ~2^-8 of their
+    size and only images whose top-2 margin is that small change class: a net 0-2 of 144 per candidate
+    here (measured for gated_depth, adn and probgates after 40 steps, when margins are still small);
+    an evaluation broken under autocast (a wrong dtype, lost BN statistics) is tens of points off."""
+    cfg, cpu = quick_cfg(str(tmp_path), "gated_depth", train__epochs=1, train__max_steps_per_epoch=40), torch.device("cpu")
+    res = fit(cfg)
+    data = build_data(cfg.data, cfg.train.seed)
+    dtypes = []
+    hook = res.model.stem.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    fp32 = _Evaluator(cfg, res.model, data, res.method, cpu)(res.model)
+    assert set(dtypes) == {torch.float32}
+    dtypes.clear()
+    bf16 = _Evaluator(cfg, res.model, data, res.method, cpu, amp_dtype=torch.bfloat16)(res.model)
+    hook.remove()
+    assert set(dtypes) == {torch.bfloat16}  # evaluation really ran under autocast
+    n = len(data.val.dataset)
+    top1 = [k for k in fp32 if k.startswith("top1_")]
+    assert top1 and all(abs(bf16[k] - fp32[k]) <= 6 / n + 1e-9 for k in top1), {k: (fp32[k], bf16[k]) for k in top1}
