@@ -312,6 +312,9 @@ class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"  # MLflow tracking URI: a SQLite file here, or http://server
     experiment: str = "gatesearch"  # names the experiment's artifact directory of a sqlite:/// store
     run_name: str | None = None
+    # CPU, memory, disk and network (and GPU where present) utilisation logged to the run every 10 s
+    # (MLflow system metrics, shown in the run's "System metrics" tab)
+    system_metrics: bool = False
 
     def __post_init__(self) -> None:
         check_path_name(self.experiment, "tracking.experiment")

@@ -14,9 +14,10 @@ device: no workers, no host-to-device copy per step (airbench's layout, Jordan 2
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -335,3 +336,31 @@ def _imagefolder(cfg: DataConfig, seed: int, device: torch.device | None = None)
 def eval_loader(bundle: DataBundle) -> Iterable:
     """The loader evaluation during training uses: validation, or test when there is no val split."""
     return bundle.val if bundle.val is not None else bundle.test
+
+
+def describe(cfg: DataConfig, bundle: DataBundle) -> list[dict[str, Any]]:
+    """What each split of ``bundle`` is, as an MLflow dataset input names it: ``name``, ``context``
+    (training / validation / test), ``n`` images, ``source`` and a ``digest``: SHA-256 (first 32 hex
+    digits, MLflow's column holds 36) over the whole split, its uint8 images and labels for an
+    in-memory set, its file paths and labels for an image folder; equal digests mean the same images."""
+    out = []
+    for context, loader in (("training", bundle.train), ("validation", bundle.val), ("test", bundle.test)):
+        if loader is None:
+            continue
+        h = hashlib.sha256()
+        ds = getattr(loader, "dataset", None)
+        arrays = (Arrays(loader.images, loader.labels) if isinstance(loader, DeviceLoader)
+                  else ds.data if isinstance(ds, ArrayDataset) else None)
+        if arrays is not None:
+            h.update(arrays.images.detach().cpu().contiguous().numpy().tobytes())
+            h.update(arrays.labels.detach().cpu().numpy().tobytes())
+            n = len(arrays.labels)
+        else:  # an image folder: the files and their labels (reading every image would take minutes)
+            samples = getattr(ds, "samples", [])
+            for path, label in samples:
+                h.update(f"{path}\t{label}\n".encode())
+            n = len(samples)
+        out.append({"name": f"{cfg.name}-{context}", "context": context, "n": n, "digest": h.hexdigest()[:32],
+                    "source": str(cfg.root) if cfg.root else cfg.name,
+                    "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes})
+    return out

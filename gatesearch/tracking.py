@@ -22,9 +22,10 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -115,6 +116,8 @@ class MLflowReporter:
             params = [Param(k, str(v)) for k, v in sorted(to_flat(cfg).items())]
             for i in range(0, len(params), _BATCH):
                 self.client.log_batch(self.run_id, params=params[i:i + _BATCH])
+        log_datasets(self.uri, self.run_id, info.get("datasets", []))
+        self.monitor = start_system_metrics(self.uri, self.run_id) if cfg.tracking.system_metrics else None
 
     def on_step(self, step: int, epoch: int, parts: dict[str, float]) -> None:
         pass  # per-epoch metrics only: per-step logging would dominate a small run's time
@@ -126,11 +129,13 @@ class MLflowReporter:
             self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
 
     def on_end(self, result: Any) -> None:
+        stop_system_metrics(getattr(self, "monitor", None))
         if result.checkpoint_path is not None:
             self.client.log_artifact(self.run_id, str(result.checkpoint_path), artifact_path="checkpoints")
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def on_fail(self, error: BaseException) -> None:
+        stop_system_metrics(getattr(self, "monitor", None))
         if self.run_id is not None:
             status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
             self.client.set_tag(self.run_id, "error", str(error)[:500])
@@ -406,3 +411,32 @@ def register_bundle(uri: str, run_id: str, bundle_dir: str | Path, name: str, al
     version = _with_retries(client.create_model_version, name, source, run_id=run_id, tags=tags)
     _with_retries(client.set_registered_model_alias, name, alias, version.version)
     return str(version.version)
+
+
+def log_datasets(uri: str, run_id: str, datasets: list[dict[str, Any]]) -> None:
+    """Each split (``data.describe``) as an MLflow dataset input of the run, tagged with its context
+    (training / validation / test): the UI's run page lists them with name, digest and source. Logging the
+    same split again (a resumed run) adds nothing: MLflow keys an input by the dataset's name and digest."""
+    inputs = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type="local", source=d["source"],
+                                   schema=json.dumps({"images": ["uint8", *d["input_shape"]], "labels": "int64"}),
+                                   profile=json.dumps({"num_rows": d["n"], "num_classes": d["num_classes"]})),
+                           tags=[InputTag("mlflow.data.context", d["context"])]) for d in datasets]
+    if inputs:
+        _with_retries(study_client(uri).log_inputs, run_id, datasets=inputs)
+
+
+#: How often system metrics are sampled (s); MLflow's own default.
+SYSTEM_METRICS_INTERVAL_S = 10.0
+
+
+def start_system_metrics(uri: str, run_id: str) -> Any:
+    """``tracking.system_metrics``: MLflow's monitor thread logs CPU, memory, disk and network use (and GPU
+    use where NVML finds one) to the run every ``SYSTEM_METRICS_INTERVAL_S``; returns it for ``stop``."""
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor: Any) -> None:
+    if monitor is not None:
+        monitor.finish()

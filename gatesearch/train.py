@@ -33,6 +33,7 @@ from gatesearch.checkpoint import build_model, load_checkpoint, save_checkpoint
 from gatesearch.config import Config, OptimConfig
 from gatesearch.cost import CandidateCosts
 from gatesearch.data import DataBundle, build_data, eval_loader
+from gatesearch.data import describe as describe_data
 from gatesearch.errors import UserError
 from gatesearch.evaluate import candidate_table, kl_between, ladder, table_metrics
 from gatesearch.methods import METHODS, Method
@@ -376,7 +377,8 @@ def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path
     path = Path(cfg.train.out_dir) / "last.pt"
     info = {"device": str(device), "steps_per_epoch": steps, "start_epoch": start, "n_units": model.n_units,
             "num_classes": data.num_classes, "input_shape": data.input_shape,
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": sum(p.numel() for p in model.parameters()),
+            "datasets": describe_data(cfg.data, data)}  # what each split is (MLflow dataset inputs)
     for r in reporters:
         r.on_start(cfg, info)
     try:

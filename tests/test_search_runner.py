@@ -133,6 +133,14 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
     children = child_runs(uri, summary)
     assert len(children) == 4
     assert len({c.data.tags["gatesearch.trial_id"] for c in children}) == 4
+    # every child run names its data: one MLflow dataset input per split, digests equal across trials
+    for c in children:
+        inputs = {i.tags[0].value: i.dataset for i in client.get_run(c.info.run_id).inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation", "test"}
+        assert inputs["training"].name == "digits-training" and len(inputs["training"].digest) == 32
+        assert json.loads(inputs["training"].profile)["num_rows"] == 192  # data.train_subset
+    digests = {client.get_run(c.info.run_id).inputs.dataset_inputs[0].dataset.digest for c in children}
+    assert len(digests) == 1
     for c in children:
         assert c.data.tags["dataset"] == "digits" and c.data.tags["model"] == "resnet20"
         assert c.data.tags["method"] == c.data.params["method.name"]

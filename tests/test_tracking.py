@@ -51,3 +51,34 @@ def test_sqlite_store_in_a_new_directory_keeps_artifacts_beside_it(tmp_path, mon
     assert study_experiment_id(uri, "my study") == exp_id and (store / "mlflow.db").is_file()
     location = MlflowClient(uri).get_experiment(exp_id).artifact_location
     assert location == (store / "mlruns" / "my_study").as_uri()
+
+
+def test_system_metrics_and_dataset_inputs_reach_the_run(tmp_path, monkeypatch):
+    """tracking.system_metrics: MLflow's monitor samples CPU and memory into the run while it trains; and
+    every run records its three splits as dataset inputs whose digest changes with the split seed."""
+    import time
+
+    from gatesearch import tracking
+
+    monkeypatch.setattr(tracking, "SYSTEM_METRICS_INTERVAL_S", 0.2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    class Slow:  # a reporter that keeps the run open long enough for a few samples
+        def on_start(self, cfg, info): pass
+        def on_step(self, step, epoch, parts): pass
+        def on_epoch_end(self, epoch, metrics, path): time.sleep(1.0)
+        def on_end(self, result): pass
+
+    runs = []
+    for split_seed in (0, 1):
+        cfg = quick_cfg(str(tmp_path / f"out{split_seed}"), "plain", train__epochs=1, train__max_steps_per_epoch=2,
+                        tracking__system_metrics=True, data__split_seed=split_seed)
+        rep = MLflowReporter(uri, "sysm")
+        fit(cfg, [Slow(), rep])
+        runs.append(MlflowClient(uri).get_run(rep.run_id))
+    assert any(k.startswith("system/cpu_utilization") for k in runs[0].data.metrics), sorted(runs[0].data.metrics)
+    assert any(k.startswith("system/system_memory_usage") for k in runs[0].data.metrics)
+    inputs = [{i.tags[0].value: i.dataset for i in r.inputs.dataset_inputs} for r in runs]
+    assert set(inputs[0]) == {"training", "validation", "test"}
+    assert inputs[0]["training"].digest != inputs[1]["training"].digest  # another split: other images
+    assert inputs[0]["test"].digest == inputs[1]["test"].digest  # the test split does not move with it

@@ -109,7 +109,10 @@ class _TuneReporter:
         self.carried: dict[str, float] = {}
 
     def on_start(self, cfg: Any, info: dict[str, Any]) -> None:
-        pass
+        tracking.log_datasets(self.ctx.tracking_uri, self.run_id, info.get("datasets", []))
+        _stop_monitor()
+        if cfg.tracking.system_metrics:
+            _MONITOR["thread"] = tracking.start_system_metrics(self.ctx.tracking_uri, self.run_id)
 
     def on_step(self, step: int, epoch: int, parts: dict[str, float]) -> None:
         pass
@@ -146,7 +149,20 @@ class _TuneReporter:
                 os._exit(17)  # a dying worker: Tune retries the trial from this checkpoint
 
     def on_end(self, result: Any) -> None:
-        pass
+        _stop_monitor()
+
+    def on_fail(self, error: BaseException) -> None:
+        _stop_monitor()
+
+
+#: This worker process's system-metrics thread (``tracking.system_metrics``). A trial that ASHA stops never
+#: returns from ``tune.report``, so its thread is stopped when the worker starts its next trial.
+_MONITOR: dict[str, Any] = {"thread": None}
+
+
+def _stop_monitor() -> None:
+    tracking.stop_system_metrics(_MONITOR["thread"])
+    _MONITOR["thread"] = None
 
 
 def scratch_dir(ctx: TrialContext) -> Path:
