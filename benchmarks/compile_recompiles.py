@@ -3,8 +3,9 @@
 ``train.CompiledModel`` compiles the three calls a method makes into the model (``forward``,
 ``forward_patterns``, ``forward_from_stem``). A ``SkipPattern`` is a Python value, so dynamo keeps
 one graph per pattern it has seen: a step re-traces only on a pattern (or shape) new to it, never
-per step, and at most ``2**n_units`` times; past ``torch._dynamo.config.recompile_limit`` graphs of
-one function dynamo stops compiling it and runs the rest of the run eagerly (``fallback``). Each row
+per step, and at most ``2**n_units`` times; past its limit of graphs per function
+(``gatesearch.train.compile_recompile_limit``: every pattern up to 4 units, dynamo's default above) dynamo stops
+compiling it and runs the rest of the run eagerly (``fallback``). Each row
 trains one epoch of digits (resnet20, batch 32) from a clean dynamo cache, then reads the cache
 entries of those functions: ``graphs`` (entries), ``recompiles`` (entries beyond the first of each
 function), ``graph_breaks`` (dynamo's counter). ``epoch s`` is the epoch's training time with
@@ -36,6 +37,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "stochastic_depth": {"method.name": "stochastic_depth"},
     "gated_depth": {"method.name": "gated_depth"},
     "gated_depth (block)": {"method.name": "gated_depth", "model.gating": "block"},
+    "stochastic_depth (resnet18)": {"method.name": "stochastic_depth", "model.name": "resnet18"},
     "adn": {"method.name": "adn"},
     "adn (two_backward)": {"method.name": "adn", "method.adn.two_backward": True},
     "probgates (logit)": {"method.name": "probgates", "model.gate_head": "logit"},
@@ -66,8 +68,9 @@ def main() -> None:
     args = ap.parse_args()
     limit = torch._dynamo.config.recompile_limit
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, device cpu, "
-          f"backend {args.backend}, recompile_limit {limit}; resnet20 on digits, batch 32, one epoch")
-    head = f"{'row':<24} {'units':>5} {'graphs':>14} {'recompiles':>10} {'breaks':>6} {'fallback':>8} {'epoch s':>14}"
+          f"backend {args.backend}, dynamo's recompile_limit {limit}; resnet20 (unless named) on digits, batch 32, "
+          "one epoch")
+    head = f"{'row':<28} {'units':>5} {'graphs':>14} {'recompiles':>10} {'breaks':>6} {'fallback':>8} {'epoch s':>14}"
     print(head + "\n" + "-" * len(head))
     for name in args.only or ROWS:
         torch._dynamo.reset()
@@ -80,7 +83,7 @@ def main() -> None:
         fallback = "yes" if any("recompile limit" in k for k in counters["unimplemented"]) else "no"
         graphs = "/".join(str(k) for k in e)
         ratio = f"{t_comp:.1f}/{t_eager:.1f}={t_comp / t_eager:.1f}x"
-        print(f"{name:<24} {n_units:>5} {graphs:>14} {recompiles:>10} {breaks:>6} {fallback:>8} {ratio:>14}", flush=True)
+        print(f"{name:<28} {n_units:>5} {graphs:>14} {recompiles:>10} {breaks:>6} {fallback:>8} {ratio:>14}", flush=True)
     print("graphs: cache entries of forward/forward_patterns/forward_from_stem; recompiles: entries beyond the first "
           "of each; fallback: a function reached recompile_limit (later new patterns ran eagerly)")
 

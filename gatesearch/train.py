@@ -219,6 +219,14 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
+def compile_recompile_limit(n_units: int, default: int) -> int:
+    """Graphs ``train.compile`` keeps per compiled function: one per skip pattern for up to 4 units
+    (2^4 = 16, ResNet-50's stage gating; +2 for the all-on and keep-tensor calls), dynamo's ``default``
+    above that: with 2^9 patterns (block gating) a compile per new pattern would cost more than it
+    saves, so after ``default`` of them the rest run eagerly."""
+    return max(default, 2 ** n_units + 2) if n_units <= 4 else default
+
+
 class CompiledModel:
     """What a method's ``train_step`` sees under ``train.compile``: ``model`` with the three calls a
     method makes into it (``model(x, gates)``, ``forward_patterns``, ``forward_from_stem``) each through
@@ -227,17 +235,34 @@ class CompiledModel:
 
     A ``SkipPattern`` is a Python value, so dynamo specialises one graph per pattern (skipped units
     are not in it); a keep tensor is an input of one graph. A step re-traces only on a pattern (or
-    shape) not seen before: at most ``2**n_units`` graphs, after which dynamo's ``recompile_limit``
-    runs the rest eagerly (``benchmarks/compile_recompiles.py`` counts them per method)."""
+    shape) not seen before, at most ``2**n_units`` times; ``recompile_limit`` graphs per function
+    (``compile_recompile_limit``) are compiled, later new patterns run eagerly
+    (``benchmarks/compile_recompiles.py`` counts them per method)."""
 
     def __init__(self, model: nn.Module, backend: str) -> None:
+        import torch._dynamo  # lazy: 1.5 s of import that only train.compile needs
+
         self.model = model
-        self.forward = torch.compile(model.forward, backend=backend)
-        self.forward_patterns = torch.compile(model.forward_patterns, backend=backend)
-        self.forward_from_stem = torch.compile(model.forward_from_stem, backend=backend)
+        self._config = torch._dynamo.config  # patched for our calls only: other compiled code keeps its limit
+        self._limit = compile_recompile_limit(model.n_units, self._config.recompile_limit)
+        self._forward = torch.compile(model.forward, backend=backend)
+        self._forward_patterns = torch.compile(model.forward_patterns, backend=backend)
+        self._forward_from_stem = torch.compile(model.forward_from_stem, backend=backend)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self._config.patch(recompile_limit=self._limit):
+            return self._forward(*args, **kwargs)
+
+    def forward_patterns(self, *args: Any, **kwargs: Any) -> Any:
+        with self._config.patch(recompile_limit=self._limit):
+            return self._forward_patterns(*args, **kwargs)
+
+    def forward_from_stem(self, *args: Any, **kwargs: Any) -> Any:
+        with self._config.patch(recompile_limit=self._limit):
+            return self._forward_from_stem(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:  # only for what __init__ did not set
         return getattr(self.model, name)

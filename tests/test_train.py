@@ -18,6 +18,7 @@ from gatesearch.train import (
     _Evaluator,
     autocast_dtype,
     build_optimizer,
+    compile_recompile_limit,
     fit,
     seed_everything,
 )
@@ -283,6 +284,11 @@ def test_compiled_training_step_equals_eager(tmp_path, method):
     comp_loss, comp = _steps(tmp_path / "comp", method, train__compile="aot_eager")
     assert comp_loss == pytest.approx(eager_loss, rel=1e-5)
     _assert_close_each(comp, eager, 1e-5)
+
+
+def test_compile_keeps_a_graph_per_pattern_up_to_four_units():
+    assert [compile_recompile_limit(n, 8) for n in (0, 2, 3, 4, 5, 9)] == [8, 8, 10, 18, 8, 8]
+    assert compile_recompile_limit(3, 64) == 64  # never below what the user set
 
 
 def test_channels_last_and_cudnn_benchmark_do_not_change_a_step(tmp_path, monkeypatch):
