@@ -5,7 +5,10 @@ every method (a multiple of gated_depth's k, so its distillation steps are avera
 ``plain`` before and after them. A method's ratio in a round is its time over the mean of that
 round's two plain timings, so load that drifts between rounds cancels; the table prints the
 median ratio over rounds with its interquartile range, the fastest round's ms/step, and the
-issue's target for each method (adn <= 1.7, gated_depth <= 1.15, probgates <= 1.2).
+issue's target for each method (adn <= 1.7, gated_depth <= 1.15, probgates <= 1.2), and the achieved
+multiply-accumulate rate of each method's step (its MACs, forward and backward, counted by torch's flop
+counter, over its fastest round's time) next to the machine's own peak measured in the same run (a large
+fp32 matmul), so a reader sees how far from the roof each method runs.
 
     python benchmarks/train_step.py [--model resnet20] [--stem cifar] [--resolution 32] [--batch 64] [--rounds 9]
                                     [--steps 8] [--device auto] [--only VARIANT ...] [--keep-freed-memory on|off]
@@ -31,6 +34,7 @@ import torch
 from gatesearch.checkpoint import build_model
 from gatesearch.config import Config, from_flat
 from gatesearch.cost import count_macs
+from gatesearch.flops import flop_counter
 from gatesearch.methods import METHODS
 from gatesearch.patterns import SkipPattern
 from gatesearch.train import Trainer, build_optimizer, resolve_device
@@ -66,6 +70,35 @@ def _setup(name: str, extra: dict, args: argparse.Namespace, device: torch.devic
 def _base_net_mac_share(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
     """MACs of the base-net over the super-net's, for one input of ``shape`` (C, H, W)."""
     return count_macs(model, SkipPattern.base_net(model.n_units), (1, *shape)) / count_macs(model, None, (1, *shape))
+
+
+def _step_macs(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    """Multiply-accumulates of one training step (forward, backward and every extra pass the method makes,
+    averaged over ``steps`` steps: a multiple of gated_depth's k), counted by torch's flop counter (FLOPs / 2)."""
+    with flop_counter() as counter:
+        for s in range(steps):
+            trainer.step(x, y, s, 0)
+    return counter.get_total_flops() / 2 / steps
+
+
+def _peak_macs(device: torch.device) -> tuple[float, int]:
+    """This machine's multiply-accumulate rate on a large fp32 matmul (n^3 MACs; the faster of two sizes,
+    median of 5), the roof the training steps are read against; returns (MAC/s, n)."""
+    best = (0.0, 0)
+    for n in ((1024, 2048) if device.type == "cpu" else (4096, 8192)):
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        a @ b
+        runs = []
+        for _ in range(5):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            a @ b
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            runs.append(time.perf_counter() - t)
+        best = max(best, (n**3 / statistics.median(runs), n))
+    return best
 
 
 def _time(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int, start: int) -> float:
@@ -119,17 +152,21 @@ def main() -> None:
             times[n].append(t)
             ratios[n].append(t / round_times["plain"])
     base_share = _base_net_mac_share(trainers["plain"].model, shape)  # plain trains the same stage-gated model
+    macs = {n: _step_macs(tr, x, y, args.steps) for n, tr in trainers.items()}  # after timing: not in the times
+    peak, n_peak = _peak_macs(device)
     print(f"torch {torch.__version__}  threads {torch.get_num_threads()}  device {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}  model {args.model} "
           f"({args.stem} stem, base-net {base_share:.3f} of the MACs)  batch {args.batch}x{'x'.join(map(str, shape))}  "
           f"rounds {args.rounds} x {args.steps} steps  keep_freed_memory {args.keep_freed_memory}"
-          f"  flush_denormal {args.flush_denormal}")
-    print(f"{'method':<24} {'ms/step':>8} {'ratio to plain':>15} {'(IQR)':>13} {'target':>7}")
+          f"  flush_denormal {args.flush_denormal}  peak {peak / 1e9:.1f} GMAC/s (fp32 matmul {n_peak}^3)")
+    print(f"{'method':<24} {'ms/step':>8} {'GMAC/s':>8} {'of peak':>8} {'ratio to plain':>15} {'(IQR)':>13} {'target':>7}")
     for n in names:
         q1, med, q3 = statistics.quantiles(ratios[n], n=4, method="inclusive") if len(ratios[n]) > 1 else [ratios[n][0]] * 3
         target = TARGETS.get(n.split(" ")[0])
         verdict = "" if target is None else f"<= {target:<4} {'PASS' if med <= target else 'FAIL'}"
-        print(f"{n:<24} {min(times[n]) * 1e3:8.1f} {med:15.2f} {f'({q1:.2f}-{q3:.2f})':>13} {verdict:>7}")
+        rate = macs[n] / min(times[n])  # achieved: the step's MACs over its fastest round
+        print(f"{n:<24} {min(times[n]) * 1e3:8.1f} {rate / 1e9:8.2f} {rate / peak:8.1%} {med:15.2f} "
+              f"{f'({q1:.2f}-{q3:.2f})':>13} {verdict:>7}")
 
 
 if __name__ == "__main__":

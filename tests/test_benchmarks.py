@@ -31,6 +31,10 @@ def test_train_step_benchmark_prints_base_net_share_and_a_verdict_per_target():
     # resnet20: 2 of 3 blocks mandatory per stage -> the base-net is 0.653 of the super-net's MACs
     assert "model resnet20 (cifar stem, base-net 0.653 of the MACs)" in header
     assert "batch 4x3x32x32" in header and "flush_denormal on" in header
+    peak = float(re.search(r"peak (\d+\.\d+) GMAC/s \(fp32 matmul \d+\^3\)", header).group(1))
+    for row in rows:  # the achieved multiply-accumulate rate next to the peak measured in the same run
+        rate, share = re.search(r"^\S+ +\d+\.\d+ +(\d+\.\d+) +(\d+\.\d)% ", row).groups()
+        assert 0 < float(rate) and abs(float(rate) / peak * 100 - float(share)) <= 0.1 + 0.01 * float(share)
     assert [r.split()[0] for r in rows] == ["plain", "adn", "gated_depth"]
     for row, target in zip(rows[1:], ("1.7", "1.15")):
         m = re.search(r"(\d+\.\d+) +\((\d+\.\d+)-(\d+\.\d+)\) +<= (\S+) +(PASS|FAIL)$", row)
