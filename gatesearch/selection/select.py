@@ -34,7 +34,7 @@ from gatesearch.selection.pareto import Menu, build_menu, write_menu
 from gatesearch.selection.plots import save_figures
 from gatesearch.stats import wilson_interval
 from gatesearch.tracking import find_run_checkpoint, log_selection
-from gatesearch.train import restore_method
+from gatesearch.train import autocast, autocast_dtype, restore_method
 
 MEASURE_MAX_PATTERNS = 64
 
@@ -237,15 +237,18 @@ def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
     dev = torch_device(o.torch_device)
     ck = load_checkpoint(path, map_location=dev)
     cfg = with_overrides(ck.config, {"data.root": o.data_root}) if o.data_root else ck.config
-    data = build_data(cfg.data, cfg.train.seed)
+    # the data path and precision training evaluated with (data.on_device, train.amp_eval): the same numbers
+    data = build_data(cfg.data, cfg.train.seed, dev)
+    precision = autocast_dtype(dev, cfg.train.amp) if cfg.train.amp_eval else None
     split = "val" if data.val is not None else "test"
     if cfg.train.channels_last:  # the memory layout training evaluated in: the same numbers, bit for bit
         ck.model.to(memory_format=torch.channels_last)
     method = restore_method(cfg, ck.model, data, ck.method_state)
     n_bn = cfg.train.bn_reestimate_batches if o.reestimate_bn is None else o.reestimate_bn
-    table = candidate_table(ck.model, method, Progress(eval_loader(data), f"scoring on {split}"), dev,
-                            input_shape=tuple(ck.input_shape), bn_loader=data.train, bn_batches=n_bn,
-                            seed=cfg.train.seed, beam_width=o.beam_width, cost=cfg.train.score_cost)
+    with autocast(dev, precision):
+        table = candidate_table(ck.model, method, Progress(eval_loader(data), f"scoring on {split}"), dev,
+                                input_shape=tuple(ck.input_shape), bn_loader=data.train, bn_batches=n_bn,
+                                seed=cfg.train.seed, beam_width=o.beam_width, cost=cfg.train.score_cost)
     n = ck.model.n_units
     search = "exhaustive" if n <= EXHAUSTIVE_MAX_UNITS else f"beam(width={o.beam_width})"
     bn_mode = "reestimated" if n_bn > 0 else "switchable" if ck.model.switchable_bn else "plain"
