@@ -346,3 +346,19 @@ def test_seeded_table_renders_means_paired_intervals_and_claims(tmp_path):
             "no difference detected with 3 seeds (interval [-0.0048, +0.0448])") in out
     assert "Gated Depth Sec. 6.2" in out and "needs adn and gated_depth" in out
     assert (folder / "frontier.png").stat().st_size > 0
+
+
+def test_gpu_check_smoke_runs_every_check_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py is ready for a lent GPU: --smoke runs every check with tiny sizes here."""
+    out = tmp_path / "gpu_check.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--device", "cpu",
+                    "--out", str(out)], check=True, capture_output=True, text=True, timeout=600)
+    r = json.loads(out.read_text())
+    assert r["smoke"] and r["device"] == "cpu"
+    assert {row["method"] for row in r["throughput"]} == {"plain", "stochastic_depth", "adn", "gated_depth", "probgates"}
+    assert all(row["images_per_s"] > 0 for row in r["throughput"])
+    assert [c["trials"] for c in r["concurrency"]] == [1, 2] and len(r["concurrency"][1]["per_trial"]) == 2
+    lat = r["resnet50_latency"]
+    assert 0 < lat["mac_ratio"] < 1 and lat["base_ms"] > 0 and lat["super_ms"] > 0
+    assert r["ddp"]["backend"] == "gloo" and r["ddp"]["same_weights"] is True  # gradients really all-reduced
+    assert r["cifar_run"] == {"skipped": "no --data-root"}
