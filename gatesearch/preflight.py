@@ -81,20 +81,47 @@ def torch_device(name: str, what: str) -> str:
     return name
 
 
-def check_trusted_storage(storage: Path, study_dir: Path) -> None:
-    """``--resume`` unpickles Ray Tune's ``tuner.pkl`` (and the searcher's and trainable's pickles
-    beside it) from the study directory, which runs code: refuse a storage that someone else could
-    have written (writable by all, or owned by another user than this one or root), from the storage
-    directory down to each pickle."""
+# What Tune deserialises when a study is restored (``Tuner.restore``, ``ExperimentAnalysis``): the tuner, the
+# experiment state (JSON with cloudpickle fallbacks), the search generator's and the searcher's state (pickles,
+# whatever the suffix) and, per trial directory, its config and its error (pickles).
+_UNPICKLED = ("*.pkl", "experiment_state-*.json", "search_gen_state-*.json", "basic-variant-state-*.json")
+_WRITE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+
+
+def _refuse_untrusted(path: Path, me: int) -> None:
+    """``path`` is a real directory or regular file (no link, no device), owned by ``me`` or root, that neither
+    its group nor other users can write."""
+    st = os.lstat(path)
+    why = ""
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        why = "is a symbolic link or special file, not one Tune wrote"
+    elif st.st_uid not in (me, 0):
+        why = f"belongs to user id {st.st_uid}, not to you"
+    elif st.st_mode & _WRITE_BY_OTHERS:
+        why = "is writable by every user" if st.st_mode & stat.S_IWOTH else "is writable by its group"
+    if why:
+        raise UserError(f"--resume: {path} {why}; a resumed study unpickles code from it (resume only a storage "
+                        f"you trust: chmod -R go-w it, or start the study in a new --storage)")
+
+
+def check_trusted_storage(storage: Path, *experiment_dirs: Path) -> None:
+    """``--resume`` unpickles what Tune saved in each experiment directory (a study's, its re-evaluation's),
+    which runs code: refuse it unless every such file and every directory from ``storage`` down to it is a
+    plain file or directory owned by this user or root that neither its group nor other users can write.
+    Checked: ``storage``; each experiment directory, its top-level files (``tuner.pkl``, ``experiment_state-*``,
+    the searcher's and search generator's state, the study's JSON records) and its subdirectories; each
+    subdirectory's pickles (a trial's ``params.pkl``, ``error.pkl``). Checkpoints are not: they are loaded with
+    ``torch.load(weights_only=True)``."""
     me = os.geteuid()
-    pickles = sorted(study_dir.glob("*.pkl")) if study_dir.is_dir() else []
-    for p in (storage, study_dir, *pickles):
-        if not p.exists():
+    if storage.exists() or storage.is_symlink():
+        _refuse_untrusted(storage, me)
+    for directory in experiment_dirs:
+        if not (directory.exists() or directory.is_symlink()):
             continue
-        st = p.stat()
-        if st.st_mode & stat.S_IWOTH:
-            raise UserError(f"--resume: {p} is writable by every user; a resumed study unpickles code from it "
-                            f"(chmod o-w {p}, or start a new study in another --storage)")
-        if st.st_uid not in (me, 0):
-            raise UserError(f"--resume: {p} belongs to user id {st.st_uid}, not to you; a resumed study unpickles "
-                            "code from it (resume only a storage you trust)")
+        _refuse_untrusted(directory, me)
+        for entry in sorted(directory.iterdir()):
+            _refuse_untrusted(entry, me)
+            if entry.is_dir() and not entry.is_symlink():
+                for pattern in _UNPICKLED:
+                    for p in sorted(entry.glob(pattern)):
+                        _refuse_untrusted(p, me)

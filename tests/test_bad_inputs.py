@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _planted import PLACES, plant
 
 from gatesearch.checkpoint import build_model, save_checkpoint
 from gatesearch.cli import main
@@ -608,3 +609,99 @@ def test_bad_compute_setting_stops_before_any_work(case: str, assets: dict, tmp_
     argv, name = COMPILE_CASES[case]
     argv = [a.format(space=tmp_path / "space.yaml", searched=tmp_path / "searched.yaml") for a in argv]
     _expect_clean_failure(_fill(argv, assets, tmp_path), name, capsys, [tmp_path, assets["dir"]], FAST_S)
+
+
+# ---------------------------------------------------------------- --resume trusts only what it checks (issue 27 item 2)
+
+
+def _tamper(kind: str, target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the store untrusted at ``target`` (a planted payload) in one way; returns the path the refusal names."""
+    if kind == "file_group_writable":
+        target.chmod(0o664)
+    elif kind == "file_other_writable":
+        target.chmod(0o646)
+    elif kind == "dir_group_writable":
+        target.parent.chmod(0o775)
+        return target.parent
+    elif kind == "symlink":  # a link to a file outside the store, however harmless its own modes look
+        outside = tmp_path / "elsewhere.pkl"
+        outside.write_bytes(target.read_bytes())
+        target.unlink()
+        target.symlink_to(outside)
+    elif kind == "foreign_owner":  # another user's file, faked in the os.lstat result the check reads
+        real = os.lstat
+
+        def lstat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+            st = real(path, *args, **kwargs)
+            if os.fspath(path) != str(target):
+                return st
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, 54321, st.st_gid, st.st_size,
+                                   int(st.st_atime), int(st.st_mtime), int(st.st_ctime)))
+
+        monkeypatch.setattr(os, "lstat", lstat)
+    return target
+
+
+TAMPERS = ["file_group_writable", "file_other_writable", "dir_group_writable", "symlink", "foreign_owner"]
+
+
+@pytest.mark.parametrize("tamper", TAMPERS)
+@pytest.mark.parametrize("place", sorted(PLACES))
+def test_resume_refuses_a_planted_payload(place: str, tamper: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """Every file Tune unpickles on ``--resume`` (the study's and its re-evaluation's tuner, experiment state,
+    search state, each trial's params.pkl and error.pkl) holds a payload; tampered with in any one place,
+    ``--resume`` stops with one line naming that path, before the payload can run."""
+    storage, marker = tmp_path / "rr", tmp_path / "payload_ran"
+    named = _tamper(tamper, plant(storage, marker)[place], tmp_path, monkeypatch)
+    argv = ["search", "--space", SPACE, "--storage", str(storage), "--resume",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    try:
+        err = _expect_clean_failure(argv, "--resume", capsys, [tmp_path], FAST_S)
+    finally:
+        named.chmod(0o755 if named.is_dir() else 0o644)
+    assert str(named) in err[0] and not marker.exists()
+
+
+# ---------------------------------------------------------------- a study's store is one study's (issue 27 item 4)
+
+
+_HOLD = ("import sys, time\nfrom pathlib import Path\nfrom gatesearch.search.preflight import study_lock\n"
+         "with study_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_second_search_on_a_locked_study_names_the_holder(resume: bool, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Another ``search`` holds the study (here a process holding its lock): a second one, resumed or not, stops
+    with one line naming the holder's pid and host, and changes nothing in the store."""
+    storage = tmp_path / "rr"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(storage / "quickstart")], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["search", "--space", SPACE, "--storage", str(storage), "--tracking-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}", *(["--resume"] if resume else [])]
+        err = _expect_clean_failure(argv, "--storage", capsys, [tmp_path], FAST_S)
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in err[0]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ---------------------------------------------------------------- resources the cluster cannot give (issue 27 item 6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: a GPU trial fits its local Ray")
+@pytest.mark.parametrize("gpu", [1, 0.5])
+def test_gpu_trials_on_a_local_ray_without_a_gpu(gpu: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """``study.resources.gpu > 0`` on a local Ray with no GPU stops before any trial (it used to wait PENDING
+    until the time budget): one line naming the key, no parent run, no store."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # else Ray's first local start in a process logs a line about it
+    text = Path(SPACE).read_text()
+    assert "resources: {cpu: 1, gpu: 0}" in text
+    (tmp_path / "space.yaml").write_text(text.replace("resources: {cpu: 1, gpu: 0}", f"resources: {{cpu: 1, gpu: {gpu}}}"))
+    argv = ["search", "--space", str(tmp_path / "space.yaml"),
+            "--storage", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    _expect_clean_failure(argv, "study.resources.gpu", capsys, [tmp_path], 90.0)  # a local Ray starts first

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -461,3 +462,43 @@ def test_study_removes_only_its_own_scratch(local_ray, tmp_path):
         for d in (root / study, root / f"other-{os.getpid()}"):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
+
+
+@RAY_TIMING
+def test_one_search_per_study_and_a_killed_one_is_resumed(local_ray, tmp_path, capsys):
+    """A study running in another process (written under a group-writable umask) holds its store: a second
+    ``search --resume`` exits 2 naming that process; once it is killed (SIGKILL: no clean-up ran), ``--resume``
+    takes over its lock, trusts the store it wrote and finishes the study."""
+    from gatesearch.cli import main
+    from gatesearch.preflight import check_trusted_storage
+    from gatesearch.search.preflight import LOCK_FILE
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = tiny_space(tmp_path, "locked", trials=3, epochs=2, grace=2)
+    study = tmp_path / "rr" / "locked"
+    cmd = [sys.executable, "-m", "gatesearch.cli", "search", "--space", str(space), "--tracking-uri", uri,
+           "--storage", str(tmp_path / "rr"), "--address", local_ray]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: os.umask(0o002),
+                            env={**os.environ, "PYTHONPATH": str(ROOT), FAULT_ENV: "slow@1,slow@2"})
+    deadline, finished = time.time() + 120, []
+    while time.time() < deadline and proc.poll() is None and not finished:
+        time.sleep(1)
+        if (study / "mlflow_parent.json").is_file():
+            ids = json.loads((study / "mlflow_parent.json").read_text())
+            finished = [r for r in MlflowClient(uri).search_runs([ids["experiment_id"]], filter_string=(
+                f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}'")) if r.info.status == "FINISHED"]
+    assert finished, proc.communicate()[0][-3000:] if proc.poll() is not None else "no trial finished in time"
+    rc = main(["search", "--space", str(space), "--tracking-uri", uri, "--storage", str(tmp_path / "rr"), "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"pid {proc.pid} on host {socket.gethostname()}" in err[0], err
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert (study / LOCK_FILE).is_file()  # the killed holder left its file
+
+    summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
+                                       resume=True, verbose=0))
+    assert f"left by pid {proc.pid}" in capsys.readouterr().err
+    assert summary["n_trials"] == 3 and summary["n_complete"] == 3 and not summary["interrupted"]
+    assert not (study / LOCK_FILE).exists()
+    check_trusted_storage(tmp_path / "rr", study)  # what both processes wrote passes the check again

@@ -37,7 +37,7 @@ from gatesearch.errors import UserError
 from gatesearch.search import reeval, report
 from gatesearch.search.algorithms import BaselineASHA, StudySearch, stop_of
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
-from gatesearch.search.preflight import check_search, ray_connect_error
+from gatesearch.search.preflight import check_search, fit_to_cluster, ray_connect_error, study_lock
 from gatesearch.search.space import SearchSpace, load_space
 from gatesearch.search.trainable import (
     CHECKPOINT_FILE,
@@ -88,22 +88,35 @@ def _absolute_paths(space: SearchSpace) -> dict[str, Any]:
     return fixed
 
 
-def _init_ray(opts: SearchOptions, space: SearchSpace) -> bool:
-    """Connect to ``opts.address`` or start a local Ray; True when this call started it."""
+LOCAL_OVERSUBSCRIPTION = 2  # a local Ray gets up to this many CPU slots per core for concurrent trials
+
+
+def _init_ray(opts: SearchOptions, space: SearchSpace) -> tuple[bool, SearchSpace]:
+    """Connect to ``opts.address`` or start a local Ray; True when this call started it, and the space with
+    ``max_concurrent_trials`` capped to what the cluster holds (``preflight.fit_to_cluster``)."""
     import ray  # lazy (each Ray/Optuna import here): seconds to import; checks run first
 
-    if ray.is_initialized():
-        return False
-    if opts.address:
+    s = space.study
+    started, local = not ray.is_initialized(), opts.address in (None, "local")
+    if started and not local:
         try:
             ray.init(address=opts.address, logging_level="WARNING")
         except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as e:  # e.g. token auth, no token
             raise UserError(ray_connect_error(opts.address, e)) from None
-    else:
-        need = math.ceil(space.study.max_concurrent_trials * space.study.cpu)
-        ray.init(num_cpus=opts.num_cpus or max(need, os.cpu_count() or 1), include_dashboard=False,
-                 logging_level="WARNING")
-    return True
+    elif started:
+        cores = os.cpu_count() or 1
+        need = min(math.ceil(s.max_concurrent_trials * s.cpu), LOCAL_OVERSUBSCRIPTION * cores)
+        ray.init(address=opts.address, num_cpus=opts.num_cpus or max(need, cores, math.ceil(s.cpu)),
+                 include_dashboard=False, logging_level="WARNING")
+    try:  # before any trial: a GPU trial on a local Ray without one would wait PENDING until the time budget
+        cap, warning = fit_to_cluster(s.max_concurrent_trials, s.cpu, s.gpu, ray.cluster_resources(), local)
+    except UserError:
+        if started:
+            ray.shutdown()
+        raise
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return started, dataclasses.replace(space, study=dataclasses.replace(s, max_concurrent_trials=cap))
 
 
 def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Path) -> tuple[str, str]:
@@ -411,14 +424,23 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     uri = absolute_tracking_uri(opts.tracking_uri or from_flat(space.fixed).tracking.uri)
     storage = Path(opts.storage or DEFAULT_STORAGE).expanduser().resolve()
     study_dir = storage / space.study.name
-    if not opts.resume and (study_dir / "tuner.pkl").exists():
-        raise UserError(f"{study_dir} already holds study {space.study.name!r}: pass --resume to continue it, "
-                        "or choose another --storage")
-    check_search(opts.address, uri, storage, study_dir, opts.resume)  # before any run or file is written
+    # before any run or file is written; a resume unpickles only from a store that passes the trust check
+    check_search(opts.address, uri, storage, study_dir, opts.resume, storage / (space.study.name + reeval.SUFFIX))
+    # what this study writes must pass that check on --resume: no group/other write, whatever the user's umask
+    os.umask(os.umask(0o022) | 0o022)
+    with study_lock(study_dir):  # one process per study store; released on every exit, taken over after a crash
+        if not opts.resume and (study_dir / "tuner.pkl").exists():
+            raise UserError(f"{study_dir} already holds study {space.study.name!r}: pass --resume to continue it, "
+                            "or choose another --storage")
+        return _run_study(opts, space, uri, storage, study_dir)
+
+
+def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path, study_dir: Path) -> dict[str, Any]:
+    """The study under its lock: Ray, the parent run, the Tuner, the re-evaluation, summary.json / best.json."""
     # num_to_keep forces an experiment snapshot per checkpoint; with tiny epochs Tune warns about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ray first: a cluster that refuses this client (auth) fails before a parent run or marker exists
-    started = _init_ray(opts, space)
+    started, space = _init_ray(opts, space)
     t0 = time.perf_counter()
     ctx: TrialContext | None = None
     try:
