@@ -14,6 +14,7 @@ import argparse
 import itertools
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -126,21 +127,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"train.out_dir: {earlier} is an earlier run's checkpoint; continue it with --resume {earlier}, "
                         "or set another train.out_dir")
     preflight.torch_device(cfg.train.device, "train.device")
+    if args.resume:
+        from gatesearch.checkpoint import load_checkpoint
+
+        done = load_checkpoint(args.resume).epoch + 1
+        if done >= cfg.train.epochs:  # nothing to train: no run is opened
+            print(f"{args.resume} has trained {done} of train.epochs={cfg.train.epochs} epochs: nothing to resume")
+            return 0
     reporters: list = [ConsoleReporter(cfg.train.log_every)]
     if not args.no_mlflow:
-        from gatesearch.tracking import MLflowReporter, check_tracking_uri
+        from gatesearch.tracking import MLflowReporter, check_tracking_uri, resumed_run_id
 
         check_tracking_uri(cfg.tracking.uri)
-
-        reporters.append(MLflowReporter(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name))
+        run_id = resumed_run_id(cfg.tracking.uri, Path(args.resume).parent) if args.resume else None
+        reporters.append(MLflowReporter(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name, run_id=run_id))
+    # SIGTERM (a scheduler, `kill`) ends the run as Ctrl+C does: KILLED with its reason, resumable, never RUNNING
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = fit(cfg, reporters, resume_from=args.resume)
     except TrainingDiverged as e:
         print(f"gatesearch train: {e}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("top1_super", "top1_base", "frontier"))}
     print(f"done: {shown}  checkpoint: {result.checkpoint_path}")
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("killed by SIGTERM")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

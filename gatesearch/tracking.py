@@ -24,15 +24,21 @@ import mlflow.pyfunc
 import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.db.db_types import DATABASE_ENGINES
 from mlflow.models import ModelSignature
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _tracking_store_registry  # the schemes MLflow has stores for
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.utils.file_utils import local_file_uri_to_path
+from mlflow.utils.uri import get_uri_scheme
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from gatesearch import runtime
 from gatesearch.config import Config, to_flat
 from gatesearch.errors import UserError
-from gatesearch.preflight import check_output_file
+from gatesearch.preflight import check_output_dir, check_output_file
 
 _BATCH = 100  # log_batch accepts at most 100 params / 1000 metrics per call
 
@@ -41,11 +47,16 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0, what: str = "tracking.u
     """Fail in seconds, with one line naming ``uri``, when the store cannot be used: an ``http(s)://``
     server that does not answer, refuses the credentials (``MLFLOW_TRACKING_USERNAME`` /
     ``MLFLOW_TRACKING_PASSWORD`` or ``MLFLOW_TRACKING_TOKEN``) or is not MLflow; a ``sqlite:///`` file
-    whose directory is not writable. MLflow's own client retries a dead server for minutes."""
+    whose directory is not writable or that is not an SQLite database; a scheme MLflow has no store for;
+    a database URI whose driver is not installed. MLflow's own client retries a dead server for minutes."""
+    if uri.startswith("sqlite:") and (not uri.startswith("sqlite:///") or uri.endswith(":memory:")):
+        raise UserError(f"{what} {uri}: an SQLite store needs a file, sqlite:///path/mlflow.db (in memory, the runs "
+                        "are lost and every trial process would see its own)")
     if uri.startswith("sqlite:///"):
-        check_output_file(uri[len("sqlite:///"):], what)
+        _check_sqlite_file(uri, uri[len("sqlite:///"):], what)
         return
     if not uri.startswith(("http://", "https://")):
+        _check_store_scheme(uri, what)
         return
 
     # GET get-by-name: read-only, answered by every MLflow 2/3 server (404 RESOURCE_DOES_NOT_EXIST is an answer too)
@@ -74,6 +85,45 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0, what: str = "tracking.u
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise UserError(f"{what} {uri}: no MLflow server answers ({reason})") from None
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
+
+
+def _check_sqlite_file(uri: str, path: str, what: str) -> None:
+    """A writable place for the database, and an existing non-empty file there is one (SQLite opens
+    any file and fails at the first query, after the run has started)."""
+    check_output_file(path, what)
+    p = Path(path).expanduser()
+    if p.is_file() and p.stat().st_size > 0:
+        with p.open("rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+        if head != _SQLITE_MAGIC:
+            raise UserError(f"{what} {uri}: {p} is not an SQLite database (it starts with {head[:8]!r}); "
+                            "name a new file or an MLflow database")
+
+
+def _check_store_scheme(uri: str, what: str) -> None:
+    """MLflow has a tracking store for ``uri``'s scheme, and a database URI's driver imports here
+    (``postgresql://`` needs psycopg2, ``mysql://`` mysqlclient, ...): MLflow would fail at the first run."""
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except MlflowException:
+        scheme = uri.split("://", 1)[0] if "://" in uri else uri.split(":", 1)[0]
+        raise UserError(f"{what} {uri}: MLflow has no tracking store for scheme {scheme!r}; use sqlite:///path/mlflow.db, "
+                        "http(s)://host:port or a database URI (postgresql://, mysql://, mssql://)") from None
+    scheme = get_uri_scheme(uri)
+    if scheme in ("", "file") and uri not in ("databricks", "databricks-uc", "uc"):  # MLflow's file store: a directory
+        check_output_dir(local_file_uri_to_path(uri) if scheme == "file" else uri, what)
+    if scheme not in DATABASE_ENGINES:
+        return
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except ImportError as e:
+        raise UserError(f"{what} {uri}: its database driver {e.name or str(e)!r} is not installed; install it, or "
+                        "name an installed driver in the URI (dialect+driver://)") from None
+    except (ArgumentError, NoSuchModuleError) as e:
+        raise UserError(f"{what} {uri}: not a database URI SQLAlchemy can open ({str(e).splitlines()[0]})") from None
 
 
 def run_tags(cfg: Config) -> dict[str, str]:
@@ -112,6 +162,8 @@ class MLflowReporter:
             self.run_id = self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id
         else:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            reopen_run(self.uri, self.run_id)  # a resumed run is RUNNING again
+        _write_run_file(Path(cfg.train.out_dir), self.uri, self.run_id)
         if info.get("start_epoch", 0) == 0:  # params are immutable: log them once, not again on resume
             params = [Param(k, str(v)) for k, v in sorted(to_flat(cfg).items())]
             for i in range(0, len(params), _BATCH):
@@ -135,11 +187,16 @@ class MLflowReporter:
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def on_fail(self, error: BaseException) -> None:
+        """A run that ends for any reason is ended: KILLED with its reason for Ctrl+C or a signal (``train
+        --resume`` continues it), FAILED with the error otherwise; never left RUNNING."""
         stop_system_metrics(getattr(self, "monitor", None))
         if self.run_id is not None:
-            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            self.client.set_tag(self.run_id, "error", str(error)[:500])
-            self.client.set_terminated(self.run_id, status)
+            killed = isinstance(error, KeyboardInterrupt)
+            reason = (str(error) or "interrupted (Ctrl+C)") if killed else "errored"
+            self.client.set_tag(self.run_id, "gatesearch.stop_reason", reason)
+            if not killed:
+                self.client.set_tag(self.run_id, "error", str(error)[:500])
+            self.client.set_terminated(self.run_id, "KILLED" if killed else "FAILED")
 
 
 # ---------------------------------------------------------------- search studies (appended by the search area)
@@ -440,3 +497,33 @@ def start_system_metrics(uri: str, run_id: str) -> Any:
 def stop_system_metrics(monitor: Any) -> None:
     if monitor is not None:
         monitor.finish()
+
+
+#: ``<train.out_dir>/mlflow_run.json``: the MLflow run a ``gatesearch train`` logs to, so ``--resume`` continues it.
+RUN_FILE = "mlflow_run.json"
+
+
+def _write_run_file(out_dir: Path, uri: str, run_id: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
+    os.replace(tmp, out_dir / RUN_FILE)
+
+
+def resumed_run_id(uri: str, out_dir: str | Path) -> str | None:
+    """The run an earlier ``gatesearch train`` in ``out_dir`` logged to, when it is in this store: ``--resume``
+    logs into it (its params stay, its metrics go on) instead of opening a second run."""
+    path = Path(out_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if saved.get("tracking_uri") != uri:
+        return None
+    try:
+        study_client(uri).get_run(saved["run_id"])
+    except (MlflowException, KeyError):
+        return None
+    return saved["run_id"]

@@ -72,3 +72,51 @@ def test_shipped_configs_load(path):
     from gatesearch.config import load
 
     assert load(path).method.name in path.stem
+
+
+def test_sigterm_ends_the_run_killed_and_resume_continues_the_same_run(tmp_path):
+    """#27 item 3: SIGTERM during `train` ends the MLflow run KILLED with its reason (never RUNNING);
+    `train --resume` continues that run (same id, params logged once, metrics go on) to FINISHED; resuming a
+    finished checkpoint says so, exits 0 and opens no run."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "gatesearch.cli", "train", "--config", str(CONFIGS / "digits_plain.yaml"),
+            "--tracking-uri", uri, "--set", f"train.out_dir={out}", "--set", "train.epochs=40",
+            "--set", "train.eval_every=40"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(base, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (out / "last.pt").exists():
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, log[-2000:]
+    run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["gatesearch.stop_reason"] == "killed by SIGTERM"
+    n_params = len(run.data.params)
+
+    resumed = subprocess.run([*base[:-4], "--set", "train.epochs=3", "--set", "train.eval_every=1", "--resume",
+                              str(out / "last.pt")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    runs = client.search_runs([run.info.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]  # no second run
+    again = client.get_run(run_id)
+    assert again.info.status == "FINISHED" and len(again.data.params) == n_params
+    assert max(m.step for m in client.get_metric_history(run_id, "train_loss")) == 2  # epochs 0..2 in one history
+
+    done = subprocess.run([*base[:-4], "--set", "train.epochs=3", "--resume", str(out / "last.pt")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "nothing to resume" in done.stdout
+    assert len(client.search_runs([run.info.experiment_id])) == 1
