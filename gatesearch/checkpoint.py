@@ -64,8 +64,13 @@ def save_checkpoint(
         "train_weights": train_weights,
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk: torch raises RuntimeError around the OSError
+        tmp.unlink(missing_ok=True)  # the previous checkpoint at ``path`` stays as it was
+        raise UserError(f"checkpoint {path}: cannot be written ({str(e).splitlines()[0][:200] or type(e).__name__}); "
+                        "the previous checkpoint is intact") from None
     return path
 
 

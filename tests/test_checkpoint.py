@@ -74,3 +74,24 @@ def test_shortcut_bn_layout_round_trips_and_an_older_checkpoint_keeps_two_sets(t
         del raw["config"]["model.switchable_shortcut_bn"]
         torch.save(raw, path)
         assert load_checkpoint(path).config.model.switchable_shortcut_bn
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    """#27 item 3: a write that fails (ENOSPC) is one UserError line; last.pt.tmp is removed and the previous
+    last.pt loads as it was."""
+    import errno
+
+    cfg = quick_cfg(str(tmp_path), "plain")
+    model = build_model(cfg, 10, (1, 8, 8))
+    path = save_checkpoint(tmp_path / "last.pt", model, cfg, epoch=0, metrics={}, input_shape=(1, 8, 8), num_classes=10)
+    before = path.read_bytes()
+
+    def full(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")  # a half-written file, as a full disk leaves it
+        raise RuntimeError(f"[enforce fail] {OSError(errno.ENOSPC, 'No space left on device')}")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UserError, match="cannot be written .*No space left on device.*previous checkpoint is intact"):
+        save_checkpoint(path, model, cfg, epoch=1, metrics={}, input_shape=(1, 8, 8), num_classes=10)
+    assert not (tmp_path / "last.pt.tmp").exists() and path.read_bytes() == before
+    assert load_checkpoint(path).epoch == 0
