@@ -119,6 +119,8 @@ def check_trusted_storage(storage: Path, *experiment_dirs: Path) -> None:
         if not (directory.exists() or directory.is_symlink()):
             continue
         _refuse_untrusted(directory, me)
+        if not directory.is_dir():  # a file in its place: nothing Tune restores (the search refuses it later)
+            continue
         for entry in sorted(directory.iterdir()):
             _refuse_untrusted(entry, me)
             if entry.is_dir() and not entry.is_symlink():

@@ -705,3 +705,12 @@ def test_gpu_trials_on_a_local_ray_without_a_gpu(gpu: float, tmp_path: Path, mon
     argv = ["search", "--space", str(tmp_path / "space.yaml"),
             "--storage", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     _expect_clean_failure(argv, "study.resources.gpu", capsys, [tmp_path], 90.0)  # a local Ray starts first
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_file_in_place_of_the_study_directory(resume: bool, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "rr").mkdir()
+    (tmp_path / "rr" / "quickstart").write_text("not a study")
+    argv = ["search", "--space", SPACE, "--storage", str(tmp_path / "rr"), "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}", *(["--resume"] if resume else [])]
+    _expect_clean_failure(argv, "--storage", capsys, [tmp_path], FAST_S)

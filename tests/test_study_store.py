@@ -128,6 +128,14 @@ def test_lock_left_by_a_killed_search_is_taken_over(tmp_path: Path, capsys: pyte
     assert not (study / LOCK_FILE).exists()
 
 
+def test_a_file_where_the_study_directory_goes_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "s").write_text("not a study")
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        with study_lock(tmp_path / "s"):
+            pass
+    assert (tmp_path / "s").read_text() == "not a study"
+
+
 def test_stale_lock_file_with_a_dead_pid_is_taken_over(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     study = tmp_path / "s"
     study.mkdir()

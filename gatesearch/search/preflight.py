@@ -132,6 +132,8 @@ def study_lock(study_dir: Path) -> Iterator[None]:
     store: a second one raises a ``UserError`` naming the holder's pid and host. The lock is released on every
     exit path (the kernel drops a process's locks when it dies, so a lock left by a crash is taken over, with a
     line saying so); on release the file, and the directories this call created if still empty, are removed."""
+    if study_dir.exists() and not study_dir.is_dir():
+        raise UserError(f"--storage: {study_dir} (study {study_dir.name!r}) exists and is not a directory")
     created = []
     p = study_dir
     while not p.exists() and p != p.parent:
