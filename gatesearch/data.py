@@ -315,22 +315,67 @@ def _imagefolder(cfg: DataConfig, seed: int, device: torch.device | None = None)
     for sub in ("train", "val"):
         if cfg.root is None or not (root / sub).is_dir():
             raise UserError(f"data.root: directory {root / sub} does not exist (ImageNet layout: train/ and val/)")
+    check_image_folders(root)
     norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     size = cfg.image_size
     aug = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     plain = T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(), norm])
-    train_aug = ImageFolder(str(root / "train"), aug if cfg.augment else plain)
-    train_plain = ImageFolder(str(root / "train"), plain)
+    train_aug = ImageFolder(str(root / "train"), aug if cfg.augment else plain, loader=decode_image)
+    train_plain = ImageFolder(str(root / "train"), plain, loader=decode_image)
     tr_idx, val_idx = _split(len(train_aug), cfg.val_fraction, cfg.train_subset, cfg.split_seed)
     sub = torch.utils.data.Subset
     val = _loader(sub(train_plain, val_idx.tolist()), cfg.eval_batch_size, False, cfg, seed, None) if len(val_idx) else None
     return DataBundle(
         train=_loader(sub(train_aug, tr_idx.tolist()), cfg.batch_size, True, cfg, seed, None),
         val=val,
-        test=_loader(ImageFolder(str(root / "val"), plain), cfg.eval_batch_size, False, cfg, seed, None),
+        test=_loader(ImageFolder(str(root / "val"), plain, loader=decode_image), cfg.eval_batch_size, False, cfg, seed,
+                     None),
         num_classes=len(train_aug.classes),
         input_shape=(3, size, size),
     )
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
+
+
+def decode_image(path: str) -> Any:
+    """An image file as RGB (ImageFolder's loader); a file that cannot be decoded stops training with one
+    line naming it, from a loader worker too (never a PIL traceback mid-epoch)."""
+    from PIL import Image  # lazy: only image folders decode files
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"data.root: {path} is not a readable image ({type(e).__name__}: {e})") from None
+
+
+def check_image_folders(root: Path, sample: int = 2) -> None:
+    """Before any work: ``root/train`` and ``root/val`` hold the same class directories (names, hence the
+    sorted order ImageFolder labels them in: other classes would train on wrong labels, silently), every
+    class directory holds images, and the first ``sample`` files of each class decode."""
+    classes = {}
+    for split in ("train", "val"):
+        folder = root / split
+        names = sorted(d.name for d in folder.iterdir() if d.is_dir())
+        if not names:
+            raise UserError(f"data.root: {folder} has no class directories (ImageNet layout: {split}/<class>/<image>)")
+        classes[split] = names
+    if classes["train"] != classes["val"]:
+        only_t = sorted(set(classes["train"]) - set(classes["val"]))
+        only_v = sorted(set(classes["val"]) - set(classes["train"]))
+        raise UserError(f"data.root: the classes of {root / 'val'} differ from {root / 'train'}'s (only in train: "
+                        f"{only_t[:5]}, only in val: {only_v[:5]}); their labels would not match")
+    if len(classes["train"]) < 2:
+        raise UserError(f"data.root: {root / 'train'} has one class ({classes['train'][0]}); a classifier needs two or more")
+    for split in ("train", "val"):
+        for name in classes[split]:
+            files = sorted(p for p in (root / split / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise UserError(f"data.root: class directory {root / split / name} holds no image "
+                                f"({', '.join(IMAGE_SUFFIXES)})")
+            for p in files[:sample]:
+                decode_image(str(p))
 
 
 def eval_loader(bundle: DataBundle) -> Iterable:
@@ -356,7 +401,9 @@ def describe(cfg: DataConfig, bundle: DataBundle) -> list[dict[str, Any]]:
             h.update(arrays.labels.detach().cpu().numpy().tobytes())
             n = len(arrays.labels)
         else:  # an image folder: the files and their labels (reading every image would take minutes)
-            samples = getattr(ds, "samples", [])
+            inner = getattr(ds, "dataset", ds)  # a Subset (train/val of root/train) picks by index
+            samples = getattr(inner, "samples", [])
+            samples = [samples[i] for i in ds.indices] if hasattr(ds, "indices") else samples
             for path, label in samples:
                 h.update(f"{path}\t{label}\n".encode())
             n = len(samples)

@@ -130,3 +130,62 @@ def test_normalisation_uses_the_training_split_channel_statistics(tmp_path):
     x, _ = next(iter(b.test))
     for i, v in enumerate((0, 51, 255)):
         torch.testing.assert_close(x[i], torch.full((3, 32, 32), (v / 255 - 0.5) / std), rtol=1e-5, atol=1e-5)
+
+
+def _folder(root, layout: dict) -> str:
+    """``layout``: {"train/<class>/<file>": "png" | bytes} -> files under ``root`` (tiny 8x8 PNGs)."""
+    from PIL import Image
+
+    for rel, content in layout.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if content == "png":
+            Image.new("RGB", (8, 8), (len(rel) * 7 % 255, 0, 0)).save(p)
+        elif content == "dir":
+            p.mkdir(exist_ok=True)
+        else:
+            p.write_bytes(content)
+    return str(root)
+
+
+GOOD = {f"{s}/{c}/{i}.png": "png" for s in ("train", "val") for c in ("cat", "dog") for i in range(3)}
+
+
+def _without(layout: dict, prefix: str) -> dict:
+    return {k: v for k, v in layout.items() if not k.startswith(prefix)}
+
+
+CASES = {
+    "no_classes": ({**_without(GOOD, "train/"), "train/notes.txt": b"x"}, "has no class directories"),
+    "empty_class": ({**_without(GOOD, "train/dog/"), "train/dog/readme.txt": b"text"}, "holds no image"),
+    "other_val_classes": ({**_without(GOOD, "val/dog/"), "val/fox/0.png": "png"}, "differ from"),
+    "one_class": (_without(_without(GOOD, "train/dog/"), "val/dog/"), "one class"),
+    "corrupt_image": ({**GOOD, "train/cat/0.png": b"not an image"}, "is not a readable image"),
+    # beyond the files checked up front: met while training, still one line naming it
+    "corrupt_later": ({**GOOD, "train/cat/2.png": b"not an image"}, "2.png is not a readable image"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_image_folders_that_are_not_what_they_seem_stop_in_one_line(tmp_path, capsys, case):
+    """#27 item 7: an image folder with no classes, an empty class, other validation classes (which would train
+    on wrong labels, silently), one class or a corrupt file stops `train` with one line, before any work."""
+    from gatesearch.cli import main
+
+    layout, needle = CASES[case]
+    root = tmp_path / "imgs"
+    _folder(root, layout)
+    rc = main(["train", "--no-mlflow", "--set", "data.name=imagefolder", "--set", f"data.root={root}",
+               "--set", "data.image_size=8", "--set", "model.stem=cifar", "--set", f"train.out_dir={tmp_path / 'out'}",
+               "--set", "train.epochs=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) <= 2 and needle in err[0] and "Traceback" not in "\n".join(err), err
+    assert not (tmp_path / "out" / "last.pt").exists()
+
+
+def test_a_good_image_folder_passes_the_checks(tmp_path):
+    from gatesearch.data import check_image_folders
+
+    root = tmp_path / "imgs"
+    _folder(root, GOOD)
+    check_image_folders(root)  # no exception
