@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Ray token authentication stays on (Ray 2.60's default for a local `ray.init()`, which keeps its token in
 # ~/.ray/auth_token); `RAY_AUTH_MODE=disabled make ...` is the opt-out, never a default here.
 
-.PHONY: venv quickstart test compose-tool lint bench reproduce clean
+.PHONY: venv quickstart test compose-tool lint bench reproduce clean secrets
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -56,3 +56,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns outputs ray_results
+
+# The compose stack's secrets: .env from .env.example with every change-me-* placeholder replaced by a fresh
+# random token, readable by you only. Refuses to overwrite an existing .env.
+secrets:
+	@test ! -e .env || { echo "make secrets: .env exists; not overwritten (remove it first)" >&2; exit 2; }
+	@umask 077 && $(PY) -c "import re, secrets; text = open('.env.example').read(); \
+	open('.env', 'w').write(re.sub(r'change-me-[A-Za-z0-9-]*', lambda m: secrets.token_hex(32), text))"
+	@echo "wrote .env (mode 0600) with fresh secrets"

@@ -175,6 +175,41 @@ def test_docker_compose_file_is_valid(tmp_path):
         ray_env = services[name]["environment"]
         assert ray_env["RAY_AUTH_MODE"] == "token" and ray_env["RAY_AUTH_TOKEN"]
         assert ray_env["MLFLOW_TRACKING_PASSWORD"] == mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    # the placeholders of .env.example never guard a running stack: env-check refuses them before anything starts
+
+    def needs(name: str) -> set[str]:
+        deps = services[name].get("depends_on") or {}
+        direct = set(deps) if not isinstance(deps, list) else set(deps)
+        return direct | {d for n in direct for d in needs(n)}
+
+    assert "change-me" in services["env-check"]["environment"]["SECRETS"]  # .env.example's values reach the check
+    assert all("env-check" in needs(n) for n in services if n != "env-check")
+    entry = services["env-check"]["entrypoint"]
+    script = (entry if isinstance(entry, str) else " ".join(entry)).replace("$$", "$")  # compose's $$ is a literal $
+    check = subprocess.run(["sh", "-c", script],
+                           env={"SECRETS": services["env-check"]["environment"]["SECRETS"], "PATH": "/usr/bin:/bin"},
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 1 and "make secrets" in check.stderr
+    fine = subprocess.run(["sh", "-c", script],
+                          env={"SECRETS": "a1b2 c3d4", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
+    assert fine.returncode == 0, fine.stderr
+
+
+def test_make_secrets_writes_a_private_env_with_no_placeholder(tmp_path):
+    import shutil as sh
+
+    for name in ("Makefile", ".env.example", "requirements.txt", "pyproject.toml"):
+        sh.copy(ROOT / name, tmp_path / name)
+    out = subprocess.run(["make", "-s", "secrets", "PY=" + sys.executable], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    env = (tmp_path / ".env").read_text()
+    assert "=change-me" not in env and (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+    tokens = [line.split("=", 1)[1] for line in env.splitlines() if line.startswith(("POSTGRES_PASSWORD=", "RAY_AUTH_TOKEN="))]
+    assert len(tokens) == 2 and tokens[0] != tokens[1] and all(len(t) == 64 for t in tokens)
+    again = subprocess.run(["make", "-s", "secrets", "PY=" + sys.executable], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode != 0 and "not overwritten" in again.stderr and (tmp_path / ".env").read_text() == env
 
 
 def test_ray_auth_is_not_disabled_by_default():
