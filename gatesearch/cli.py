@@ -51,9 +51,11 @@ positive_int, nonneg_int, positive_float = _number(int, 0, True), _number(int, 0
 
 
 def _cmd_patterns(args: argparse.Namespace) -> int:
+    from gatesearch.config import ModelConfig
     from gatesearch.cost import count_macs, count_params
     from gatesearch.models import create_model
     from gatesearch.patterns import iter_patterns
+    from gatesearch.resolve import model_facts
 
     stem = args.stem or ("imagenet" if args.image_size >= 64 else "cifar")
     try:
@@ -61,6 +63,7 @@ def _cmd_patterns(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as e:
         raise UserError(str(e).strip("'\"")) from None
     shape = (1, 3, args.image_size, args.image_size)
+    model_facts(ModelConfig(args.model, args.gating, stem), shape[1:], key="--image-size")  # fits, before counting
     full_macs = count_macs(model, None, shape)
     full_params = count_params(model, None, shape)
     print(f"{args.model}  gating={args.gating}  stem={stem}  units={model.n_units}  input={list(shape)}")

@@ -50,6 +50,14 @@ def check_path_name(value: Any, key: str) -> str:
     return value
 
 
+SEED_MAX = 2**32 - 1  # np.random.seed's bound (train.seed); data.split_seed shares it, study.reeval sets both from one index
+
+
+def check_seed(value: int, key: str) -> None:
+    """A seed numpy takes: an integer in [0, ``SEED_MAX``] (``-1`` or ``2**40`` fail only once training starts)."""
+    _check(0 <= value <= SEED_MAX, key, f"must be a seed in [0, 2**32 - 1], got {value}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "resnet20"
@@ -101,6 +109,7 @@ class DataConfig:
     on_device: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
+        check_seed(self.split_seed, "data.split_seed")
         _check(self.image_size >= 1, "data.image_size", f"must be >= 1, got {self.image_size}")
         _check(self.synthetic_size >= 1, "data.synthetic_size", f"must be >= 1, got {self.synthetic_size}")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
@@ -173,6 +182,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device) is not None, "train.device",
                f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        check_seed(self.seed, "train.seed")
         _check(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
         _check(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch", "must be >= 1")

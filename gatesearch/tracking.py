@@ -24,8 +24,8 @@ import mlflow.pyfunc
 import numpy as np
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.store.db.db_types import DATABASE_ENGINES
 from mlflow.models import ModelSignature
+from mlflow.store.db.db_types import DATABASE_ENGINES
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _tracking_store_registry  # the schemes MLflow has stores for

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -714,3 +714,140 @@ def test_a_file_in_place_of_the_study_directory(resume: bool, tmp_path: Path, ca
     argv = ["search", "--space", SPACE, "--storage", str(tmp_path / "rr"), "--tracking-uri",
             f"sqlite:///{tmp_path / 'mlflow.db'}", *(["--resume"] if resume else [])]
     _expect_clean_failure(argv, "--storage", capsys, [tmp_path], FAST_S)
+
+
+# ---------------------------------------------------------------- inputs that passed validation and failed later (item 6)
+
+
+def _driver_missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+LATE_CASES = {
+    # seeds numpy refuses (np.random.seed: [0, 2**32 - 1]) once training starts
+    "train_seed_2_pow_40": (["train", "--no-mlflow", "--set", f"train.seed={2**40}"], "train.seed"),
+    "train_seed_negative": (["train", "--no-mlflow", "--set", "train.seed=-1"], "train.seed"),
+    "train_seed_1e23": (["train", "--no-mlflow", "--set", "train.seed=1e23"], "train.seed"),
+    "split_seed_2_pow_40": (["train", "--no-mlflow", "--set", f"data.split_seed={2**40}"], "data.split_seed"),
+    "split_seed_negative": (["train", "--no-mlflow", "--set", "data.split_seed=-1"], "data.split_seed"),
+    "split_seed_1e23": (["train", "--no-mlflow", "--set", "data.split_seed=1e23"], "data.split_seed"),
+    # tracking stores MLflow cannot open
+    "tracking_unknown_scheme": (["train", "--tracking-uri", "ftp://127.0.0.1/mlflow"], "ftp://127.0.0.1/mlflow"),
+    "tracking_s3_scheme": (["train", "--tracking-uri", "s3://bucket/mlflow"], "s3://bucket/mlflow"),
+    "tracking_postgres_no_driver": (["train", "--tracking-uri", "postgresql://u@127.0.0.1/mlflow"], "postgresql://"),
+    "tracking_mysql_no_driver": (["train", "--tracking-uri", "mysql://u@127.0.0.1/mlflow"], "mysql://"),
+    "tracking_unknown_driver": (["train", "--tracking-uri", "postgresql+nodriver://u@127.0.0.1/m"], "postgresql+nodriver"),
+    "tracking_sqlite_not_a_db": (["train", "--tracking-uri", "sqlite:///{file}"], "is not an SQLite database"),
+    "tracking_sqlite_in_memory": (["train", "--tracking-uri", "sqlite://"], "sqlite://"),
+    "select_run_unknown_scheme": (["select", "--run", "0123abcd", "--device", "jetson", "--tracking-uri", "ftp://h/x"],
+                                  "ftp://h/x"),
+    "search_postgres_no_driver": (["search", "--space", SPACE, "--storage", "{new}", "--tracking-uri",
+                                   "postgresql://u@127.0.0.1/mlflow"], "postgresql://"),
+    # keys whose range is the model's, and models that cannot take the data
+    "vit_b_16_on_digits": (["train", "--no-mlflow", "--set", "model.name=vit_b_16"], "vit_b_16"),
+    "vit_ti_4_on_digits": (["train", "--no-mlflow", "--set", "model.name=vit_ti_4"], "vit_ti_4"),
+    "feature_kl_stage_3_of_3": (["train", "--no-mlflow", "--set", "method.adn.feature_kl_stages=[3]"],
+                                "method.adn.feature_kl_stages"),
+    "output_kl_top_k_above_classes": (["train", "--no-mlflow", "--set", "method.adn.output_kl_top_k=11"],
+                                      "method.adn.output_kl_top_k"),
+    "plain_train_pattern_too_long": (["train", "--no-mlflow", "--set", "method.name=plain", "--set",
+                                      "method.plain.train_pattern=TTTT"], "method.plain.train_pattern"),
+    "unit_targets_wrong_count": (["train", "--no-mlflow", "--set", "method.name=probgates", "--set",
+                                  "model.gate_head=logit", "--set", "method.probgates.loss=per_gate", "--set",
+                                  "method.probgates.unit_targets=[0.5,0.5]"], "method.probgates.unit_targets"),
+    "patterns_vit_b_16_8px": (["patterns", "--model", "vit_b_16", "--image-size", "8"], "vit_b_16"),
+    "patterns_vit_ti_4_64px": (["patterns", "--model", "vit_ti_4", "--image-size", "64", "--stem", "cifar"],
+                               "vit_ti_4"),
+}
+_DRIVERS = {"tracking_postgres_no_driver": "psycopg", "search_postgres_no_driver": "psycopg",
+            "tracking_mysql_no_driver": "MySQLdb"}
+
+
+@pytest.mark.parametrize("case", sorted(LATE_CASES))
+def test_input_that_failed_later_stops_before_any_work(case: str, assets: dict, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Seeds numpy refuses, tracking stores MLflow cannot open, per-model keys out of the model's range and models
+    that cannot take the data used to pass validation and fail after the data was read, the run opened or the first
+    trial trained; each is now one line before anything is written."""
+    if case in _DRIVERS and not _driver_missing(_DRIVERS[case]):
+        pytest.skip(f"{_DRIVERS[case]} is installed here")
+    argv, name = LATE_CASES[case]
+    (tmp_path / "file").write_text("not a database, keep me")
+    _expect_clean_failure(_fill(argv, assets, tmp_path), name, capsys, [tmp_path, assets["dir"]], FAST_S)
+
+
+def _space_edit(tmp_path: Path, edit: Callable[[dict], None]) -> Path:
+    import yaml
+
+    raw = yaml.safe_load(Path(SPACE).read_text())
+    edit(raw)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return space
+
+
+SPACE_LATE_CASES: dict[str, tuple[Callable[[dict], None], str]] = {
+    "objective_unknown_metric": (lambda r: r["study"].update(objective={"metric": "accuracy"}), "accuracy"),
+    "objective_pattern_of_4_for_3_units": (lambda r: r["study"].update(objective={"metric": "top1_FFFF"}),
+                                           "top1_FFFF"),
+    "objective_gated_without_gates": (lambda r: r["study"].update(objective={"metric": "top1_gated"}), "top1_gated"),
+    "objective_test_split": (lambda r: r["study"].update(objective={"metric": "test_frontier_score"}),
+                             "test_frontier_score"),
+    "objective_gate_rate_of_adn": (lambda r: (r["study"].pop("reeval"), r["study"].update(
+        objective=[{"metric": "frontier_score"}, {"metric": "gate_rate_mean"}])), "gate_rate_mean"),
+    "study_seed_2_pow_40": (lambda r: r["study"].update(seed=2**40), "study.seed"),
+    "fixed_train_seed_negative": (lambda r: r["fixed"].update({"train.seed": -1}), "train.seed"),
+    "when_int_value_out_of_range": (lambda r: r["search"].update({"method.gated_depth.alpha": {
+        "uniform": [0.3, 0.7], "when": {"method.gated_depth.k": 50}}}), "method.gated_depth.k"),
+    "when_on_continuous_key": (lambda r: r["search"].update({"method.gated_depth.alpha": {
+        "uniform": [0.3, 0.7], "when": {"optim.lr": 0.1}}}), "optim.lr"),
+    "when_choice_value_not_offered": (lambda r: r["search"].update({"method.gated_depth.alpha": {
+        "uniform": [0.3, 0.7], "when": {"method.name": ["gated_depth", "gated_dpeth"]}}}), "gated_dpeth"),
+    "fixed_vit_on_digits": (lambda r: r["fixed"].update({"model.name": "vit_ti_4"}), "vit_ti_4"),
+    "fixed_feature_kl_stage_out_of_model": (lambda r: r["fixed"].update({"method.adn.feature_kl_stages": [5]}),
+                                            "method.adn.feature_kl_stages"),
+    "searched_model_input_too_small": (lambda r: (r["fixed"].pop("model.name"), r["search"].update(
+        {"model.name": {"choice": ["resnet20", "vit_b_16"]}})), "vit_b_16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPACE_LATE_CASES))
+def test_space_that_failed_after_a_trial_stops_before_ray(case: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """An objective no trial reports (Tune stopped the study at the first result without it), a ``when`` value its
+    key cannot take, a seed numpy refuses and a model that cannot take the data stop ``search`` before Ray starts."""
+    edit, name = SPACE_LATE_CASES[case]
+    argv = ["search", "--space", str(_space_edit(tmp_path, edit)), "--storage", str(tmp_path / "rr"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    _expect_clean_failure(argv, name, capsys, [tmp_path], FAST_S)
+
+
+def test_local_ray_token_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token a local ``ray.init`` generates (``~/.ray/auth_token``, written with the umask's 0644) ends 0600 in a
+    0700 directory; a token directory the user already had keeps its mode."""
+    import ray
+
+    from gatesearch.search import runner
+    from gatesearch.search.space import load_space
+
+    def fake_init(**kwargs: object) -> None:  # what Ray 2.60 does: mkdir + open(..., "w") under the umask
+        token = Path.home() / ".ray" / "auth_token"
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text("secret")
+        token.chmod(0o644)
+
+    space = load_space(SPACE)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    for home, dir_before in ((tmp_path / "new", None), (tmp_path / "had", 0o750)):
+        home.mkdir()
+        if dir_before is not None:
+            (home / ".ray").mkdir(mode=dir_before)
+        monkeypatch.setenv("HOME", str(home))
+        runner._init_ray(runner.SearchOptions(space=SPACE), space)
+        token = home / ".ray" / "auth_token"
+        assert token.stat().st_mode & 0o777 == 0o600
+        assert token.parent.stat().st_mode & 0o777 == (0o700 if dir_before is None else dir_before)

@@ -149,3 +149,65 @@ def test_shipped_spaces_contain_the_paper_defaults(path):
             else:
                 assert p.low <= value <= p.high, (path.name, key, p.low, p.high)
         from_flat({**space.fixed, "method.name": method, **PAPER_DEFAULTS[method]})
+
+
+# ---------------------------------------------------------------- what the model and the data fix (resolve.check_fits)
+
+
+def _dataset_root(name: str, tmp_path) -> dict:
+    """Flat data keys that make ``name`` buildable offline in a second (tiny npz files, a two-class image folder)."""
+    import numpy as np
+
+    if name in ("cifar10", "cifar100"):
+        for split in ("train", "test"):
+            np.savez(tmp_path / f"{split}.npz", images=np.zeros((20, 24, 24, 3), np.uint8), labels=np.arange(20) % 10)
+        return {"data.root": str(tmp_path)}
+    if name == "imagefolder":
+        from PIL import Image
+
+        for split in ("train", "val"):
+            for cls in ("a", "b"):
+                (tmp_path / split / cls).mkdir(parents=True)
+                for i in range(2):
+                    Image.new("RGB", (20, 20)).save(tmp_path / split / cls / f"{i}.png")
+        return {"data.root": str(tmp_path), "data.image_size": 16, "data.batch_size": 2}
+    return {"data.synthetic_size": 8} if name == "synthetic" else {}
+
+
+@pytest.mark.parametrize("name", __import__("gatesearch.data", fromlist=["DATASETS"]).DATASETS.names())
+def test_data_geometry_is_what_build_data_gives(name, tmp_path):
+    """``resolve.data_geometry`` says, without reading the images, what ``build_data`` gives: every registered
+    data set needs an entry here (a new one without it fails this test)."""
+    from gatesearch.data import build_data
+    from gatesearch.resolve import data_geometry
+
+    d = from_flat({"data.name": name, "data.val_fraction": 0.25, **_dataset_root(name, tmp_path)}).data
+    classes, shape = data_geometry(d)
+    bundle = build_data(d, 0)
+    assert shape == bundle.input_shape
+    assert classes in (None, bundle.num_classes)
+
+
+@pytest.mark.parametrize("name", __import__("gatesearch.models", fromlist=["MODELS"]).MODELS.names())
+@pytest.mark.parametrize("gating", ["stage", "block"])
+def test_every_model_fits_its_own_input_size_on_the_meta_device(name, gating):
+    """The meta-device probe never refuses a model at the input size it is built for (a missing meta kernel would
+    refuse a good config), and counts units and stages as the real model does."""
+    from gatesearch.config import ModelConfig
+    from gatesearch.models import create_model
+    from gatesearch.resolve import model_facts
+
+    facts = model_facts(ModelConfig(name, gating, "cifar"), None)
+    assert facts.n_units == create_model(name, 10, gating=gating, stem="cifar").n_units >= 1
+    assert facts.n_stages >= 1 and not facts.gate_heads
+
+
+@pytest.mark.parametrize("flat", [
+    {"model.name": "resnet18", "method.adn.feature_kl_stages": [3]},  # 4 stages
+    {"method.adn.output_kl_top_k": 10},  # digits: 10 classes
+    {"method.name": "plain", "method.plain.train_pattern": "TTF"},
+    {"model.name": "vit_ti_4", "data.name": "synthetic"},  # built for 32x32, synthetic is 32x32
+    {"method.adn.feature_kl": False, "method.adn.feature_kl_stages": [7]},  # unused: not refused
+])
+def test_per_model_keys_in_range_are_accepted(flat):
+    check_names(from_flat(flat))

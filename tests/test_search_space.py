@@ -340,3 +340,57 @@ def test_reeval_block_parses_and_is_refused_for_several_objectives():
 def test_shipped_spaces_re_evaluate_their_finalists(name, expected):
     r = load_space(next(p for p in SPACES if p.name == name)).study.reeval
     assert (r.finalists, r.seeds, r.baselines) == expected
+
+
+def _with_objective(metric: str, **search: dict) -> dict:
+    raw = _minimal(**search)
+    raw["study"].update(objective={"metric": metric, "mode": "max"}, baselines=False)
+    return raw
+
+
+_METHODS = {"choice": ["adn", "probgates"]}
+_GATES = {"choice": ["logit"], "when": {"method.name": "probgates"}}
+
+
+@pytest.mark.parametrize("metric, search", [
+    ("top1_TFT", {}),  # resnet20, stage gating: 3 units, every pattern scored
+    ("cost_FFF", {}),
+    ("kl_full_base", {}),
+    ("train_loss", {}),
+    ("epochs_done", {}),
+    ("top1_gated", {"method.name": {"choice": ["probgates"]}, "model.gate_head": {"choice": ["logit", "aig"]},
+                    "model.switchable_bn": {"choice": [False], "when": {"model.gate_head": "aig"}}}),
+    ("gate_rate_2", {"method.name": {"choice": ["probgates"]}, "model.gate_head": {"choice": ["logit"]}}),
+])
+def test_objective_every_trial_reports_is_accepted(metric, search):
+    parse(_with_objective(metric, **search))
+
+
+@pytest.mark.parametrize("metric, search, said", [
+    ("top1_TF", {}, "3 units"),
+    ("top1_gated", {"method.name": _METHODS, "model.gate_head": _GATES}, "gate_head=none"),  # the adn trials
+    ("gate_rate_3", {"method.name": {"choice": ["probgates"]}, "model.gate_head": {"choice": ["logit"]}}, "units 0..2"),
+    ("top1_FFF", {"model.name": {"choice": ["resnet20", "resnet18"]}}, "resnet18"),  # 4 units
+    ("top1_TFFFFFFFF", {"model.gating": {"choice": ["block"]}}, "ladder"),  # 9 units > 4: the ladder only
+    ("val_accuracy", {}, "frontier_score"),
+])
+def test_objective_some_trial_never_reports_is_refused(metric, search, said):
+    with pytest.raises(ConfigError, match=r"study\.objective\.metric") as info:
+        parse(_with_objective(metric, **search))
+    assert metric in str(info.value) and said in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("when, ok", [
+    ({"method.gated_depth.k": 3}, True), ({"method.gated_depth.k": [2, 8]}, True), ({"method.gated_depth.k": 9}, False),
+    ({"method.gated_depth.k": 2.5}, False), ({"optim.lr": 0.1}, False), ({"method.name": ["adn", "adm"]}, False),
+])
+def test_when_value_must_be_one_the_key_can_take(when, ok):
+    raw = _minimal(**{"method.name": {"choice": ["adn", "gated_depth"]}, "optim.lr": {"uniform": [0.05, 0.2]},
+                      "method.gated_depth.k": {"int": [2, 8], "when": {"method.name": "gated_depth"}},
+                      "method.gated_depth.alpha": {"uniform": [0.3, 0.7], "when": when}})
+    raw["study"]["baselines"] = False
+    if ok:
+        parse(raw)
+        return
+    with pytest.raises(ConfigError, match=r"method\.gated_depth\.alpha\.when\." + next(iter(when)).replace(".", r"\.")):
+        parse(raw)

@@ -106,8 +106,13 @@ def _init_ray(opts: SearchOptions, space: SearchSpace) -> tuple[bool, SearchSpac
     elif started:
         cores = os.cpu_count() or 1
         need = min(math.ceil(s.max_concurrent_trials * s.cpu), LOCAL_OVERSUBSCRIPTION * cores)
+        token = Path.home() / ".ray" / "auth_token"  # where a local ray.init writes the token it generates
+        made = [(p, mode) for p, mode in ((token, 0o600), (token.parent, 0o700)) if not p.exists()]
         ray.init(address=opts.address, num_cpus=opts.num_cpus or max(need, cores, math.ceil(s.cpu)),
                  include_dashboard=False, logging_level="WARNING")
+        for p, mode in made:  # Ray writes them with the umask's modes: 0644 lets every user read the token
+            if p.exists():
+                p.chmod(mode)
     try:  # before any trial: a GPU trial on a local Ray without one would wait PENDING until the time budget
         cap, warning = fit_to_cluster(s.max_concurrent_trials, s.cpu, s.gpu, ray.cluster_resources(), local)
     except UserError:

@@ -36,9 +36,21 @@ from typing import Any, Literal
 
 import yaml
 
-from gatesearch.config import ConfigError, check_path_name, flat_keys, from_flat, parse_override, read_utf8
+from gatesearch.config import (
+    Config,
+    ConfigError,
+    check_path_name,
+    check_seed,
+    flat_keys,
+    from_flat,
+    parse_override,
+    read_utf8,
+)
 from gatesearch.devices.profiles import DEVICES, check_cost_axis
-from gatesearch.resolve import check_names
+from gatesearch.evaluate.strategies import DEFAULT_THRESHOLDS
+from gatesearch.evaluate.table import ladder
+from gatesearch.patterns import all_patterns
+from gatesearch.resolve import check_fits, check_names
 from gatesearch.search.baselines import OPTUNA_ATTR, TRIAL_KEY, Baseline, paper_baselines
 from gatesearch.search.params import KINDS, Param, same_choice
 
@@ -251,6 +263,7 @@ def _parse_study(raw: Any) -> Study:
         register=None if raw.get("register") is None else check_path_name(raw["register"], "study.register"),
         reeval=_parse_reeval(raw.get("reeval"), integer),
     )
+    check_seed(study.seed, "study.seed")  # Optuna's samplers seed numpy with it
     if not isinstance(study.baselines, bool):
         raise ConfigError(f"study.baselines: must be true or false, got {study.baselines!r}")
     if study.time_budget_s is not None and study.time_budget_s <= 0:
@@ -368,7 +381,9 @@ def parse(raw: Any, overrides: list[str] | tuple[str, ...] = (), source: str = "
     params = tuple(_parse_param(k, v, known) for k, v in searched.items())
     space = SearchSpace(study, fixed, params, source=source, path=path, overrides=tuple(overrides))
     _check_values(space)
-    return _with_baselines(space)
+    space = _with_baselines(space)
+    _check_objectives(space)
+    return space
 
 
 def _with_baselines(space: SearchSpace) -> SearchSpace:
@@ -403,6 +418,19 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 # ---------------------------------------------------------------- value checks
 
 
+def _check_condition(key: str, dep: Param, values: tuple[Any, ...]) -> None:
+    """Each value of ``key``'s ``when`` on the searched key ``dep`` is one ``dep`` can take: a listed
+    choice, an integer in an ``int`` range; a ``uniform`` draw equals a given number with probability 0."""
+    where = f"search.{key}.when.{dep.key}"
+    if dep.kind in ("uniform", "loguniform"):
+        raise ConfigError(f"{where}: {dep.key} is drawn from a continuous range ({dep.describe()}), which never "
+                          "equals one value; condition on a choice or int key")
+    for v in values:
+        if not dep.contains(v):
+            raise ConfigError(f"{where}: {v!r} is outside the values {dep.key} can take ({dep.describe()}), so the "
+                              "condition never holds for it")
+
+
 def _check_values(space: SearchSpace) -> None:
     """Build a Config for the fixed values and for every probe value of every searched key.
 
@@ -420,8 +448,9 @@ def _check_values(space: SearchSpace) -> None:
             if k not in space.fixed and k not in order[:i]:
                 raise ConfigError(f"search.{p.key}.when.{k}: must be fixed or searched before {p.key}")
             dep = next((q for q in space.params if q.key == k), None)
-            possible = [space.fixed[k]] if dep is None else dep.probe_values() if dep.kind == "choice" else None
-            if possible is not None and not any(same_choice(v, vals) for v in possible):
+            if dep is not None:
+                _check_condition(p.key, dep, vals)
+            elif not same_choice(space.fixed[k], vals):
                 raise ConfigError(f"search.{p.key}.when.{k}: {list(vals)} can never hold")
         context = {**base, **{k: vals[0] for k, vals in p.when}}
         for value in p.probe_values():
@@ -429,3 +458,70 @@ def _check_values(space: SearchSpace) -> None:
                 check_names(from_flat({**context, p.key: value}))
             except ConfigError as e:
                 raise ConfigError(f"search.{p.key}: value {value!r} is rejected ({e})") from None
+
+
+# ---------------------------------------------------------------- objectives every trial reports
+
+# train.fit's per-epoch metrics with or without an evaluation (train._run_epoch), and what the trials' reporter
+# adds (trainable._TuneReporter); the evaluated ones come from train._Evaluator and evaluate.table.table_metrics
+_EVERY_EPOCH = ("train_loss", "lr", "epoch_time_s", "train_time_s", "epochs_done")
+_EVALUATED = ("frontier_score", "top1_super", "top1_base")
+_SHAPING_KEYS = ("method.name", "train.eval_all_patterns_max_units", "method.probgates.threshold")  # + model.*
+_MAX_CONFIGS = 256  # trial layouts checked per space; a choice product beyond it is checked in part
+
+
+def _not_reported(metric: str, cfg: Config) -> str | None:
+    """Why a trial with ``cfg`` never reports ``metric`` per epoch, or None when it does."""
+    if metric in _EVERY_EPOCH or metric in _EVALUATED:
+        return None
+    facts = check_fits(cfg)
+    n, model = facts.n_units, f"{cfg.model.name} (model.gating={cfg.model.gating})"
+    if metric.startswith("test_"):
+        return "test-split metrics come once, after the last epoch (train.final_test); a study ranks trials every epoch"
+    if metric == "kl_full_base":
+        return None if n > 0 else f"{model} has no units"
+    strategies = {f"threshold_{t:.2f}" for t in {*DEFAULT_THRESHOLDS, cfg.method.probgates.threshold}}
+    kind, _, name = metric.partition("_")
+    if kind in ("top1", "cost") and (name == "gated" or name in strategies | {"always_on", "stochastic", "ensemble"}):
+        return None if facts.gate_heads else f"only learned gates report it; {model} with model.gate_head=none has none"
+    if kind in ("top1", "cost") and name and set(name) <= {"T", "F"}:
+        if len(name) != n:
+            return f"{model} has {n} units, so its patterns have {n} letters"
+        scored = all_patterns(n) if n <= cfg.train.eval_all_patterns_max_units else ladder(n)
+        return None if name in {str(p) for p in scored} else (
+            f"{model} has {n} units > train.eval_all_patterns_max_units={cfg.train.eval_all_patterns_max_units}: "
+            f"only the ladder {', '.join(str(p) for p in scored)} is scored")
+    unit = metric.removeprefix("gate_rate_")
+    if unit != metric and (unit == "mean" or unit.isdigit()):
+        if cfg.method.name != "probgates":
+            return f"only method.name=probgates reports gate rates, not {cfg.method.name}"
+        return None if unit == "mean" or int(unit) < n else f"{model} has units 0..{n - 1}"
+    return ("train.fit reports frontier_score, top1_super, top1_base, top1_<PATTERN>, cost_<PATTERN>, kl_full_base, "
+            "top1_gated, gate_rate_mean, train_loss, ... (docs/search.md)")
+
+
+def _trial_layouts(space: SearchSpace) -> list[dict[str, Any]]:
+    """Flat configs covering every trial layout the space draws: each value of every active searched key that
+    shapes the reported metrics (``model.*`` and ``_SHAPING_KEYS``), the other keys at their first value; and
+    each paper baseline's config."""
+    layouts = [dict(space.fixed)]
+    for p in space.params:
+        shaping = p.key.startswith("model.") or p.key in _SHAPING_KEYS
+        grown = []
+        for chosen in layouts:
+            values = p.probe_values() if shaping else p.probe_values()[:1]
+            grown += [{**chosen, p.key: v} for v in values] if p.active(chosen) else [chosen]
+        layouts = grown[:_MAX_CONFIGS]
+    return layouts + [b.config(space.fixed) for b in space.baselines]
+
+
+def _check_objectives(space: SearchSpace) -> None:
+    """Every objective metric is one that every trial reports each epoch (Tune stops a study at the first
+    result without it, after the first trial has trained)."""
+    layouts = _trial_layouts(space)
+    for i, metric in enumerate(space.study.metrics):
+        where = f"study.objective[{i}].metric" if space.study.multi_objective else "study.objective.metric"
+        for flat in layouts:
+            reason = _not_reported(metric, from_flat(flat))
+            if reason is not None:
+                raise ConfigError(f"{where}: trials do not report {metric!r} ({reason})")
