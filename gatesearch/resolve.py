@@ -147,6 +147,6 @@ def check_fits(cfg: Config) -> ModelFacts:
                           f"(model.gating={cfg.model.gating}) has {facts.n_units} units")
     targets = method.probgates.unit_targets
     if method.name == "probgates" and targets and len(targets) != facts.n_units:
-        raise ConfigError(f"method.probgates.unit_targets: {len(targets)} targets for {name} "
-                          f"(model.gating={cfg.model.gating}), which has {facts.n_units} units")
+        raise ConfigError(f"method.probgates.unit_targets: {len(targets)} targets for a model with {facts.n_units} "
+                          f"units ({name}, model.gating={cfg.model.gating})")
     return facts
