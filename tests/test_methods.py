@@ -116,12 +116,17 @@ def test_adn_loss_base_is_algorithm1_step8_as_the_official_code(tmp_path, stages
 
 
 def test_adn_rejects_stages_and_top_k_the_model_lacks(tmp_path):
+    """The method's own guard, behind ``resolve.check_names`` (which refuses both before any work, see
+    tests/test_bad_inputs.py): a config built without that check still fails in one ConfigError line."""
+    from gatesearch.config import from_flat
+
     model = create_model("resnet20", 10, in_channels=1)
     x, y = torch.randn(2, 1, 8, 8), torch.tensor([0, 1])
-    adn = ADN(quick_cfg(str(tmp_path), "adn", method__adn__feature_kl_stages=[3]), model, 10)
+    base = {"model.name": "resnet20", "data.name": "digits", "method.name": "adn", "train.out_dir": str(tmp_path)}
+    adn = ADN(from_flat({**base, "method.adn.feature_kl_stages": [3]}), model, 10)
     with pytest.raises(ConfigError, match="method.adn.feature_kl_stages: stage 3 does not exist"):
         adn.train_step(model, x, y, 0, 0, None)  # resnet20 has stages 0..2
-    adn = ADN(quick_cfg(str(tmp_path), "adn", method__adn__output_kl_top_k=500), model, 10)
+    adn = ADN(from_flat({**base, "method.adn.output_kl_top_k": 500}), model, 10)
     with pytest.raises(ConfigError, match="method.adn.output_kl_top_k"):
         adn.train_step(model, x, y, 0, 0, None)
 
