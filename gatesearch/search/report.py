@@ -75,14 +75,8 @@ def frontier_figure(points: dict[str, list[tuple[float, float]]], baselines: set
             style |= {"color": "black", "lw": 2.5}
         line = ax.step(xs, ys, where="post", label=name + (" (best)" if name == best else ""), **style)
         ax.scatter([c for c, _ in pts], [100 * a for _, a in pts], s=8, alpha=0.4, color=line[0].get_color())
-    ax.set_xlabel("cost relative to the super-net" + (f" ({metric_note})" if metric_note else ""))
-    ax.set_ylabel("top-1 (%), validation")
-    ax.set_title("every full-budget trial's candidates and frontier (dashed: paper baselines)", fontsize=9)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # a study whose trials all stopped early draws no curve
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "cost relative to the super-net" + (f" ({metric_note})" if metric_note else ""),
+                   "top-1 (%), validation", "every full-budget trial's candidates and frontier (dashed: paper baselines)")
 
 
 def curves_figure(curves: dict[str, list[tuple[int, float]]], baselines: set[str], metric: str) -> Figure:
@@ -91,9 +85,14 @@ def curves_figure(curves: dict[str, list[tuple[int, float]]], baselines: set[str
         if pts:
             ax.plot([e for e, _ in pts], [v for _, v in pts], marker=".", ls="-" if name in baselines else "--",
                     label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric} (validation)")
-    ax.set_title("objective per epoch of every trial (solid: paper baselines; short curves: stopped early)", fontsize=9)
+    return _finish(fig, ax, "epoch", f"{metric} (validation)",
+                   "objective per epoch of every trial (solid: paper baselines; short curves: stopped early)")
+
+
+def _finish(fig: Figure, ax: Any, xlabel: str, ylabel: str, title: str) -> Figure:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # a study whose trials all stopped early draws no curve
         ax.legend(fontsize=7)
