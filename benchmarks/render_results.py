@@ -319,9 +319,10 @@ def seeded_candidate_table(recipes: dict[str, dict[int, dict[str, Any]]]) -> lis
         half = [_strategies(r)[HALF]["top1"] for r in runs if HALF in _strategies(r)]
         frontier = [r["test"]["frontier_score"] for r in runs]
         iv = t_interval(frontier)
-        band = f"[{iv.low:.4f}, {iv.high:.4f}]" if iv.n > 1 else "one seed: no interval"
+        score = (f"{iv.mean:.4f} ± {iv.std:.4f} [{iv.low:.4f}, {iv.high:.4f}]" if iv.n > 1
+                 else f"{iv.mean:.4f} (one seed: no interval)")
         lines.append(f"| {recipe} | {', '.join(map(str, sorted(seeds)))} | " + " | ".join(cells)
-                     + f" | {_mean_sd(half) if len(half) == len(runs) else '-'} | {iv.mean:.4f} ± {iv.std:.4f} {band} |")
+                     + f" | {_mean_sd(half) if len(half) == len(runs) else '-'} | {score} |")
     return lines
 
 
