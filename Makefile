@@ -38,7 +38,8 @@ lint: $(STAMP)
 
 # Issue #16's CIFAR-10 table (TABLE=stage) or issue #24's block-gating table, 3 seeds per recipe
 # (TABLE=block) in the background: two workers, one thread and one core each, `nice`d; they split the
-# runs (benchmarks/reproduce_cifar.py: running.pid), resume killed ones, skip finished ones.
+# runs (benchmarks/reproduce_cifar.py: running.pid), resume killed ones, skip finished ones. setsid: the
+# workers outlive the shell (or agent job) that started them, whose process group may be ended with it.
 # Logs: outputs/reproduce[_block]_worker{1,2}.log; then `python benchmarks/render_results.py`.
 CIFAR10_ROOT ?= ../shared/data/cifar10
 TABLE ?= stage
@@ -46,8 +47,8 @@ REPRODUCE_LOG = outputs/reproduce$(if $(filter stage,$(TABLE)),,_$(TABLE))_worke
 reproduce: $(STAMP)
 	@mkdir -p outputs
 	@for w in 1 2; do \
-	  nohup nice -n 10 env OMP_NUM_THREADS=1 $(BIN)/python benchmarks/reproduce_cifar.py --table $(TABLE) \
-	    --data-root $(CIFAR10_ROOT) > $(REPRODUCE_LOG)$$w.log 2>&1 & \
+	  setsid nohup nice -n 10 env OMP_NUM_THREADS=1 $(BIN)/python benchmarks/reproduce_cifar.py --table $(TABLE) \
+	    --data-root $(CIFAR10_ROOT) > $(REPRODUCE_LOG)$$w.log 2>&1 < /dev/null & \
 	  echo "worker $$w: pid $$!, log $(REPRODUCE_LOG)$$w.log"; sleep 3; \
 	done
 
