@@ -1,7 +1,7 @@
 """Where the names in a ``Config`` meet what they name.
 
 ``config.py`` checks types and ranges only: it sits below the models, the methods and the device
-profiles (``../shared/DESIGN.md``, floors), so it cannot know which names exist. The names are checked
+profiles (the floors of the project's DESIGN.md), so it cannot know which names exist. The names are checked
 here, where they are resolved -- ``models.MODELS`` (``checkpoint.build_model``), ``methods.METHODS``
 (``train.fit``), ``devices.profiles.DEVICES`` (a ``latency:<device>`` cost axis) -- with the same
 one-line ``ConfigError`` naming the dotted key. ``check_names`` runs them all; the CLI, the search
