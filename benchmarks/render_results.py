@@ -270,13 +270,19 @@ def sweep_plot(runs: dict[str, dict[str, Any]], path: Path) -> bool:
         if half:
             ax.scatter([_activation(half)], [100 * half["top1"]], s=80, facecolors="none",
                        edgecolors=line[0].get_color())
-    ax.set_xlabel("activation (mean fraction of gated units run)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("probabilistic gates: threshold sweep (ring: threshold 0.5)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _label(ax, "activation (mean fraction of gated units run)", "test top-1 (%)",
+           "probabilistic gates: threshold sweep (ring: threshold 0.5)")
     _save(fig, path)
     return True
+
+
+def _label(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, a small title, a light grid and the legend: the look every figure here shares."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 # ----------------------------------------------------------------- tables with several seeds per recipe
@@ -398,11 +404,8 @@ def seeded_plot(recipes: dict[str, dict[int, dict[str, Any]]], path: Path) -> No
         line = ax.step([macs[k] for k in front], [mean[k] for k in front], where="post", label=f"{recipe} (n={len(runs)})")
         ax.errorbar([macs[k] for k in front], [mean[k] for k in front], yerr=[sd[k] for k in front], fmt="o", ms=3,
                     color=line[0].get_color(), capsize=2)
-    ax.set_xlabel("MMACs per image")
-    ax.set_ylabel("test top-1 (%), mean over seeds")
-    ax.set_title("CIFAR-10, ResNet-20, a gate on every block: frontier of the mean over seeds (bars: std)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _label(ax, "MMACs per image", "test top-1 (%), mean over seeds",
+           "CIFAR-10, ResNet-20, a gate on every block: frontier of the mean over seeds (bars: std)")
     _save(fig, path)
 
 

@@ -23,7 +23,7 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -148,8 +148,9 @@ class _Evaluator:
         self.patterns = all_patterns(n) if n <= cfg.train.eval_all_patterns_max_units else ladder(n)
         self.costs = CandidateCosts(model, data.input_shape, cfg.train.score_cost)
 
-    def table(self, model: nn.Module) -> list:
-        return candidate_table(model, self.method, eval_loader(self.data), self.device,
+    def table(self, model: nn.Module, loader: Iterable | None = None) -> list:
+        """Every candidate scored on ``loader`` (default: the evaluation split)."""
+        return candidate_table(model, self.method, eval_loader(self.data) if loader is None else loader, self.device,
                                input_shape=self.data.input_shape, patterns=self.patterns, bn_loader=self.data.train,
                                bn_batches=self.cfg.train.bn_reestimate_batches, seed=self.cfg.train.seed,
                                costs=self.costs)
@@ -158,10 +159,7 @@ class _Evaluator:
         """``train.final_test``: ``test_top1_<candidate>``, ``test_cost_<candidate>``, ``test_frontier_score``
         and ``test_n`` (the split's image count, for binomial intervals) on the test split."""
         with autocast(self.device, self.amp_dtype):
-            rows = candidate_table(model, self.method, self.data.test, self.device, input_shape=self.data.input_shape,
-                                   patterns=self.patterns, bn_loader=self.data.train,
-                                   bn_batches=self.cfg.train.bn_reestimate_batches, seed=self.cfg.train.seed,
-                                   costs=self.costs)
+            rows = self.table(model, self.data.test)
         return {f"test_{k}": v for k, v in table_metrics(rows).items()} | {"test_n": float(rows[0].n) if rows else 0.0}
 
     def __call__(self, model: nn.Module) -> dict[str, float]:

@@ -130,11 +130,7 @@ def evaluate_patterns_trie(
         x, y = x.to(device), y.to(device)
 
         def visit(logits: torch.Tensor, group: list[SkipPattern], y: torch.Tensor = y) -> None:
-            c1, c5 = _topk_correct(logits, y)
-            for p in group:
-                counts[p][0] += c1
-                counts[p][1] += c5
-                counts[p][2] += y.numel()
+            _tally(counts, group, logits, y)
 
         _walk(model, levels, 0, model.stem(x), patterns, visit)
     return _to_scores(counts, patterns)
@@ -151,11 +147,18 @@ def evaluate_patterns_naive(
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         for p in patterns:
-            c1, c5 = _topk_correct(model(x, p), y)
-            counts[p][0] += c1
-            counts[p][1] += c5
-            counts[p][2] += y.numel()
+            _tally(counts, [p], model(x, p), y)
     return _to_scores(counts, patterns)
+
+
+def _tally(counts: dict[SkipPattern, list[int]], group: Sequence[SkipPattern], logits: torch.Tensor,
+           y: torch.Tensor) -> None:
+    """Add one batch's top-1 / top-5 hits and size to every pattern of ``group`` (they share ``logits``)."""
+    c1, c5 = _topk_correct(logits, y)
+    for p in group:
+        counts[p][0] += c1
+        counts[p][1] += c5
+        counts[p][2] += y.numel()
 
 
 def beam_search(
