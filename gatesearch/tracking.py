@@ -22,6 +22,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import requests
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -59,16 +60,9 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0, what: str = "tracking.u
         _check_store_scheme(uri, what)
         return
 
-    # GET get-by-name: read-only, answered by every MLflow 2/3 server (404 RESOURCE_DOES_NOT_EXIST is an answer too)
-    req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
-    user, password, token = (os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                                                          "MLFLOW_TRACKING_TOKEN"))
-    if user and password:
-        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    elif token:
-        req.add_header("Authorization", f"Bearer {token}")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s):
+        with urllib.request.urlopen(_rest_request(uri), timeout=timeout_s):
             return
     except urllib.error.HTTPError as e:
         if e.code in (401, 403) and not user:
@@ -85,6 +79,19 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0, what: str = "tracking.u
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise UserError(f"{what} {uri}: no MLflow server answers ({reason})") from None
+
+
+def _rest_request(uri: str) -> urllib.request.Request:
+    """GET experiments/get-by-name with the user's MLflow credentials: read-only, answered by every MLflow 2/3
+    server (404 RESOURCE_DOES_NOT_EXIST is an answer too)."""
+    req = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default")
+    user, password, token = (os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                                          "MLFLOW_TRACKING_TOKEN"))
+    if user and password:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    elif token:
+        req.add_header("Authorization", f"Bearer {token}")
+    return req
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
@@ -207,19 +214,95 @@ STUDY_TAG = "gatesearch.study"
 TRIAL_TAG = "gatesearch.trial_id"
 ERROR_TAG = "gatesearch.error"
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # the artifacts the UI lists as tables
-# MLflow 3's UI opens an experiment by its kind: the GenAI overview unless it is told it trains models
+# earlier MLflow 3 UIs open an experiment by its kind (GenAI overview, or training runs); 3.17's ignores the
+# tag and follows the URL's workflowType or the browser's last choice (runs_view_url sets it)
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def _with_retries(fn: Any, *args: Any, attempts: int = 10, **kwargs: Any) -> Any:
-    for i in range(attempts):
+    """``fn(*args, **kwargs)``, retried on errors (a locked SQLite store, ...); a server that does not answer
+    is retried for ``set_patience`` seconds on top of MLflow's own bounded retries (``HTTP_ENV``), then
+    ``TrackingUnavailable``."""
+    down_since, i = None, 0
+    while True:
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # MlflowException("database is locked"), OperationalError, HTTP 5xx, ...
+            reason = unavailable_reason(e)
+            if reason is not None:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since >= _PATIENCE["s"]:
+                    raise TrackingUnavailable(f"the MLflow server{_server_of(e)} does not answer ({reason})",
+                                              reason) from None
+                time.sleep(_PATIENCE_POLL_S)
+                continue
             if i == attempts - 1 or "does not exist" in str(e) or "INVALID_PARAMETER_VALUE" in str(e):
                 raise
             time.sleep(min(2.0, 0.05 * 2**i) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+            i += 1
+
+
+# ---------------------------------------------------------------- a tracking server that stops answering
+# MLflow's HTTP client retries a dead server for minutes per call (7 retries with backoff factor 2, a 120 s
+# timeout each) and _with_retries multiplied that by 10: a trial hung RUNNING for 9 minutes. Every process that
+# imports this module (the study's driver, each Ray worker that runs a trial, `gatesearch train`) gets these
+# bounds instead, unless its environment sets them: a call to a dead server then gives up after about 3 s
+# (connection refused) or 35 s (a server that accepts and never answers).
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+for _key, _value in HTTP_ENV.items():
+    os.environ.setdefault(_key, _value)
+#: How long a process goes on retrying a server that does not answer before ``TrackingUnavailable``
+#: (``GATESEARCH_TRACKING_PATIENCE_S``, default 120 s). A study's driver sets 0 (``set_patience``): it stops the
+#: study when the server has been silent for 30 s (``search/outage.py``), so a trial waiting here is interrupted
+#: and resumable rather than failed.
+PATIENCE_ENV = "GATESEARCH_TRACKING_PATIENCE_S"
+_PATIENCE = {"s": float(os.environ.get(PATIENCE_ENV) or 120.0)}
+_PATIENCE_POLL_S = 5.0
+
+
+class TrackingUnavailable(UserError):
+    """The MLflow server did not answer (refused, reset, timed out, or 5xx after MLflow's retries)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def set_patience(seconds: float) -> None:
+    """This process's ``PATIENCE_ENV``: seconds of retrying a silent server before ``TrackingUnavailable``."""
+    _PATIENCE["s"] = float(seconds)
+
+
+def unavailable_reason(e: BaseException) -> str | None:
+    """Why the server did not answer, when ``e`` (MLflow wraps the ``requests`` error it gave up on) says
+    so; None for an answer, even an error answer."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError,
+                             requests.exceptions.ChunkedEncodingError)):
+            text = str(seen)
+            errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+            return errno.group(1).strip() if errno else "timed out" if "timed out" in text else type(seen).__name__
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _server_of(e: BaseException) -> str:
+    found = re.search(r"API request to (https?://[^/\s]+)", str(e))
+    return f" at {found.group(1)}" if found else ""
+
+
+def server_down_reason(uri: str, timeout_s: float = 5.0) -> str | None:
+    """One read-only REST call to an ``http(s)://`` server: None when it answers (any HTTP answer but a
+    gateway's 502/503/504), else why not."""
+    try:
+        with urllib.request.urlopen(_rest_request(uri), timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}" if e.code in (502, 503, 504) else None
+    except (urllib.error.URLError, OSError) as e:
+        return re.sub(r"^\[Errno -?\d+\] ", "", str(getattr(e, "reason", e)))
 
 
 def study_client(uri: str) -> Any:
@@ -244,7 +327,7 @@ def study_experiment_id(uri: str, name: str, artifact_location: str | None = Non
         db_dir = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
         artifact_location = (db_dir / "mlruns" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)).as_uri()
     try:
-        # the kind tag makes MLflow 3's UI open the experiment on its training runs, not the GenAI overview
+        # the kind tag makes earlier MLflow 3 UIs open the experiment on its training runs, not the GenAI overview
         return _with_retries(client.create_experiment, name, artifact_location=artifact_location,
                              tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except Exception:  # another process created it first
@@ -527,3 +610,28 @@ def resumed_run_id(uri: str, out_dir: str | Path) -> str | None:
     except (MlflowException, KeyError):
         return None
     return saved["run_id"]
+
+
+# ---------------------------------------------------------------- the UI's first screen of a study (search area)
+# MLflow 3.17's UI opens an experiment on the GenAI overview unless the URL or the browser says "machine
+# learning" (it no longer reads mlflow.experimentKind), and keeps its table columns and charts in the browser.
+# What the server can hold: a saved view of the runs page, an experiment tag the UI lists in its "Views" menu.
+
+SAVED_VIEW_TAG = "mlflow.sharedViewState."  # + the view's key; the UI's "Views" menu lists every such tag
+NOTE_TAG = "mlflow.note.content"  # a run's description: its page's Description and the runs table's column
+UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+
+
+def save_runs_view(uri: str, experiment_id: str, key: str, name: str, state: dict[str, Any]) -> None:
+    """``state`` (the UI's runs-page state: filter, sort, columns, charts) as the saved view ``name`` of the
+    experiment, opened from the UI's "Views" menu or ``runs_view_url``; saving ``key`` again replaces it."""
+    now = int(time.time() * 1000)
+    value = json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+    _with_retries(study_client(uri).set_experiment_tag, experiment_id, SAVED_VIEW_TAG + key, value)
+
+
+def runs_view_url(uri: str, experiment_id: str, key: str) -> str:
+    """The UI address that opens saved view ``key`` on the runs page, in the UI's machine-learning mode:
+    on the server itself for an ``http(s)://`` store, else where ``mlflow ui`` serves by default."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_URL
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}&workflowType=machine_learning"

@@ -34,7 +34,7 @@ from gatesearch import tracking
 from gatesearch.bundle import register_menus
 from gatesearch.config import from_flat
 from gatesearch.errors import UserError
-from gatesearch.search import reeval, report
+from gatesearch.search import outage, reeval, report
 from gatesearch.search.algorithms import BaselineASHA, StudySearch, stop_of
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
 from gatesearch.search.preflight import check_search, fit_to_cluster, ray_connect_error, study_lock
@@ -206,7 +206,7 @@ def _status_callback(ctx: TrialContext, stops_dir: Path | None = None, time_budg
                 tracking.set_run_tags(uri, run_id, {"gatesearch.stop_reason": "errored"})
                 tracking.end_run(uri, run_id, "FAILED", error=None if _has_error(uri, run_id) else line)
 
-    return MlflowTrialStatus()
+    return outage.Guarded(MlflowTrialStatus())  # a dead tracking server stops the study (resumable), not Tune
 
 
 def _has_error(uri: str, run_id: str) -> bool:
@@ -225,7 +225,7 @@ def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, sto
         storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[_status_callback(ctx, storage / s.name / STOPS_DIR, s.time_budget_s)],
+        callbacks=[_status_callback(ctx, storage / s.name / STOPS_DIR, s.time_budget_s), outage.current()],
         verbose=opts.verbose,
     )
     fixed = _absolute_paths(space) | {"tracking.uri": ctx.tracking_uri}
@@ -444,6 +444,7 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
     """The study under its lock: Ray, the parent run, the Tuner, the re-evaluation, summary.json / best.json."""
     # num_to_keep forces an experiment snapshot per checkpoint; with tiny epochs Tune warns about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    watch = outage.start(uri)  # a tracking server silent for 30 s stops the study, resumable (outage.py)
     # Ray first: a cluster that refuses this client (auth) fails before a parent run or marker exists
     started, space = _init_ray(opts, space)
     t0 = time.perf_counter()
@@ -454,7 +455,7 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
                            epochs=space.study.epochs, objective_metrics=tuple(space.study.metrics),
                            fault=os.environ.get(FAULT_ENV, ""), fault_dir=str(study_dir / "faults"))
         results = _build_tuner(opts, space, ctx, storage).fit()
-        interrupted = _interrupted(space, study_dir, time.perf_counter() - t0)
+        interrupted = _interrupted(space, study_dir, time.perf_counter() - t0) or watch.reason is not None
         summary = summarize(space, results, study_dir, time.perf_counter() - t0) | {"tracking_uri": uri, "parent_run_id": parent_id,
                                                           "experiment_id": exp_id, "interrupted": interrupted}
         if space.study.reeval is not None and not interrupted:  # the finalists again, on paired fresh seeds
@@ -476,9 +477,12 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
                 "mlflow_run_id": best and best["mlflow_run_id"], "objectives": best and best["objectives"],
                 "reeval": best and best.get("reeval"), "verdict": verdict_line(summary),
                 "tracking_uri": uri, "devices": list(space.study.devices)})
+    if watch.reason is not None:  # what the server did not get stays in Tune's state: --resume sends it
+        raise tracking.TrackingUnavailable(watch.message(), watch.reason)
     if opts.select and space.study.devices and not interrupted:
         summary["menus"] = select_best(summary, space.study.devices, study_dir, space.study.register)
         write_json(study_dir / "summary.json", summary)
+    outage.close_ended_runs(uri, exp_id, parent_id, summary)  # runs a stopped study could not close
     _log_summary(uri, parent_id, summary, study_dir)
     _log_comparison(uri, parent_id, summary, space, results)
     return summary
@@ -551,7 +555,7 @@ def _reevaluate(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, stor
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=opts.verbose,
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                      callbacks=[_status_callback(ctx)]))
+                                      callbacks=[_status_callback(ctx), outage.current()]))
     print(f"re-evaluating {len(chosen)} finalists on {r.seeds} seeds ({len(plan)} runs)"
           + (f"; {note}" if note else ""), flush=True)
     grid = tuner.fit()
