@@ -171,10 +171,20 @@ def test_docker_compose_file_is_valid(tmp_path):
     assert "postgresql://" in str(services["mlflow"]) and "s3://" in str(services["mlflow"])
     mlflow_env = services["mlflow"]["environment"]
     assert "--app-name basic-auth" in str(services["mlflow"]["command"]) and mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"]
-    for name in ("ray-head", "ray-worker-gpu"):  # token auth on, with the token and MLflow login from .env
+    roots = {mlflow_env["MLFLOW_AUTH_ADMIN_USERNAME"], mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"],
+             services["minio"]["environment"]["MINIO_ROOT_USER"], services["minio"]["environment"]["MINIO_ROOT_PASSWORD"]}
+    ray_user, minio_user = services["mlflow-ray-user"]["environment"], services["minio-ray-user"]["environment"]
+    for name in ("ray-head", "ray-worker-gpu"):  # token auth on, with the token from .env
         ray_env = services[name]["environment"]
         assert ray_env["RAY_AUTH_MODE"] == "token" and ray_env["RAY_AUTH_TOKEN"]
-        assert ray_env["MLFLOW_TRACKING_PASSWORD"] == mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+        # #27 item 10: never the MinIO root keys nor the MLflow admin, the logins the init services make instead
+        assert not roots & {str(v) for v in ray_env.values()}, name
+        assert (ray_env["MLFLOW_TRACKING_USERNAME"], ray_env["MLFLOW_TRACKING_PASSWORD"]) == (
+            ray_user["MLFLOW_RAY_USER"], ray_user["MLFLOW_RAY_PASSWORD"])
+        assert (ray_env["AWS_ACCESS_KEY_ID"], ray_env["AWS_SECRET_ACCESS_KEY"]) == (
+            minio_user["MINIO_RAY_USER"], minio_user["MINIO_RAY_PASSWORD"])
+    head_deps = services["ray-head"]["depends_on"]
+    assert all(head_deps[n]["condition"] == "service_completed_successfully" for n in ("minio-ray-user", "mlflow-ray-user"))
     # the placeholders of .env.example never guard a running stack: env-check refuses them before anything starts
 
     def needs(name: str) -> set[str]:
@@ -193,6 +203,112 @@ def test_docker_compose_file_is_valid(tmp_path):
     fine = subprocess.run(["sh", "-c", script],
                           env={"SECRETS": "a1b2 c3d4", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
     assert fine.returncode == 0, fine.stderr
+    for placeholder in ("change-me-minio-ray-secret", "change-me-mlflow-ray-password"):  # the new secrets too
+        assert placeholder in services["env-check"]["environment"]["SECRETS"]
+        one = subprocess.run(["sh", "-c", script], env={"SECRETS": f"a1b2 {placeholder}", "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, timeout=30)
+        assert one.returncode == 1 and placeholder in one.stderr
+    for var in ("MINIO_RAY_PASSWORD", "MLFLOW_RAY_USER"):  # a .env from before these existed: compose refuses
+        older = tmp_path / f"no-{var}.env"
+        older.write_text("".join(line for line in (ROOT / ".env.example").read_text().splitlines(keepends=True)
+                                 if not line.startswith(var + "=")))
+        gone = subprocess.run(["docker-compose", "--env-file", str(older), "-f", "docker-compose.yml", "config"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+        assert gone.returncode != 0 and f"set {var} in .env" in gone.stderr, gone.stderr
+
+
+def _fake_mc(tmp_path: Path) -> tuple[Path, Path]:
+    """An ``mc`` that logs its arguments and keeps the policy file it is given, and knows no user yet."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "mc.log"
+    bin_dir.mkdir()
+    (bin_dir / "mc").write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$*" in "admin policy create"*) cp "$6" {tmp_path}/policy.json ;; esac
+""")
+    (bin_dir / "mc").chmod(0o755)
+    return bin_dir, log
+
+
+def test_minio_ray_user_gets_a_policy_scoped_to_the_artifacts_bucket(tmp_path):
+    bin_dir, log = _fake_mc(tmp_path)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmp_path), "MINIO_ROOT_USER": "root",
+           "MINIO_ROOT_PASSWORD": "rootpw123", "MINIO_RAY_USER": "ray-artifacts", "MINIO_RAY_PASSWORD": "raypw1234",
+           "MLFLOW_BUCKET": "runs"}
+    out = subprocess.run(["sh", str(ROOT / "compose" / "minio_ray_user.sh")], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    policy = json.loads((tmp_path / "policy.json").read_text())
+    resources = {r for st in policy["Statement"] for r in st["Resource"]}
+    actions = {a for st in policy["Statement"] for a in st["Action"]}
+    assert resources == {"arn:aws:s3:::runs", "arn:aws:s3:::runs/*"}  # the bucket and its objects, nothing else
+    assert all(st["Effect"] == "Allow" for st in policy["Statement"])
+    assert all(a.startswith("s3:") and "*" not in a for a in actions) and "s3:PutObject" in actions
+    assert not any(a.startswith(("s3:CreateBucket", "s3:DeleteBucket", "s3:PutBucketPolicy")) for a in actions)
+    calls = log.read_text().splitlines()
+    assert calls[0] == "alias set local http://minio:9000 root rootpw123"
+    assert "admin user add local ray-artifacts raypw1234" in calls
+    assert calls[-1] == "admin policy attach local ray-artifacts --user ray-artifacts"
+    same = subprocess.run(["sh", str(ROOT / "compose" / "minio_ray_user.sh")], env={**env, "MINIO_RAY_USER": "root"},
+                          capture_output=True, text=True, timeout=30)
+    assert same.returncode == 1 and "must not be the root user" in same.stderr
+
+
+class _MlflowAuthStub:
+    """Records the requests of ``compose/mlflow_ray_user.py``; answers as MLflow's basic-auth app would."""
+
+    def __init__(self, existing: bool) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[tuple[str, str, str, dict]] = []
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                size = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(size) or b"{}")
+                stub.requests.append((self.command, self.path, self.headers.get("Authorization", ""), body))
+                exists = existing and self.path.endswith(("/users/create", "/permissions/grant"))
+                self.send_response(400 if exists else 200)
+                self.end_headers()
+                self.wfile.write(b'{"error_code": "RESOURCE_ALREADY_EXISTS"}' if exists else b"{}")
+
+            do_GET = do_POST = do_PATCH = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_mlflow_ray_user_is_made_by_the_admin_and_is_not_one(existing):
+    import base64
+
+    stub = _MlflowAuthStub(existing)
+    env = {"PATH": "/usr/bin:/bin", "MLFLOW_URL": stub.url, "MLFLOW_ADMIN_USER": "admin", "MLFLOW_ADMIN_PASSWORD": "adminpw",
+           "MLFLOW_RAY_USER": "ray", "MLFLOW_RAY_PASSWORD": "raypw"}
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "compose" / "mlflow_ray_user.py")], env=env,
+                             capture_output=True, text=True, timeout=60)
+        same = subprocess.run([sys.executable, str(ROOT / "compose" / "mlflow_ray_user.py")],
+                              env={**env, "MLFLOW_RAY_USER": "admin"}, capture_output=True, text=True, timeout=60)
+    finally:
+        stub.server.shutdown()
+    assert out.returncode == 0, out.stderr
+    admin = "Basic " + base64.b64encode(b"admin:adminpw").decode()
+    assert all(auth == admin for _, _, auth, _ in stub.requests)  # the admin's login makes the user
+    calls = [(m, p, b) for m, p, _, b in stub.requests if p != "/health"]
+    expected = [("POST", "/api/2.0/mlflow/users/create", {"username": "ray", "password": "raypw"})]
+    if existing:  # a second start: the password from .env again
+        expected.append(("PATCH", "/api/2.0/mlflow/users/update-password", {"username": "ray", "password": "raypw"}))
+    expected += [("PATCH", "/api/2.0/mlflow/users/update-admin", {"username": "ray", "is_admin": False}),
+                 ("POST", "/api/3.0/mlflow/users/permissions/grant",
+                  {"username": "ray", "resource_type": "experiment", "resource_id": "0", "permission": "READ"})]
+    assert calls == expected
+    assert same.returncode == 1 and "must not be the admin" in same.stderr
 
 
 def test_make_secrets_writes_a_private_env_with_no_placeholder(tmp_path):
