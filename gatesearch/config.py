@@ -75,6 +75,9 @@ class ModelConfig:
     # a mandatory block's downsampling shortcut: false = one BN shared by every sub-network (ADN's official
     # ResNet; resnet50 25,583,144 params), true = two switchable sets as its residual branch (+7,680)
     switchable_shortcut_bn: bool = False
+    # data parallelism: BatchNorm batch statistics over the global batch (every BN, both switchable sets);
+    # false: each rank normalises with its shard's statistics (docs/DESIGN_NOTES.md item 46)
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         _check(not self.switchable_shortcut_bn or (self.name.startswith("resnet") and self.gating == "stage"

@@ -14,17 +14,21 @@ device: no workers, no host-to-device copy per step (airbench's layout, Jordan 2
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from gatesearch.config import DataConfig
 from gatesearch.errors import UserError
+from gatesearch.parallel import rank_world
 from gatesearch.registry import Registry
 
 
@@ -35,6 +39,9 @@ class DataBundle:
     test: DataLoader | DeviceLoader
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W)
+    # under data parallelism (``shard_bundle``): the whole training split's loader, every rank the same
+    # batches (BN re-estimation); None: ``train`` is the whole split
+    train_full: DataLoader | DeviceLoader | None = None
 
 
 @dataclass
@@ -111,20 +118,39 @@ class DeviceLoader:
         self.mean, self.std = mean.to(device).view(1, -1, 1, 1), std.to(device).view(1, -1, 1, 1)
         self.batch, self.shuffle, self.augment, self.pad, self.flip = batch, shuffle, augment, pad, flip
         self.generator = torch.Generator(device).manual_seed(seed)
+        # ``shard_bundle``: this rank's part; the augmentation then draws from its own generator
+        self.rank, self.world, self.aug_generator = 0, 1, self.generator
 
-    def __len__(self) -> int:
+    def sharded(self, rank: int, world: int, seed: int) -> DeviceLoader:
+        """This loader's rank-``rank`` part under data parallelism (``shard_bundle``): training, each
+        global batch's ``rank``-th slice (the permutation drawn from ``generator``, the same on every
+        rank; the crops from a generator of this rank's own); evaluation, whole batches round robin."""
+        out = copy.copy(self)
+        out.rank, out.world = rank, world
+        out.generator = torch.Generator(self.images.device).manual_seed(seed)
+        out.aug_generator = torch.Generator(self.images.device).manual_seed(rank_seed(seed, rank))
+        return out
+
+    def _global_len(self) -> int:
         n = len(self.labels)
         return n // self.batch if self.shuffle else -(-n // self.batch)
+
+    def __len__(self) -> int:
+        n = self._global_len()
+        return n if self.shuffle else len(range(self.rank, n, self.world))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         order = (torch.randperm(n, generator=self.generator, device=self.images.device) if self.shuffle
                  else torch.arange(n, device=self.images.device))
-        for i in range(len(self)):
+        part = self.batch // self.world
+        for i in range(self._global_len()) if self.shuffle else range(self.rank, self._global_len(), self.world):
             idx = order[i * self.batch:(i + 1) * self.batch]
+            if self.shuffle and self.world > 1:
+                idx = idx[self.rank * part:(self.rank + 1) * part]
             x = self.images[idx]  # [B, C, H, W] uint8
             if self.augment:
-                x = random_crop_flip(x, self.pad, self.flip, self.generator)
+                x = random_crop_flip(x, self.pad, self.flip, self.aug_generator)
             yield (x.float() / 255.0 - self.mean) / self.std, self.labels[idx]
 
 
@@ -376,6 +402,85 @@ def check_image_folders(root: Path, sample: int = 2) -> None:
                                 f"({', '.join(IMAGE_SUFFIXES)})")
             for p in files[:sample]:
                 decode_image(str(p))
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Rank ``rank``'s seed for what each rank draws on its own (crops, flips): ``seed`` itself on rank 0,
+    so rank 0 draws as one process does; a seed spawned from ``(seed, rank)`` elsewhere."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def _reseed_worker(rank: int, worker_id: int) -> None:
+    """A loader worker's seed moved by its rank (the base seed comes from the loader generator, which
+    every rank shares so that the shuffles agree; the augmentations should not)."""
+    s = rank_seed(torch.initial_seed() % 2**32, rank)
+    torch.manual_seed(s)
+    random.seed(s)
+
+
+class ShardBatches(Sampler[list[int]]):
+    """Rank ``rank``'s slice ``[rank * b, (rank + 1) * b)`` of each global batch of ``batches`` (a batch
+    sampler, e.g. the shuffling ``BatchSampler`` one process would use), ``b = len(batch) // world``: a
+    ``DistributedSampler`` that splits every mini-batch rather than the epoch, so the ``world`` shards of
+    a step are exactly one process's mini-batch of that step."""
+
+    def __init__(self, batches: Iterable[list[int]], rank: int, world: int) -> None:
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            b = len(batch) // self.world
+            yield list(batch)[self.rank * b:(self.rank + 1) * b]
+
+
+class RoundRobinBatches(Sampler[list[int]]):
+    """Whole batches of ``batches`` dealt round robin: rank ``rank`` gets batches ``rank, rank + world,
+    ...`` (evaluation: no sample is repeated or dropped, unlike ``DistributedSampler``'s padding, so the
+    ranks' summed counts are one process's; ``parallel.global_batch_index`` names a batch's place)."""
+
+    def __init__(self, batches: Iterable[list[int]], rank: int, world: int) -> None:
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.batches), self.world))  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i, batch in enumerate(self.batches):
+            if i % self.world == self.rank:
+                yield batch
+
+
+def _shard_loader(loader: DataLoader | DeviceLoader, train: bool, rank: int, world: int, seed: int) -> Any:
+    if isinstance(loader, DeviceLoader):
+        return loader.sharded(rank, world, seed)
+    sampler = (ShardBatches if train else RoundRobinBatches)(loader.batch_sampler, rank, world)
+    return DataLoader(loader.dataset, batch_sampler=sampler, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, generator=loader.generator,
+                      persistent_workers=loader.persistent_workers,
+                      worker_init_fn=functools.partial(_reseed_worker, rank) if loader.num_workers else None)
+
+
+def shard_bundle(bundle: DataBundle, batch_size: int, seed: int) -> DataBundle:
+    """This rank's loaders under data parallelism (``parallel.rank_world``; ``bundle`` itself in one
+    process). ``data.batch_size`` is the *global* mini-batch: each step every rank gets its
+    ``batch_size / world`` slice of the batch one process would draw with the same ``seed``
+    (``ShardBatches``; so steps per epoch and the lr schedule are unchanged), evaluation splits are dealt
+    in whole batches (``RoundRobinBatches``), and ``train_full`` keeps the whole training loader."""
+    rank, world = rank_world()
+    if world == 1:
+        return bundle
+    if batch_size % world:
+        raise UserError(f"data.batch_size: the global mini-batch of {batch_size} does not split evenly over "
+                        f"{world} workers (use a multiple of {world})")
+
+    def shard(loader: Any, train: bool) -> Any:
+        return None if loader is None else _shard_loader(loader, train, rank, world, seed)
+
+    return replace(bundle, train=shard(bundle.train, True), val=shard(bundle.val, False),
+                   test=shard(bundle.test, False), train_full=bundle.train)
 
 
 def eval_loader(bundle: DataBundle) -> Iterable:

@@ -28,16 +28,19 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from gatesearch.checkpoint import build_model, load_checkpoint, save_checkpoint
 from gatesearch.config import Config, OptimConfig
 from gatesearch.cost import CandidateCosts
-from gatesearch.data import DataBundle, build_data, eval_loader
+from gatesearch.data import DataBundle, build_data, eval_loader, rank_seed, shard_bundle
 from gatesearch.data import describe as describe_data
 from gatesearch.errors import UserError
 from gatesearch.evaluate import candidate_table, kl_between, ladder, table_metrics
 from gatesearch.methods import METHODS, Method
+from gatesearch.models.norm import convert_sync_bn
 from gatesearch.models.torchvision_init import load_torchvision_file
+from gatesearch.parallel import barrier, broadcast_state_, is_main, mean_over_ranks, rank_world
 from gatesearch.patterns import SkipPattern, all_patterns
 from gatesearch.resolve import check_names
 from gatesearch.schedules import lr_factor
@@ -151,7 +154,8 @@ class _Evaluator:
     def table(self, model: nn.Module, loader: Iterable | None = None) -> list:
         """Every candidate scored on ``loader`` (default: the evaluation split)."""
         return candidate_table(model, self.method, eval_loader(self.data) if loader is None else loader, self.device,
-                               input_shape=self.data.input_shape, patterns=self.patterns, bn_loader=self.data.train,
+                               input_shape=self.data.input_shape, patterns=self.patterns,
+                               bn_loader=self.data.train_full or self.data.train,
                                bn_batches=self.cfg.train.bn_reestimate_batches, seed=self.cfg.train.seed,
                                costs=self.costs)
 
@@ -266,6 +270,51 @@ class CompiledModel:
         return getattr(self.model, name)
 
 
+class _Calls(nn.Module):
+    """The model's entry points behind one ``forward(name, ...)``, so that DDP wraps each of them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.model, name)(*args, **kwargs)
+
+
+class DistributedModel:
+    """What a method's ``train_step`` sees under data parallelism (a process group of ``W > 1`` ranks):
+    ``model`` inside ``DistributedDataParallel``, each of the three calls a method makes
+    (``model(x, gates)``, ``forward_patterns``, ``forward_from_stem``) through DDP's forward, so the
+    backward averages the gradients over the ranks; any other attribute (``stem``, ``gate_heads``,
+    ``n_units``) is the model's own. DDP broadcasts rank 0's weights and buffers when it is built.
+
+    ``find_unused_parameters=True``: a skipped unit (Gated Depth, stochastic depth, ADN's base-net) and
+    the unused set of a switchable BN get no gradient, a different set each step, so no static graph
+    fits; DDP then leaves the globally unused parameters' ``.grad`` as one process leaves it (``None``:
+    no weight decay and no momentum step on them) instead of all-reducing zeros
+    (``docs/DESIGN_NOTES.md`` item 46, measured in ``benchmarks/ddp_unused.py``)."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model = model
+        ids = None if device.type != "cuda" else [device.index if device.index is not None else torch.cuda.current_device()]
+        self.ddp = DistributedDataParallel(_Calls(model), device_ids=ids, find_unused_parameters=True)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ddp("forward", *args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ddp("forward", *args, **kwargs)
+
+    def forward_patterns(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ddp("forward_patterns", *args, **kwargs)
+
+    def forward_from_stem(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ddp("forward_from_stem", *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # only for what __init__ did not set
+        return getattr(self.model, name)
+
+
 class Trainer:
     """Holds what one training epoch needs: model (put in the configured memory layout), the model
     the method calls (``CompiledModel`` under ``train.compile``), method, optimizer, scaler, autocast."""
@@ -280,7 +329,13 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         if device.type == "cpu" and cfg.train.keep_freed_memory:
             keep_freed_memory()
-        self.step_model = model if cfg.train.compile == "off" else CompiledModel(model, cfg.train.compile)
+        if rank_world()[1] > 1:
+            if cfg.train.compile != "off":
+                raise UserError(f"train.compile: {cfg.train.compile} is not supported with data parallelism yet "
+                                "(use off)")
+            self.step_model: Any = DistributedModel(model, device)
+        else:
+            self.step_model = model if cfg.train.compile == "off" else CompiledModel(model, cfg.train.compile)
         self.amp_dtype = autocast_dtype(device, cfg.train.amp)  # None: fp32
         self.eval_amp_dtype = self.amp_dtype if cfg.train.amp_eval else None
         # bf16 autocast needs no loss scaling; fp16 (older GPUs) does
@@ -315,6 +370,9 @@ class Trainer:
         with autocast(self.device, self.amp_dtype):
             res = self.method.train_step(self.step_model, x, y, step, epoch, self._backward)
         loss = res.loss.detach().item() if res.loss is not None else float(res.parts["loss"])
+        # data parallelism: the global batch's parts (every rank the same, so all stop together)
+        parts = mean_over_ranks({**res.parts, "loss": loss})
+        loss = parts["loss"]
         if not math.isfinite(loss):
             raise TrainingDiverged(f"training diverged: loss is {loss} at epoch {epoch}, step {step} "
                                    f"(lower optim.lr?); the last good checkpoint is kept")
@@ -324,7 +382,7 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model)
-        return {**res.parts, "loss": loss, "lr": lr}
+        return {**parts, "lr": lr}
 
     def epoch(self, loader: Any, epoch: int, reporters: Sequence[Reporter]) -> tuple[float, float]:
         """Train one epoch; returns (mean loss, last lr)."""
@@ -380,17 +438,31 @@ def _resume(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path | None = None) -> FitResult:
-    """Train ``cfg`` from scratch (or from the checkpoint ``resume_from``); see the module docstring."""
+    """Train ``cfg`` from scratch (or from the checkpoint ``resume_from``); see the module docstring.
+
+    Data parallelism: called in every rank of an initialised ``torch.distributed`` process group
+    (``W > 1`` ranks, e.g. inside each Ray Train worker), the ranks train one model together:
+    ``data.batch_size`` is the global mini-batch, each rank trains on its ``1/W`` slice of every step's
+    batch (``data.shard_bundle``) through DDP (``DistributedModel``), evaluates its share of the split
+    with the counts summed over the ranks, so every rank gets the same metrics, the ones one process
+    gets; rank 0 alone writes the checkpoint. Every rank calls its reporters with those metrics; the
+    checkpoint exists when ``on_epoch_end`` runs on any rank (``FitResult.checkpoint_path`` is rank 0's
+    only). ``docs/DESIGN_NOTES.md`` item 46."""
     check_names(cfg)  # before any data is read
+    rank, world = rank_world()
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    data = build_data(cfg.data, cfg.train.seed, device)
+    data = shard_bundle(build_data(cfg.data, cfg.train.seed, device), cfg.data.batch_size, cfg.train.seed)
     model = build_model(cfg, data.num_classes, data.input_shape)
     if cfg.model.init_from and not resume_from:
         load_torchvision_file(model, cfg.model.init_from)
+    if cfg.model.sync_bn and world > 1:
+        convert_sync_bn(model)
     model.to(device)
     steps = _steps_per_epoch(cfg, data)
     method = METHODS.get(cfg.method.name)(cfg, model, steps)
+    if rank > 0:  # what each rank draws on its own (crops, flips) differs; rank 0 draws as one process
+        seed_everything(rank_seed(cfg.train.seed, rank))
     optimizer = build_optimizer(cfg.optim, method.param_groups(model), model)
     trainer = Trainer(cfg, model, method, optimizer, device, steps)
     if cfg.train.ema_decay > 0:
@@ -398,7 +470,7 @@ def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path
     start, history = _resume(resume_from, model, optimizer, method, trainer.ema) if resume_from else (0, [])
     evaluator = _Evaluator(cfg, model, data, method, device, trainer.eval_amp_dtype)
     path = Path(cfg.train.out_dir) / "last.pt"
-    info = {"device": str(device), "steps_per_epoch": steps, "start_epoch": start, "n_units": model.n_units,
+    info = {"device": str(device), "steps_per_epoch": steps, "rank": rank, "world_size": world, "start_epoch": start, "n_units": model.n_units,
             "num_classes": data.num_classes, "input_shape": data.input_shape,
             "params": sum(p.numel() for p in model.parameters()),
             "datasets": describe_data(cfg.data, data)}  # what each split is (MLflow dataset inputs)
@@ -407,18 +479,20 @@ def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path
     try:
         for epoch in range(start, cfg.train.epochs):
             history.append(_run_epoch(cfg, trainer, evaluator, data, epoch, history, reporters))
-            save_checkpoint(path, trainer.eval_model, cfg, epoch=epoch, metrics=history[-1], optimizer=optimizer,
-                            input_shape=data.input_shape, num_classes=data.num_classes, history=history,
-                            method_state=method.state_dict(),
-                            train_weights=None if trainer.ema is None else model.state_dict())
+            if is_main():
+                save_checkpoint(path, trainer.eval_model, cfg, epoch=epoch, metrics=history[-1], optimizer=optimizer,
+                                input_shape=data.input_shape, num_classes=data.num_classes, history=history,
+                                method_state=method.state_dict(),
+                                train_weights=None if trainer.ema is None else model.state_dict())
+            barrier()  # the checkpoint is on disk before any rank reports the epoch
             for r in reporters:
                 r.on_epoch_end(epoch, history[-1], path)
     except BaseException as e:
         for r in reporters:
             getattr(r, "on_fail", lambda err: None)(e)
         raise
-    result = FitResult(trainer.eval_model, history[-1] if history else {}, history, path if path.is_file() else None,
-                       method)
+    result = FitResult(trainer.eval_model, history[-1] if history else {}, history,
+                       path if is_main() and path.is_file() else None, method)
     for r in reporters:
         r.on_end(result)
     return result
@@ -432,7 +506,10 @@ def _run_epoch(cfg: Config, trainer: Trainer, evaluator: _Evaluator, data: DataB
     metrics = {"train_loss": loss, "lr": lr}
     last = epoch == cfg.train.epochs - 1
     if last:  # a method's final step (probgates: 002 Sec. 4.1.1's BN statistics), before it is evaluated and saved
-        trainer.method.finish_training(trainer.eval_model, data.train, trainer.device)
+        trainer.method.finish_training(trainer.eval_model, data.train_full or data.train, trainer.device)
+    # data parallelism: every rank evaluates and rank 0 saves rank 0's model (the weights are the same on
+    # every rank; BN running statistics and what finish_training re-estimated are each rank's own)
+    broadcast_state_(trainer.eval_model)
     if (epoch + 1) % cfg.train.eval_every == 0 or last:
         metrics.update(evaluator(trainer.eval_model))
     if last and cfg.train.final_test:

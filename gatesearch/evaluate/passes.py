@@ -17,6 +17,7 @@ from torch import nn
 
 from gatesearch.losses import kl_logits
 from gatesearch.models import Gates
+from gatesearch.parallel import same_batches, summed
 from gatesearch.stats import sample_std
 
 
@@ -95,6 +96,7 @@ def evaluate_ensemble(
                 scores = sum(F.softmax(model(x, _gates_for(gates, x)).float(), 1) for _ in range(runs))
             a, b = _counts(scores, y)
             c1, c5, n = c1 + a, c5 + b, n + len(y)
+    c1, c5, n = (int(v) for v in summed([c1, c5, n]))  # data parallelism: each rank scored its shard
     return EvalResult(c1 / max(n, 1), c5 / max(n, 1), c1, c5, n)
 
 
@@ -118,6 +120,7 @@ def kl_between(
         for x, _ in _batches(loader, device, max_batches):
             total += float(kl_logits(model(x, teacher), model(x, student))) * len(x)
             n += len(x)
+    total, n = summed([total, n])  # data parallelism: each rank scored its shard
     return total / max(n, 1)
 
 
@@ -140,8 +143,9 @@ def reestimate_bn(
     was = model.training
     model.train()
     try:
-        for x, _ in _batches(loader, device, n_batches):
-            model(x, _gates_for(gates, x))
+        with same_batches():  # data parallelism: every rank re-estimates on the whole split's batches
+            for x, _ in _batches(loader, device, n_batches):
+                model(x, _gates_for(gates, x))
     finally:
         model.train(was)
         for m, (mean, var, count, momentum) in zip(bns, saved):

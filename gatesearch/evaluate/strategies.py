@@ -15,6 +15,7 @@ from gatesearch.evaluate.passes import PerBatch
 from gatesearch.evaluate.walk import PatternScore, _topk_correct
 from gatesearch.models import GatedResNet
 from gatesearch.models.gates import gumbel_gate
+from gatesearch.parallel import global_batch_index, summed
 from gatesearch.patterns import SkipPattern
 from gatesearch.stats import sample_std
 
@@ -81,9 +82,12 @@ def score_strategies(
     sto_c = [[0, 0, 0] for _ in range(runs)]
     ens_c = [0, 0, 0]
     sto_r = [[0.0, 0] for _ in range(n)]
-    gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
-    for x, y in loader:
+    gen = torch.Generator(device=torch.device(device))
+    for j, (x, y) in enumerate(loader):
         x, y = x.to(device), y.to(device)
+        # each batch's draws from its own seed, by its place in the split: a rank scoring its shard
+        # of the split (data parallelism) draws for a batch what one process draws for it
+        gen.manual_seed(seed * 1_000_003 + global_batch_index(j))
         for m in modes:
             logits = _forward_strategy(model, x, _gate_fn(model, m[0], m[1], None, det[m]["r"]))
             c1, c5 = _topk_correct(logits, y)
@@ -101,6 +105,8 @@ def score_strategies(
         if runs:
             c1, c5 = _topk_correct(prob_sum, y)
             ens_c = [ens_c[0] + c1, ens_c[1] + c5, ens_c[2] + y.numel()]
+    _sum_over_ranks([d["c"] for d in det.values()] + [r for d in det.values() for r in d["r"]] + sto_c + [ens_c]
+                    + sto_r)
     out = []
     for (mode, tau), d in det.items():
         c1, c5, cnt = d["c"]
@@ -119,6 +125,16 @@ def score_strategies(
     out.append(PatternScore(_majority(rates), "ensemble", ens_c[0] / ens_c[2], ens_c[1] / ens_c[2], ens_c[0],
                             ens_c[1], ens_c[2], unit_rates=rates, passes=runs))
     return out
+
+
+def _sum_over_ranks(rows: list[list]) -> None:
+    """Every count in ``rows`` (lists of numbers, in place) summed over the ranks under data parallelism:
+    each rank scored its shard of the split; ints stay ints."""
+    total = iter(summed([v for row in rows for v in row]))
+    for row in rows:
+        for i, v in enumerate(row):
+            s = next(total)
+            row[i] = int(s) if isinstance(v, int) else s
 
 
 def _majority(rates: Sequence[float]) -> str:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from gatesearch.config import Config
 from gatesearch.models import GatedResNet, Gates
+from gatesearch.parallel import broadcast_
 from gatesearch.patterns import SkipPattern
 
 Backward = Callable[[torch.Tensor], None]
@@ -89,8 +90,14 @@ def scalar(t: torch.Tensor) -> float:
 
 
 def draw_pattern(keep_probs: list[float]) -> SkipPattern:
-    """One Bernoulli draw per unit: unit ``s`` is kept with probability ``keep_probs[s]``."""
-    kept = torch.rand(len(keep_probs)) < torch.tensor(keep_probs)
+    """One Bernoulli draw per unit: unit ``s`` is kept with probability ``keep_probs[s]``.
+
+    One pattern per mini-batch (Gated Depth, 000 Sec. 3, Eq. 4: "For each mini-batch B, we sample one
+    gate configuration b"; stochastic depth, Huang et al. 2016 Sec. 3, per mini-batch too). Under data
+    parallelism the global batch is the mini-batch: rank 0's uniform draws are broadcast, so every rank
+    trains the same pattern at every step (the ranks' shards are one batch of one sub-network)."""
+    u = broadcast_(torch.rand(len(keep_probs)))  # [n_units]; rank 0's draws on every rank
+    kept = u < torch.tensor(keep_probs)
     return SkipPattern(tuple(not bool(k) for k in kept))
 
 

@@ -30,25 +30,39 @@ from gatesearch.losses import RATE_LOSSES, rate_per_gate
 from gatesearch.methods.base import Backward, Method, StepResult, scalar
 from gatesearch.models import GatedResNet, Gates
 from gatesearch.models.gates import LogitGate, gumbel_gate
+from gatesearch.parallel import broadcast_, global_batch_index, global_batch_mean, rank_world, shard_rows, summed
 from gatesearch.patterns import SkipPattern
 from gatesearch.schedules import annealed_target, geometric_temperature, stepped_target, variable_target
 
 
-def sample_gates(model: GatedResNet, x: torch.Tensor, tau: float) -> tuple[Gates, list[torch.Tensor], list[torch.Tensor]]:
+def batch_noise(model: GatedResNet, x: torch.Tensor) -> torch.Tensor:
+    """The uniform draws of a training batch's Gumbel gates, ``[n_units, B]`` for ``x [B, ...]``: drawn
+    for the global batch ``[n_units, W * B]`` on rank 0 and broadcast, each rank keeping its columns, so
+    ``W`` ranks sample the gates one process samples for the same global batch (002 Sec. 2.1: one sample
+    per image and gate, independent). Drawn as one tensor; in one process (CPU) the same numbers as
+    ``n_units`` successive ``[B]`` draws."""
+    _, w = rank_world()
+    u = broadcast_(torch.rand(model.n_units, w * x.shape[0], device=x.device))
+    return shard_rows(u.T).T  # [n_units, B]
+
+
+def sample_gates(model: GatedResNet, x: torch.Tensor, tau: float,
+                 noise: torch.Tensor | None = None) -> tuple[Gates, list[torch.Tensor], list[torch.Tensor]]:
     """Straight-through Gumbel gates for batch ``x``: ``(gates, keeps, keep_probs)``; the two lists
-    fill with one ``[B]`` tensor per unit (for ``aig`` while the forward pass runs)."""
+    fill with one ``[B]`` tensor per unit (for ``aig`` while the forward pass runs). ``noise``:
+    ``[n_units, B]`` uniform draws (``batch_noise``), else each gate draws from the global RNG."""
     keeps: list[torch.Tensor] = []
     probs: list[torch.Tensor] = []
     heads = model.gate_heads
     if _is_logit(model):
-        for head in heads:
-            k, p = gumbel_gate(head(x), tau)
+        for u, head in enumerate(heads):
+            k, p = gumbel_gate(head(x), tau, noise=None if noise is None else noise[u])
             keeps.append(k)
             probs.append(p)
         return torch.stack(keeps, 1), keeps, probs  # [B, n_units]
 
     def gate_fn(u: int, h: torch.Tensor) -> torch.Tensor:
-        k, p = gumbel_gate(heads[u](h), tau)
+        k, p = gumbel_gate(heads[u](h), tau, noise=None if noise is None else noise[u])
         keeps.append(k)
         probs.append(p)
         return k
@@ -92,17 +106,22 @@ def gate_rates(model: GatedResNet, loader: Iterable, device: torch.device, max_b
         return _logit_keep_probs(model).tolist()
     was = model.training
     model.eval()
-    sums = torch.zeros(model.n_units)
+    sums = torch.zeros(model.n_units, dtype=torch.float64)
     n = 0
+    gen = torch.Generator(device)
     for i, (x, _) in enumerate(loader):
-        if i >= max_batches:
+        if global_batch_index(i) >= max_batches:  # the split's first max_batches batches, over every rank
             break
-        gates, _, probs = sample_gates(model, x.to(device), tau=1.0)
-        model(x.to(device), gates)
-        sums += torch.stack(probs, 1).sum(0).cpu()
+        x = x.to(device)
+        gen.manual_seed(global_batch_index(i))  # a batch's gates drawn by its place in the split
+        noise = torch.rand(model.n_units, x.shape[0], device=device, generator=gen)
+        gates, _, probs = sample_gates(model, x, tau=1.0, noise=noise)
+        model(x, gates)
+        sums += torch.stack(probs, 1).sum(0).cpu().double()
         n += len(x)
     model.train(was)
-    return (sums / max(n, 1)).tolist()
+    total = summed([*sums.tolist(), n])  # data parallelism: each rank scored its shard
+    return [s / max(total[-1], 1) for s in total[:-1]]
 
 
 class ProbGates(Method):
@@ -148,11 +167,13 @@ class ProbGates(Method):
         self, model: GatedResNet, x: torch.Tensor, y: torch.Tensor, step: int, epoch: int, backward: Backward
     ) -> StepResult:
         tau = geometric_temperature(self.opts.tau_start, self.opts.tau_end, self.progress(step))
-        gates, keeps, probs = sample_gates(model, x, tau)
+        gates, keeps, probs = sample_gates(model, x, tau, batch_noise(model, x))
         ce = self.ce(model(x, gates), y)
         target = self.target(epoch)
-        z = torch.stack(keeps, 1)  # [B, n_units]
-        rate = self.rate(z, torch.stack(probs, 1), target)
+        # [B, n_units]; under data parallelism [1, n_units], the global batch's mean (the batch of 002
+        # Sec. 3.1's per-batch loss and of AIG's per-gate one is the mini-batch, all ranks' shards)
+        z = global_batch_mean(torch.stack(keeps, 1))
+        rate = self.rate(z, global_batch_mean(torch.stack(probs, 1)), target)
         act = scalar(z.mean())  # the batch's activation rate
         if self.opts.target_schedule == "variable":
             if epoch != self._epoch:

@@ -15,21 +15,26 @@ from torch import nn
 
 
 def gumbel_gate(
-    logits: torch.Tensor, tau: float, hard: bool = True, generator: torch.Generator | None = None
+    logits: torch.Tensor, tau: float, hard: bool = True, generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample keep factors from ``[B, 2]`` logits.
 
     Returns ``(keep [B], keep_prob [B])``: ``keep`` is 0/1 in the forward pass when ``hard`` (with
     the relaxed gradient) and ``keep_prob`` is softmax(logits)[:, 1] without noise, the quantity
-    target-rate losses act on.
+    target-rate losses act on. ``noise``: the ``[B]`` uniform draws to use (data parallelism: a
+    rank's share of draws made for the global batch), else drawn from ``generator``.
     """
     if tau <= 0:
         raise ValueError(f"Gumbel temperature must be > 0, got {tau}")
     # Two classes: softmax([l0 + g0, l1 + g1] / tau)[1] = sigmoid((l1 - l0 + g1 - g0) / tau), and the
     # difference of two Gumbel(0, 1) draws is Logistic(0, 1) = log u - log(1 - u) (the binary Concrete
     # of Maddison et al. 2017): the same sample as the two-class form, in a third of the ops.
-    u = torch.rand(logits.shape[:-1], device=logits.device, dtype=logits.dtype, generator=generator)
-    u = u.clamp_(1e-6, 1 - 1e-6)
+    if noise is None:
+        u = torch.rand(logits.shape[:-1], device=logits.device, dtype=logits.dtype, generator=generator)
+    else:
+        u = noise.to(device=logits.device, dtype=logits.dtype).reshape(logits.shape[:-1])
+    u = u.clamp(1e-6, 1 - 1e-6)
     diff = logits[..., 1] - logits[..., 0]  # [B]
     soft = torch.sigmoid((diff + (torch.log(u) - torch.log1p(-u))) / tau)
     keep = ((soft > 0.5).to(soft.dtype) - soft).detach() + soft if hard else soft

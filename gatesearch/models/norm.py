@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gatesearch.parallel import shards_differ, sum_over_ranks
+
 #: Index of the BN set used when the stage's gated unit runs / is skipped.
 UNIT_ON, UNIT_OFF = 0, 1
 
@@ -54,6 +56,9 @@ class SwitchableBatchNorm2d(nn.Module):
         on, off = self.bns[UNIT_ON], self.bns[UNIT_OFF]
         if not self.training:  # lerp is exact at 0 and 1: a 0/1 tensor gives the pattern path's numbers
             return torch.lerp(off(x), on(x), which.to(x.dtype).view(-1, 1, 1, 1))
+        if isinstance(on, SyncBatchNorm2d) and shards_differ():
+            raise ValueError("model.sync_bn: switchable BN's keep-tensor path (learned gates on a stage-gated "
+                             "model) keeps per-rank statistics; use block gating, or model.sync_bn=false")
         keep = which.to(on.weight.dtype).reshape(-1).expand(x.shape[0])  # [B]
         stats = _routed_stats(x, keep, on, off)
         y = _RoutedBatchNorm.apply(x, keep, on.weight, off.weight, on.bias, off.bias, *stats[:4], on.eps)
@@ -227,3 +232,51 @@ def unit_switch(keep: torch.Tensor) -> torch.Tensor:
     Gated Depth Sec. 4; ADN Sec. 3.4's switch is discrete), ``keep``'s own gradient (straight-through,
     as the Gumbel gates')."""
     return (keep > 0).to(keep.dtype) + (keep - keep.detach())
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d whose training statistics are those of the global batch under data parallelism
+    (``model.sync_bn``): each rank's per-channel sums of ``x`` and ``x^2`` and its value count, added
+    over the ranks (``parallel.sum_over_ranks``, differentiable), give the mean and biased variance one
+    BatchNorm2d computes on the ranks' shards put together; the running averages take those and the
+    unbiased variance. The gradient is autograd's through that sum, so with DDP's averaging it is one
+    process's on the global batch. Same parameters, buffers and state-dict keys as ``nn.BatchNorm2d``;
+    in one process, in eval mode, or where every rank runs the same batches (``parallel.same_batches``:
+BN re-estimation) it is ``nn.BatchNorm2d``. Written here because
+    ``torch.nn.SyncBatchNorm`` refuses CPU tensors (gloo). E[x^2] - E[x]^2 in float64 sums."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and shards_differ()):
+            return super().forward(x)
+        c = x.shape[1]
+        n_local = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
+        xd = x.double()
+        local = torch.cat([xd.sum((0, 2, 3)), (xd * xd).sum((0, 2, 3)), n_local])  # [2C + 1]
+        total = sum_over_ranks(local)
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), f)
+                self.running_var.lerp_((var * n / (n - 1).clamp_min(1)).to(self.running_var.dtype), f)
+        shape = (1, c, 1, 1)
+        scale = torch.rsqrt(var + self.eps).to(x.dtype).view(shape)
+        y = (x - mean.to(x.dtype).view(shape)) * scale
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def convert_sync_bn(module: nn.Module) -> nn.Module:
+    """Every ``nn.BatchNorm2d`` in ``module`` (both sets of every switchable BN, plain ones, the stem's)
+    turned into a ``SyncBatchNorm2d`` with its parameters and buffers, in place; returns ``module``."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats, device=child.running_mean.device)
+            sync.load_state_dict(child.state_dict())
+            setattr(module, name, sync)
+        else:
+            convert_sync_bn(child)
+    return module
