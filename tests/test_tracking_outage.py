@@ -41,12 +41,11 @@ def test_mlflow_calls_are_bounded_in_every_process_that_tracks() -> None:
     """A fresh process (a Ray worker is one) gets the bounds when it imports tracking; a value the user
     exported wins."""
     code = "import os, gatesearch.tracking; print([os.environ[k] for k in gatesearch.tracking.HTTP_ENV])"
-    env = {k: v for k, v in os.environ.items() if k not in tracking.HTTP_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in tracking.HTTP_ENV} | {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['10', '2', '1']"
-    env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "60"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['60', '2', '1']"
+    assert list(tracking.HTTP_ENV) == ["MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]
+    assert out.strip() == "['60', '2', '1']"  # MLflow's defaults: 120, 7, 2
 
 
 def test_a_dead_server_is_one_error_naming_it_within_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,8 +133,19 @@ def test_the_watch_stops_after_the_server_was_silent_long_enough(monkeypatch: py
         def on_trial_complete(self, *args: object, **kwargs: object) -> None:
             raise tracking.TrackingUnavailable("m", "Connection reset by peer")
 
-    outage.Guarded(Calls()).on_trial_complete(0, [], None)
+        def on_trial_error(self, *args: object, **kwargs: object) -> None:
+            raise ValueError("a bug, not an outage")
+
+    outage.Guarded(Calls()).on_trial_complete(iteration=0, trials=[], trial=None)
     assert outage.current().reason == "Connection reset by peer" and len(raised) == 2
+    with pytest.raises(ValueError):  # anything else still raises
+        outage.Guarded(Calls()).on_trial_error(iteration=0, trials=[], trial=None)
+    # MLflow's own error for a call that bypasses tracking's retries (a raw client.get_run) stops it too
+    outage.start(uri)
+    tracking.set_patience(120.0)
+    with pytest.raises(MlflowException) as raw:
+        tracking.study_client(uri).get_run("0" * 32)
+    assert tracking.unavailable_reason(raw.value) == "Connection refused"
 
 
 def test_resume_closes_the_runs_a_stopped_study_could_not(tmp_path: Path) -> None:

@@ -82,23 +82,28 @@ def start(uri: str) -> TrackingWatch:
 
 
 class Guarded(Callback):
-    """``inner``'s trial hooks, with a tracking call that gave up (``TrackingUnavailable``) stopping the study
-    instead of raising inside Tune's loop (which would end it without saving its state)."""
+    """``inner``'s trial hooks, with a tracking call that found no server (``TrackingUnavailable``, or MLflow's
+    own error where a call bypasses ``tracking``'s retries) stopping the study instead of raising inside Tune's
+    loop, which would end it without saving its state."""
 
     def __init__(self, inner: Callback) -> None:
         self.inner = inner
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        try:
-            self.inner.on_trial_complete(iteration, trials, trial, **info)
-        except tracking.TrackingUnavailable as e:
-            current().stop(e.reason)
+        self._call(self.inner.on_trial_complete, iteration, trials, trial, **info)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._call(self.inner.on_trial_error, iteration, trials, trial, **info)
+
+    @staticmethod
+    def _call(hook: Any, *args: Any, **info: Any) -> None:
         try:
-            self.inner.on_trial_error(iteration, trials, trial, **info)
-        except tracking.TrackingUnavailable as e:
-            current().stop(e.reason)
+            hook(*args, **info)
+        except Exception as e:
+            reason = e.reason if isinstance(e, tracking.TrackingUnavailable) else tracking.unavailable_reason(e)
+            if reason is None:
+                raise
+            current().stop(reason)
 
 
 def close_ended_runs(uri: str, experiment_id: str, parent_run_id: str, summary: dict[str, Any]) -> int:
