@@ -253,3 +253,30 @@ def test_fit_on_two_ranks(ranks: dict[str, Any], tmp_path: Path) -> None:
     for k, v in ref.items():
         if k not in skip:
             assert first["metrics"][k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_shards_put_together_are_one_process_batches(on_device: bool) -> None:
+    """No process group needed: rank r's loaders built for 2 ranks. Training: rank 0's and rank 1's
+    batches, stacked, are one process's batch at every step of two epochs (the shuffle agrees);
+    evaluation: whole batches dealt round robin, every image once, in the split's batch order."""
+    from gatesearch.data import RoundRobinBatches, ShardBatches, _shard_loader
+
+    cfg = config(data__on_device=on_device, data__eval_batch_size=64)
+    whole = build_data(cfg.data, 3)
+    parts = [build_data(cfg.data, 3) for _ in range(2)]
+    shards = [_shard_loader(p.train, True, r, 2, 3) for r, p in enumerate(parts)]
+    evals = [_shard_loader(p.val, False, r, 2, 3) for r, p in enumerate(parts)]
+    if not on_device:
+        assert isinstance(shards[0].batch_sampler, ShardBatches) and isinstance(evals[0].batch_sampler, RoundRobinBatches)
+    assert len(shards[0]) == len(shards[1]) == len(whole.train)
+    for _ in range(2):  # each loader run to its end, as an epoch does (the sampler draws at its end too)
+        epoch = [list(loader) for loader in (whole.train, *shards)]
+        for (x, y), (x0, y0), (x1, y1) in zip(*epoch):
+            assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+    batches = list(whole.val)
+    assert len(batches) == 3 and [len(e) for e in evals] == [2, 1]
+    dealt = [list(e) for e in evals]
+    for i, (x, y) in enumerate(batches):
+        xr, yr = dealt[i % 2][i // 2]
+        assert torch.equal(xr, x) and torch.equal(yr, y)
