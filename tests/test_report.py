@@ -39,3 +39,40 @@ def test_candidate_points_are_the_cost_and_top1_metrics_of_the_last_result():
     m = {"top1_FF": 0.9, "cost_FF": 1.0, "top1_TT": 0.7, "cost_TT": 0.5, "top1_gated": 0.8, "cost_gated": 0.7,
          "frontier_score": 0.8}
     assert report.candidate_points(m) == [(0.5, 0.7), (1.0, 0.9)]  # cost_gated repeats a strategy's own entry
+
+
+def _columns(view: dict, kind: str) -> list[str]:
+    return [c[len(kind) + 2:-1] for c in view["selectedColumns"] if c.startswith(f"{kind}.`")]
+
+
+def test_study_view_opens_on_the_study_trials_best_first_with_the_objective_and_the_searched_values():
+    params = [*PARAMS, Param("method.adn.alpha", "uniform", low=0.2, high=0.9, when=(("method.name", ("adn",)),))]
+    view = report.study_view("abc123", [("frontier_score", "max"), ("top1_base", "max")], params)
+    assert view["searchFilter"] == "tags.`mlflow.parentRunId` = 'abc123' and tags.`gatesearch.kind` = 'trial'"
+    assert view["orderByKey"] == "metrics.`frontier_score`" and view["orderByAsc"] is False  # best first
+    assert view["selectedColumns"][:2] == ["metrics.`frontier_score`", "metrics.`top1_base`"]  # the objectives first
+    # a conditional key is left out: its column would show the config default where the trial did not draw it
+    assert _columns(view, "params") == ["method.name", "optim.lr"]
+    assert {"gatesearch.stop_reason", "gatesearch.baseline"} <= set(_columns(view, "tags"))
+    assert "Description" in _columns(view, "attributes")
+    charts = {c["type"]: c for c in view["compareRunCharts"]}
+    assert set(charts) == {"BAR", "LINE", "PARALLEL"}
+    assert charts["PARALLEL"]["selectedParams"] == ["method.name", "optim.lr"]
+    assert charts["PARALLEL"]["selectedMetrics"] == ["frontier_score", "top1_base"]
+    assert charts["BAR"]["metricKey"] == charts["LINE"]["metricKey"] == "frontier_score"
+    # the study's charts come first and open; MLflow's one chart per logged metric stays, folded
+    first, *rest = view["compareRunSections"]
+    assert first["display"] and {c["metricSectionId"] for c in view["compareRunCharts"]} == {first["uuid"]}
+    assert [s["name"] for s in rest] == ["Model metrics", "System metrics"] and not any(s["display"] for s in rest)
+    assert report.study_view("abc123", [("val_loss", "min")], PARAMS)["orderByAsc"] is True
+
+
+def test_trial_description_names_the_drawn_values_the_objective_and_the_stop_reason():
+    t = {**_summary(1)["trials"][0], "stop_reason": "stopped early by ASHA at epoch 1"}
+    t["config"]["optim.lr"] = 0.0123456
+    line = report.trial_description(t, ["method.name", "method.adn.alpha", "optim.lr"], "frontier_score")
+    assert line == ("searched: method.name=gated_depth, optim.lr=0.01235; frontier_score 0.5400; "
+                    "stopped early by ASHA at epoch 1")
+    base = {**t, "baseline": "adn", "objectives": {}, "config": {}, "stop_reason": None, "state": "ERROR"}
+    assert report.trial_description(base, ["optim.lr"], "frontier_score") == (
+        "paper baseline adn: no searched key; no frontier_score; ERROR")

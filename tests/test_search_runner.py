@@ -153,6 +153,23 @@ def test_small_study_has_parent_and_child_runs(local_ray, tmp_path):
                                     f"stopped early by ASHA at epoch {t['epochs_done']}")
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "top1_super")]
         assert steps == list(range(len(steps))) and 1 <= len(steps) <= 2
+        # its description: the values it drew, its objective and why it stopped (the UI's Description column)
+        assert c.data.tags["mlflow.note.content"].endswith(f"; {t['stop_reason']}")
+        assert f"optim.lr={float(c.data.params['optim.lr']):.4g}" in c.data.tags["mlflow.note.content"]
+    # the UI's first screen: a saved view in the experiment (the runs page's "Views" menu) of this study's trials,
+    # best first, objective and searched values as columns; read back as MLflow's UI reads it
+    saved = json.loads(client.get_experiment(summary["experiment_id"]).tags[f"mlflow.sharedViewState.{parent.info.run_id}"])
+    assert saved["name"] == "study small: trials by top1_super" and isinstance(saved["createdAt"], int)
+    view = json.loads(saved["state"])
+    shown = client.search_runs([summary["experiment_id"]], filter_string=view["searchFilter"])
+    assert sorted(r.info.run_id for r in shown) == sorted(c.info.run_id for c in children)
+    assert view["orderByKey"] == "metrics.`top1_super`" and view["orderByAsc"] is False
+    params = [c[len("params.`"):-1] for c in view["selectedColumns"] if c.startswith("params.")]
+    assert params and all(set(params) <= set(r.data.params) for r in shown)
+    assert all("top1_super" in r.data.metrics for r in shown)
+    # the objective on the parent too (the study's best), so the parent's row in the default runs list shows it
+    assert client.get_run(parent.info.run_id).data.metrics["top1_super"] == summary["best"]["objectives"]["top1_super"]
+    assert f"viewStateShareKey={parent.info.run_id}&workflowType=machine_learning" in describe(summary)
     best = json.loads((tmp_path / "rr" / "small" / "best.json").read_text())
     assert best["mlflow_run_id"] == parent.data.tags["gatesearch.best_run_id"]
     assert Path(best["checkpoint"]).is_file()

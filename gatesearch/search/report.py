@@ -7,7 +7,10 @@
 - ``curves_figure``: the objective per epoch of every trial (baselines solid, ASHA stops visible as
   short curves);
 - ``importances``: Optuna's parameter importances (``optuna.importance.get_param_importances``,
-  fANOVA) over the study's complete trials, or the reason there are none.
+  fANOVA) over the study's complete trials, or the reason there are none;
+- ``study_view``: the MLflow UI's first screen of the study, a saved view of the runs page (the trials, best
+  first, the objective and the searched values as columns, their charts); ``trial_description``: each trial
+  run's description (the values it drew, its objective, why it stopped).
 """
 
 from __future__ import annotations
@@ -145,3 +148,68 @@ def importance_figure(found: dict[str, float], metric: str) -> Figure:
 def close_all() -> None:
     """Free the figures once logged (a long-lived driver draws a set per study)."""
     plt.close("all")
+
+
+#: The most searched keys a study's view lists as columns (an MLflow experiment tag holds at most 20,000 characters).
+VIEW_MAX_KEYS = 24
+
+
+def _col(kind: str, key: str) -> str:
+    """A runs-table column as MLflow's UI names it: ``metrics.`frontier_score```, ``params.`optim.lr```."""
+    return f"{kind}.`{key}`"
+
+
+def study_view(parent_run_id: str, objectives: Sequence[tuple[str, str]], params: Sequence[Param]) -> dict[str, Any]:
+    """MLflow's runs-page state (its "Views" menu, ``tracking.save_runs_view``) that opens on a study's trials.
+
+    ``objectives``: ``(metric, mode)`` pairs, the first one sorts. The view lists this study's trial runs
+    flat (not folded under the parent; re-evaluation runs left out), best first, with columns the objectives,
+    the searched keys every trial draws (a conditional key would show the config default where it was not
+    drawn), why the run stopped, the paper baseline it ran and its description (``trial_description``: the
+    values it drew). Its charts: the objective per trial, per epoch, and parallel coordinates of the
+    unconditional searched keys against it; MLflow's one chart per logged metric stays, folded. Field names
+    are MLflow 3.17's UI state (``ExperimentPageUIState``, ``RunsChartsCardConfig``)."""
+    metric, mode = objectives[0]
+    metrics = [m for m, _ in objectives]
+    always = [p.key for p in params if not p.when][:VIEW_MAX_KEYS]
+    section = "gatesearch-study"
+    card = {"metricSectionId": section, "runsCountToCompare": 100, "deleted": False, "isGenerated": False}
+    charts = [{**card, "uuid": "gatesearch-objective", "type": "BAR", "metricKey": metric},  # its last epoch
+              {**card, "uuid": "gatesearch-parallel", "type": "PARALLEL", "selectedParams": always,
+               "selectedMetrics": metrics, "showAllRuns": True},
+              {**card, "uuid": "gatesearch-curves", "type": "LINE", "metricKey": metric, "selectedMetricKeys": [metric],
+               "xAxisKey": "step", "useGlobalXaxisKey": False, "scaleType": "linear", "xAxisScaleType": "linear",
+               "lineSmoothness": 0}]  # per epoch (step = epoch)
+    note, stop = _col("attributes", "Description"), _col("tags", "gatesearch.stop_reason")
+    columns = [*(_col("metrics", m) for m in metrics), *(_col("params", k) for k in always), stop,
+               _col("tags", "gatesearch.baseline"), note]
+    return {
+        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`gatesearch.kind` = 'trial'",
+        "orderByKey": _col("metrics", metric), "orderByAsc": mode == "min", "startTime": "ALL",
+        "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        # columnOrder: the UI would put its attribute columns (the description) before the metrics
+        "selectedColumns": columns, "columnOrder": columns, "columnWidths": {stop: 220, note: 560},
+        "runsExpanded": {}, "runsPinned": [], "runsHidden": [], "runsVisibilityMap": {}, "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": charts, "isAccordionReordered": True,
+        "compareRunSections": [{"uuid": section, "name": "Study: the objective and the searched values",
+                                "display": True, "isReordered": False},
+                               {"uuid": "gatesearch-model", "name": "Model metrics", "display": False, "isReordered": False},
+                               {"uuid": "gatesearch-system", "name": "System metrics", "display": False,
+                                "isReordered": False}],
+        "hideEmptyCharts": True, "groupBy": None, "groupsExpanded": {}, "viewMaximized": False, "runListHidden": False,
+        "autoRefreshEnabled": True, "useGroupedValuesInCharts": True,
+    }
+
+
+def trial_description(trial: dict[str, Any], searched: Sequence[str], metric: str) -> str:
+    """A trial's run description (the UI's Description column and run page): the values it drew, why it stopped."""
+    cfg = trial.get("config") or {}
+    drawn = ", ".join(f"{k}={_short(cfg[k])}" for k in searched if k in cfg)
+    value = trial["objectives"].get(metric)
+    head = f"paper baseline {trial['baseline']}" if trial["baseline"] else "searched"
+    score = f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"no {metric}"
+    return f"{head}: {drawn or 'no searched key'}; {score}; {trial.get('stop_reason') or trial['state']}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(_cell(value))

@@ -124,6 +124,14 @@ def _init_ray(opts: SearchOptions, space: SearchSpace) -> tuple[bool, SearchSpac
     return started, dataclasses.replace(space, study=dataclasses.replace(s, max_concurrent_trials=cap))
 
 
+def _save_view(uri: str, exp_id: str, parent_run_id: str, space: SearchSpace) -> None:
+    """The UI's first screen of the study (``report.study_view``): its trials, best first, with the objective
+    and the searched values, saved in the experiment under the parent run's id (``tracking.runs_view_url``)."""
+    s = space.study
+    view = report.study_view(parent_run_id, list(zip(s.metrics, s.modes)), space.params)
+    tracking.save_runs_view(uri, exp_id, parent_run_id, f"study {s.name}: trials by {s.metrics[0]}", view)
+
+
 def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Path) -> tuple[str, str]:
     """The study's MLflow (experiment id, parent run id): reused on resume, else created."""
     marker = study_dir / PARENT_FILE
@@ -131,6 +139,7 @@ def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Pa
         saved = json.loads(marker.read_text())
         if saved.get("tracking_uri") == uri:
             tracking.reopen_run(uri, saved["parent_run_id"])
+            _save_view(uri, saved["experiment_id"], saved["parent_run_id"], space)  # also for a study begun without one
             return saved["experiment_id"], saved["parent_run_id"]
     cfg = from_flat(space.example_flat())
     exp_id = tracking.study_experiment_id(uri, cfg.tracking.experiment)
@@ -151,6 +160,7 @@ def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Pa
         ("dataset", "data.name", cfg.data.name))}
     run_id = tracking.start_study_run(uri, exp_id, s.name, space.source, Path(space.path).name or "space.yaml",
                                       params, tags)
+    _save_view(uri, exp_id, run_id, space)
     study_dir.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": run_id})
     return exp_id, run_id
@@ -353,7 +363,9 @@ def _log_summary(uri: str, parent_run_id: str, summary: dict[str, Any], study_di
     if best:
         tags |= {"gatesearch.best_trial_id": best["trial_id"], "gatesearch.best_run_id": best["mlflow_run_id"],
                  "gatesearch.best_checkpoint": best["checkpoint"]}
-        tracking.log_trial_metrics(uri, parent_run_id, {f"best_{k}": v for k, v in best["objectives"].items()}, 0)
+        # the objective under its own name too: the parent's row in the UI's runs table shows the study's best
+        tracking.log_trial_metrics(uri, parent_run_id, {**best["objectives"],
+                                                        **{f"best_{k}": v for k, v in best["objectives"].items()}}, 0)
     metrics: dict[str, float] = {}
     for row in summary["vs_baselines"]:
         m = row["metric"]
@@ -495,6 +507,10 @@ def _log_comparison(uri: str, parent_run_id: str, summary: dict[str, Any], space
     metric = space.study.metrics[0]
     searched = [p.key for p in space.params]
     tracking.log_table(uri, parent_run_id, report.trials_table(summary, searched), "trials_table.json")
+    for t in summary["trials"]:  # each trial's drawn values and stop reason as its run's description
+        if t["mlflow_run_id"]:
+            tracking.set_run_tags(uri, t["mlflow_run_id"],
+                                  {tracking.NOTE_TAG: report.trial_description(t, searched, metric)})
     names = {t["trial_id"]: f"{t['name']} {t['baseline']} (baseline)" if t["baseline"] else f"{t['name']} {t['method']}"
              for t in summary["trials"]}
     baselines = {names[t["trial_id"]] for t in summary["trials"] if t["baseline"]}
@@ -690,4 +706,5 @@ def describe(summary: dict[str, Any]) -> str:
     mlflow_cmd = str(mlflow) if mlflow.is_file() else "mlflow"
     ui = f"{mlflow_cmd} ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
     lines.append(f"MLflow: {ui}   (experiment id {summary['experiment_id']}, parent run {summary['parent_run_id']})")
+    lines.append(f"  the study's trials in the UI: {tracking.runs_view_url(uri, summary['experiment_id'], summary['parent_run_id'])}")
     return "\n".join(lines)
