@@ -103,7 +103,7 @@ def fit_job(out_dir: str) -> dict[str, Any]:
 
 def _fit_cfg(out_dir: str) -> Any:
     return config(method__name="gated_depth", train__epochs=2, train__max_steps_per_epoch=3,
-                  train__out_dir=out_dir, method__gated_depth__k=2)
+                  train__out_dir=out_dir, method__gated_depth__k=2, train__ema_decay=0.5)  # the EMA is evaluated
 
 
 def all_jobs(state_path: str, out_dir: str) -> dict[str, Any]:
@@ -241,7 +241,7 @@ def test_per_rank_bn_step_is_the_mean_of_the_shards_steps(ranks: dict[str, Any])
 
 def test_fit_on_two_ranks(ranks: dict[str, Any], tmp_path: Path) -> None:
     """fit in both ranks: the same metrics on both, one process's metrics (2 epochs of 3 steps, a
-    distillation step every 2nd), the checkpoint written by rank 0 only, every epoch."""
+    distillation step every 2nd, a weight EMA evaluated), the checkpoint written by rank 0 only, every epoch."""
     ref = fit(_fit_cfg(str(tmp_path))).metrics
     first, second = (out["fit"] for out in ranks["ranks"])
     assert first["saves"] == [0, 1] and second["saves"] == []
