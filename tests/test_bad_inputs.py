@@ -707,6 +707,19 @@ def test_gpu_trials_on_a_local_ray_without_a_gpu(gpu: float, tmp_path: Path, mon
     _expect_clean_failure(argv, "study.resources.gpu", capsys, [tmp_path], 90.0)  # a local Ray starts first
 
 
+def test_more_workers_than_a_local_ray_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    """``study.resources.workers`` x ``cpus_per_worker`` above what a local Ray can ever hold (at most two CPU
+    slots per core) stops before any trial: one line naming the key, no parent run, no store."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    text = Path(SPACE).read_text()
+    bad = f"resources: {{workers: {4 * (os.cpu_count() or 1) + 1}, cpus_per_worker: 1}}"
+    (tmp_path / "space.yaml").write_text(text.replace("resources: {cpu: 1, gpu: 0}", bad))
+    argv = ["search", "--space", str(tmp_path / "space.yaml"),
+            "--storage", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    _expect_clean_failure(argv, "study.resources.workers", capsys, [tmp_path], 90.0)  # a local Ray starts first
+
+
 @pytest.mark.parametrize("resume", [False, True])
 def test_a_file_in_place_of_the_study_directory(resume: bool, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "rr").mkdir()

@@ -51,8 +51,18 @@ def test_study_spaces_explore_losses_schedules_alpha_and_k(path):
     keys = {p.key for p in space.params}
     assert {"method.probgates.loss", "method.probgates.target_schedule", "method.gated_depth.p_min",
             "method.gated_depth.k", "method.adn.alpha"} <= keys
-    assert (space.study.gpu > 0) == ("_cpu" not in path.name)  # the *_cpu spaces are sized for a CPU
+    assert (space.study.gpu > 0) == ("_cpu" not in path.name)  # the *_cpu spaces are sized for a CPU (gpu: per process)
     assert "${" not in yaml.safe_dump(space.fixed) and Path(space.fixed["data.root"]).parts[:2] != ("..", "shared")
+
+
+def test_worker_resources_are_one_process_share():
+    """``cpus_per_worker`` / ``gpus_per_worker`` spell ``cpu`` / ``gpu`` for multi-worker trials; a trial holds
+    ``workers`` of them."""
+    raw = _minimal()
+    raw["study"] = {**raw["study"], "resources": {"workers": 4, "cpus_per_worker": 8, "gpus_per_worker": 1}}
+    s = parse(raw).study
+    assert (s.workers, s.cpu, s.gpu, s.trial_cpu, s.trial_gpu) == (4, 8.0, 1.0, 32.0, 4.0)
+    assert parse(_minimal()).study.workers == 1  # default: one process, today's trainable
 
 
 def test_data_root_comes_from_env_or_override(monkeypatch, tmp_path):
@@ -126,6 +136,14 @@ def test_bad_search_entries_name_the_key(search, key):
         ({"study": {"name": "t", "objective": {"metric": "top1_super", "mode": "up"}}}, "study.objective.mode"),
         ({"study": {"name": "t", "objective": {"metric": "x"}, "budget": {"trials": 0}}}, "study.budget.trials"),
         ({"study": {"name": "t", "objective": {"metric": "x"}, "resources": {"gpus": 1}}}, "study.resources.gpus"),
+        ({"study": {"name": "t", "objective": {"metric": "x"}, "resources": {"workers": 0}}}, "study.resources.workers"),
+        ({"study": {"name": "t", "objective": {"metric": "x"}, "resources": {"workers": 1.5}}}, "study.resources.workers"),
+        ({"study": {"name": "t", "objective": {"metric": "x"}, "resources": {"cpus_per_worker": 0}}},
+         "study.resources.cpus_per_worker"),
+        ({"study": {"name": "t", "objective": {"metric": "x"}, "resources": {"gpu": 1, "gpus_per_worker": 1}}},
+         "study.resources.gpus_per_worker"),
+        ({"study": {"name": "t", "objective": {"metric": "x"}, "resources": {"workers": 2, "gpus_per_worker": 0.5}}},
+         "study.resources.gpus_per_worker"),
         ({"study": {"name": "t", "objective": {"metric": "x"}, "budgte": {}}}, "study.budgte"),
         ({"study": {"name": "t"}}, "study.objective"),
         ({"serach": {}}, "serach"),

@@ -201,6 +201,27 @@ def test_a_joined_cluster_without_room_is_warned_not_refused() -> None:
     assert got == 4 and warning and "no trial" in warning
 
 
+@pytest.mark.parametrize("workers,cpu,gpu,resources,key", [
+    (3, 1, 0, {"CPU": 2.0}, "study.resources.workers"),            # 3 workers x 1 CPU, 2 CPUs: never starts
+    (2, 2, 0, {"CPU": 3.0}, "study.resources.workers"),
+    (2, 1, 1, {"CPU": 8.0}, "study.resources.gpus_per_worker"),    # GPU workers, no GPU
+    (4, 1, 1, {"CPU": 8.0, "GPU": 2.0}, "study.resources.workers"),  # 4 GPU workers, 2 GPUs
+])
+def test_workers_a_local_ray_can_never_hold_are_refused(workers: int, cpu: float, gpu: float, resources: dict,
+                                                       key: str) -> None:
+    with pytest.raises(UserError, match=key.replace(".", r"\.")) as e:
+        fit_to_cluster(1, cpu, gpu, resources, local=True, workers=workers)
+    assert "\n" not in str(e.value)
+
+
+def test_multi_worker_trials_are_capped_by_their_workers() -> None:
+    """A trial holds all its workers: 2 workers x 1 CPU on 4 CPUs is 2 trials at once, not 4."""
+    assert fit_to_cluster(4, 1, 0, {"CPU": 4.0}, local=True, workers=2) == (
+        2, "study.max_concurrent_trials: 4 trials at once, but the cluster holds 2 (4 CPU / 2 per trial); capped to 2")
+    got, warning = fit_to_cluster(2, 1, 1, {"CPU": 16.0}, local=False, workers=4)  # joined: GPU nodes may join
+    assert got == 2 and warning and "no trial" in warning
+
+
 def test_pickle_payload_helper_is_a_plain_pickle(tmp_path: Path) -> None:
     """The planted ``.pkl`` files are ordinary pickles: the standard library alone runs them."""
     path = plant(tmp_path / "rr", tmp_path / "ran")["tuner"]

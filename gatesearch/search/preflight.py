@@ -178,13 +178,25 @@ def _remove_empty(created: list[Path]) -> None:
 
 
 def fit_to_cluster(max_concurrent: int, cpu: float, gpu: float, resources: dict[str, float], local: bool,
-                   ) -> tuple[int, str | None]:
+                   workers: int = 1) -> tuple[int, str | None]:
     """``study.max_concurrent_trials`` capped to what the cluster's ``resources`` (``ray.cluster_resources()``)
-    run at once, and the one warning line when capped. A trial that needs a GPU on a local Ray without
-    enough of them is refused: it would wait PENDING until the time budget. On a joined cluster, nodes may
-    still join (an autoscaler): nothing is refused or capped below one trial there, only warned."""
+    run at once, and the one warning line when capped. ``cpu`` / ``gpu`` are one training process's share; a
+    trial holds ``workers`` of them. A trial that needs a GPU on a local Ray without enough of them, or more
+    workers than a local Ray ever holds, is refused: it would wait PENDING until the time budget. On a joined
+    cluster, nodes may still join (an autoscaler): nothing is refused or capped below one trial there, only
+    warned."""
     have = {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0)}
-    need = {"CPU": cpu, "GPU": gpu}
+    need = {"CPU": workers * cpu, "GPU": workers * gpu}
+    key = "gpus_per_worker" if workers > 1 else "gpu"
+    if local and gpu > 0 and have["GPU"] == 0:
+        raise UserError(f"study.resources.{key}: {gpu:g} GPU per {'worker' if workers > 1 else 'trial'}, but this "
+                        "machine's Ray has no GPU; set it to 0 or run on a machine (or --address) with one")
+    if local and workers > 1:
+        for k, unit in (("CPU", "cpus_per_worker"), ("GPU", "gpus_per_worker")):
+            if need[k] > have[k] + 1e-9:
+                raise UserError(f"study.resources.workers: {workers} workers x {need[k] / workers:g} {k} "
+                                f"({unit}) = {need[k]:g} {k} per trial, but this machine's Ray has {have[k]:g}; "
+                                "lower workers or run on a cluster (--address) that holds them")
     if local and gpu > have["GPU"]:
         raise UserError(f"study.resources.gpu: {gpu:g} GPU per trial, but this machine's Ray has "
                         f"{have['GPU']:g} GPU; set study.resources.gpu: 0 or run on a machine (or --address) with one")

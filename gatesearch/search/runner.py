@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import socket
 import sys
 import time
 import warnings
@@ -38,7 +39,7 @@ from gatesearch.search import outage, reeval, report
 from gatesearch.search.algorithms import BaselineASHA, StudySearch, stop_of
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
 from gatesearch.search.preflight import check_search, fit_to_cluster, ray_connect_error, study_lock
-from gatesearch.search.space import SearchSpace, load_space
+from gatesearch.search.space import SearchSpace, Study, load_space
 from gatesearch.search.trainable import (
     CHECKPOINT_FILE,
     FAULT_ENV,
@@ -89,6 +90,52 @@ def _absolute_paths(space: SearchSpace) -> dict[str, Any]:
 
 
 LOCAL_OVERSUBSCRIPTION = 2  # a local Ray gets up to this many CPU slots per core for concurrent trials
+#: Ray's single-machine mode (Windows and macOS default to it): the node's address is the loopback one, so
+#: every server of a local cluster (GCS, raylets, workers, agents, metrics) listens on 127.0.0.1 only. A user
+#: who sets it to 1 asks for a local cluster on the node's routable address.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"  # where Ray's state API clients (ray.util.state) send requests
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_local_ray(num_cpus: int, state_api: bool) -> None:
+    """``ray.init`` of a new local cluster bound to 127.0.0.1 (unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1``
+    says otherwise). ``state_api``: also start Ray's API server (the "dashboard" process, on 127.0.0.1), which
+    Ray Train V2 needs to remove a stopped multi-worker trial's placement group: its cleaner asks the state
+    API whether the trial's controller is alive, and Ray 2.60 serves that API only from the dashboard process.
+    The cluster's processes are told its address (``RAY_API_SERVER_ADDRESS``): with another Ray running on
+    this machine, the state API would otherwise refuse to guess which one to ask."""
+    import ray
+    from ray._private import ray_constants  # the flag is read when Ray is imported: set it for this start too
+
+    token = Path.home() / ".ray" / "auth_token"  # where a local ray.init writes the token it generates
+    made = [(p, mode) for p, mode in ((token, 0o600), (token.parent, 0o700)) if not p.exists()]
+    user = os.environ.get(LOCAL_ONLY_ENV)
+    env = {LOCAL_ONLY_ENV: "0"} if user is None or user.strip().lower() in ("0", "false") else {}
+    port = _free_port() if state_api else None
+    if port:
+        env[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in env}, ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(env)  # the processes ray.init starts inherit these; this process reads the constant
+    ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER and LOCAL_ONLY_ENV not in env
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=state_api, dashboard_host="127.0.0.1", dashboard_port=port,
+                 logging_level="WARNING")
+    finally:  # a later ray.init(address=...) in this process must see the node's routable address again
+        for k, v in saved[0].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+    for p, mode in made:  # Ray writes them with the umask's modes: 0644 lets every user read the token
+        if p.exists():
+            p.chmod(mode)
 
 
 def _init_ray(opts: SearchOptions, space: SearchSpace) -> tuple[bool, SearchSpace]:
@@ -105,16 +152,11 @@ def _init_ray(opts: SearchOptions, space: SearchSpace) -> tuple[bool, SearchSpac
             raise UserError(ray_connect_error(opts.address, e)) from None
     elif started:
         cores = os.cpu_count() or 1
-        need = min(math.ceil(s.max_concurrent_trials * s.cpu), LOCAL_OVERSUBSCRIPTION * cores)
-        token = Path.home() / ".ray" / "auth_token"  # where a local ray.init writes the token it generates
-        made = [(p, mode) for p, mode in ((token, 0o600), (token.parent, 0o700)) if not p.exists()]
-        ray.init(address=opts.address, num_cpus=opts.num_cpus or max(need, cores, math.ceil(s.cpu)),
-                 include_dashboard=False, logging_level="WARNING")
-        for p, mode in made:  # Ray writes them with the umask's modes: 0644 lets every user read the token
-            if p.exists():
-                p.chmod(mode)
+        need = min(math.ceil(s.max_concurrent_trials * s.trial_cpu), LOCAL_OVERSUBSCRIPTION * cores)
+        _start_local_ray(opts.num_cpus or max(need, cores, math.ceil(s.cpu)), state_api=s.workers > 1)
     try:  # before any trial: a GPU trial on a local Ray without one would wait PENDING until the time budget
-        cap, warning = fit_to_cluster(s.max_concurrent_trials, s.cpu, s.gpu, ray.cluster_resources(), local)
+        cap, warning = fit_to_cluster(s.max_concurrent_trials, s.cpu, s.gpu, ray.cluster_resources(), local,
+                                      workers=s.workers)
     except UserError:
         if started:
             ray.shutdown()
@@ -147,6 +189,7 @@ def _parent_run(opts: SearchOptions, space: SearchSpace, uri: str, study_dir: Pa
     params = {"study.name": s.name, "study.objective": ",".join(f"{o.metric}:{o.mode}" for o in s.objectives),
               "study.trials": s.trials, "study.epochs": s.epochs, "study.time_budget_s": s.time_budget_s,
               "study.max_concurrent_trials": s.max_concurrent_trials, "study.cpu": s.cpu, "study.gpu": s.gpu,
+              "study.workers": s.workers,
               "study.devices": ",".join(s.devices), "study.searched": ",".join(p.key for p in space.params),
               "study.baselines": ",".join(b.method for b in space.baselines) or "false",
               "study.overrides": " ".join(space.overrides), "study.cost": s.cost,
@@ -223,13 +266,23 @@ def _has_error(uri: str, run_id: str) -> bool:
     return tracking.ERROR_TAG in tracking.study_client(uri).get_run(run_id).data.tags
 
 
+DRIVER_MEMORY = 256 * 2**20  # bytes Tune reserves for a multi-worker trial's driver (it holds no CPU)
+
+
+def trial_resources(s: Study) -> dict[str, float]:
+    """What Tune reserves per trial: the training process itself, or (``workers`` > 1) only memory for the
+    driver that waits for its ``TorchTrainer`` (Tune refuses an empty reservation), whose workers Ray Train
+    places in a placement group of its own (``max_concurrent_trials`` is capped to what those hold,
+    ``preflight.fit_to_cluster``)."""
+    return {"cpu": s.cpu, "gpu": s.gpu} if s.workers == 1 else {"cpu": 0, "memory": DRIVER_MEMORY}
+
+
 def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, storage: Path) -> Any:
     import optuna
     from ray import tune
 
     s = space.study
-    trainable = tune.with_resources(tune.with_parameters(opts.trainable or run_trial, ctx=ctx),
-                                    {"cpu": s.cpu, "gpu": s.gpu})
+    trainable = tune.with_resources(tune.with_parameters(opts.trainable or run_trial, ctx=ctx), trial_resources(s))
     run_config = tune.RunConfig(
         name=s.name,
         storage_path=str(storage),
@@ -266,7 +319,7 @@ def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, sto
         num_samples=s.trials,
         max_concurrent_trials=s.max_concurrent_trials,
         time_budget_s=s.time_budget_s,
-        reuse_actors=True,
+        reuse_actors=s.workers == 1,  # a stopped multi-worker driver never frees its actor in time: a new one
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_dirname,
     )
@@ -285,7 +338,8 @@ def summarize(space: SearchSpace, results: Any, study_dir: Path, elapsed_s: floa
     trials = []
     for r in results:
         m = r.metrics or {}
-        ckpt_dir = r.checkpoint.path if r.checkpoint is not None else None
+        # a multi-worker trial's checkpoint stays in Ray Train's run (the checkpoint_path metric)
+        ckpt_dir = r.checkpoint.path if r.checkpoint is not None else m.get("checkpoint_path")
         done = int(m.get("epochs_done", 0))
         method = (r.config or {}).get(BASELINE_KEY)
         baseline = next((b for b in space.baselines if b.method == method), None)
@@ -465,7 +519,9 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
         exp_id, parent_id = _parent_run(opts, space, uri, study_dir)
         ctx = TrialContext(tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent_id, study=space.study.name,
                            epochs=space.study.epochs, objective_metrics=tuple(space.study.metrics),
-                           fault=os.environ.get(FAULT_ENV, ""), fault_dir=str(study_dir / "faults"))
+                           fault=os.environ.get(FAULT_ENV, ""), fault_dir=str(study_dir / "faults"),
+                           workers=space.study.workers, cpus_per_worker=space.study.cpu,
+                           gpus_per_worker=space.study.gpu, storage=str(study_dir))
         results = _build_tuner(opts, space, ctx, storage).fit()
         interrupted = _interrupted(space, study_dir, time.perf_counter() - t0) or watch.reason is not None
         summary = summarize(space, results, study_dir, time.perf_counter() - t0) | {"tracking_uri": uri, "parent_run_id": parent_id,
@@ -559,14 +615,15 @@ def _reevaluate(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, stor
                                 "re-evaluate"), False
     ctx = dataclasses.replace(ctx, reeval=plan)
     name = s.name + reeval.SUFFIX
-    trainable = tune.with_resources(tune.with_parameters(opts.trainable or run_trial, ctx=ctx), {"cpu": s.cpu, "gpu": s.gpu})
+    trainable = tune.with_resources(tune.with_parameters(opts.trainable or run_trial, ctx=ctx), trial_resources(s))
     if tune.Tuner.can_restore(str(storage / name)):
         tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
     else:
         tuner = tune.Tuner(
             trainable, param_space={reeval.TRIAL_KEY: tune.grid_search(sorted(plan))},
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=s.max_concurrent_trials, reuse_actors=True,
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=s.max_concurrent_trials,
+                                        reuse_actors=s.workers == 1,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=opts.verbose,
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),

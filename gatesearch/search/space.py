@@ -88,8 +88,9 @@ class Study:
     epochs: int = 10
     time_budget_s: float | None = None  # wall-clock cap for the whole study
     max_concurrent_trials: int = 2
-    cpu: float = 1.0  # per trial
-    gpu: float = 0.0  # per trial; fractional shares one GPU between trials
+    cpu: float = 1.0  # per training process (the trial, or each of its workers)
+    gpu: float = 0.0  # per training process; fractional shares one GPU between trials
+    workers: int = 1  # training processes per trial: > 1 runs the trial as a Ray Train TorchTrainer (DDP)
     devices: tuple[str, ...] = ()  # target devices the selector builds menus for
     seed: int = 0
     max_failures: int = 2  # retries of a trial whose worker died (resumes from its last checkpoint)
@@ -103,6 +104,15 @@ class Study:
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+    @property
+    def trial_cpu(self) -> float:
+        """CPUs one trial holds: every worker's."""
+        return self.workers * self.cpu
+
+    @property
+    def trial_gpu(self) -> float:
+        return self.workers * self.gpu
 
     @property
     def metrics(self) -> list[str]:
@@ -221,10 +231,7 @@ def _parse_study(raw: Any) -> Study:
     unknown = set(budget) - {"trials", "epochs", "time_budget_s"}
     if unknown:
         raise ConfigError(f"study.budget.{sorted(unknown)[0]}: unknown key (use trials, epochs, time_budget_s)")
-    resources = _mapping(raw.get("resources"), "study.resources")
-    unknown = set(resources) - {"cpu", "gpu"}
-    if unknown:
-        raise ConfigError(f"study.resources.{sorted(unknown)[0]}: unknown key (use cpu, gpu)")
+    resources = _resources(_mapping(raw.get("resources"), "study.resources"))
     asha = _mapping(raw.get("asha"), "study.asha")
     unknown = set(asha) - {"grace_period", "reduction_factor"}
     if unknown:
@@ -250,8 +257,9 @@ def _parse_study(raw: Any) -> Study:
         else _number(budget["time_budget_s"], "study.budget.time_budget_s"),
         max_concurrent_trials=integer(raw.get("max_concurrent_trials", Study.max_concurrent_trials),
                                       "study.max_concurrent_trials", 1),
-        cpu=_number(resources.get("cpu", Study.cpu), "study.resources.cpu"),
-        gpu=_number(resources.get("gpu", Study.gpu), "study.resources.gpu"),
+        cpu=_number(resources.get("cpu", Study.cpu), f"study.resources.{resources.get('cpu_key', 'cpu')}"),
+        gpu=_number(resources.get("gpu", Study.gpu), f"study.resources.{resources.get('gpu_key', 'gpu')}"),
+        workers=integer(resources.get("workers", Study.workers), "study.resources.workers", 1),
         devices=tuple(devices),
         seed=integer(raw.get("seed", Study.seed), "study.seed", 0),
         max_failures=integer(raw.get("max_failures", Study.max_failures), "study.max_failures", 0),
@@ -268,16 +276,42 @@ def _parse_study(raw: Any) -> Study:
         raise ConfigError(f"study.baselines: must be true or false, got {study.baselines!r}")
     if study.time_budget_s is not None and study.time_budget_s <= 0:
         raise ConfigError(f"study.budget.time_budget_s: must be > 0, got {study.time_budget_s}")
+    cpu_key, gpu_key = (f"study.resources.{resources.get(k, d)}" for k, d in (("cpu_key", "cpu"), ("gpu_key", "gpu")))
     if study.cpu <= 0:
-        raise ConfigError(f"study.resources.cpu: must be > 0, got {study.cpu}")
+        raise ConfigError(f"{cpu_key}: must be > 0, got {study.cpu:g}")
     if study.gpu < 0 or (study.gpu > 1 and study.gpu != int(study.gpu)):
-        raise ConfigError(f"study.resources.gpu: must be a fraction in [0, 1] or a whole number, got {study.gpu}")
+        raise ConfigError(f"{gpu_key}: must be a fraction in [0, 1] or a whole number, got {study.gpu:g}")
+    if study.workers > 1 and 0 < study.gpu < 1:
+        raise ConfigError(f"{gpu_key}: {study.gpu:g} GPU per worker; DDP workers (workers: {study.workers}) "
+                          "each need a whole GPU of their own (NCCL) or none (gloo on CPUs)")
     if study.asha_reduction_factor <= 1:
         raise ConfigError(f"study.asha.reduction_factor: must be > 1, got {study.asha_reduction_factor}")
     if study.reeval is not None and study.multi_objective:
         raise ConfigError("study.reeval: re-evaluation ranks finalists by one objective; this study has "
                           f"{len(study.objectives)} (drop reeval or keep one objective)")
     return study
+
+
+_RESOURCE_KEYS = ("cpu", "gpu", "workers", "cpus_per_worker", "gpus_per_worker")
+
+
+def _resources(raw: dict[str, Any]) -> dict[str, Any]:
+    """``study.resources``: ``cpu`` / ``gpu`` are one training process's share, the trial's own or (``workers``
+    > 1) each worker's; ``cpus_per_worker`` / ``gpus_per_worker`` say the same for multi-worker trials, so a
+    space gives one spelling of each. Returns ``cpu``, ``gpu``, ``workers`` plus the spelling used (for errors)."""
+    unknown = set(raw) - set(_RESOURCE_KEYS)
+    if unknown:
+        raise ConfigError(f"study.resources.{sorted(unknown)[0]}: unknown key (use {', '.join(_RESOURCE_KEYS)})")
+    out = {k: raw[k] for k in ("workers",) if k in raw}
+    for short, long in (("cpu", "cpus_per_worker"), ("gpu", "gpus_per_worker")):
+        if short in raw and long in raw:
+            raise ConfigError(f"study.resources.{long}: give {short} or {long}, not both (both are one "
+                              "training process's share)")
+        if long in raw:
+            out[short], out[f"{short}_key"] = raw[long], long
+        elif short in raw:
+            out[short] = raw[short]
+    return out
 
 
 def _parse_reeval(raw: Any, integer: Any) -> Reeval | None:

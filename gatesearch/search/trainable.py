@@ -8,6 +8,15 @@ function, once per worker process: with ``reuse_actors`` a worker runs many tria
 Per epoch, ``_TuneReporter`` logs the metrics to the trial's MLflow run and calls
 ``tune.report(metrics, checkpoint=...)`` with a directory holding ``last.pt`` and ``trial.json``
 (the MLflow run id). A restarted trial resumes ``train.fit`` from ``tune.get_checkpoint()``.
+
+With ``study.resources.workers`` > 1 the trial function is only a driver: it opens the MLflow run and
+runs a Ray Train ``TorchTrainer`` (Ray Train V2) with that many workers, each calling ``train.fit``
+after Ray Train has set up the process group (nccl on GPUs, gloo on CPUs). Every worker calls
+``ray.train.report`` each epoch (V2: a barrier across workers); rank 0 attaches the checkpoint and logs
+to MLflow. ``TuneReportCallback`` forwards rank 0's metrics to Tune, so ASHA and Optuna see the trial as
+any other; the checkpoint stays in Ray Train's run directory ``<storage>/<study>/train/<trial id>``
+(its path in the ``checkpoint_path`` metric), and a retried or resumed trial starts a trainer of the
+same name there, which hands the workers that checkpoint (``ray.train.get_checkpoint()``).
 """
 
 from __future__ import annotations
@@ -64,6 +73,10 @@ class TrialContext:
     fault_dir: str = ""  # where once-only faults leave their marker
     # study.reeval: reeval.key(trial, seed index) -> the flat config that re-evaluation trial trains
     reeval: dict[str, dict[str, Any]] = field(default_factory=dict)
+    workers: int = 1  # > 1: the trial runs a Ray Train TorchTrainer with this many DDP workers
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    storage: str = ""  # <storage>/<study>: where multi-worker trials keep their Ray Train runs
 
 
 def trial_index_of(trial: Any) -> int:
@@ -102,15 +115,24 @@ def _short_error(e: BaseException) -> str:
 
 
 class _TuneReporter:
-    """``train.Reporter`` that forwards each epoch to MLflow and to Tune (with a checkpoint)."""
+    """``train.Reporter`` that forwards each epoch to MLflow and to Tune (with a checkpoint).
 
-    def __init__(self, ctx: TrialContext, run_id: str, faults: set[str], trial_id: str) -> None:
+    ``rank`` / ``report``: in a multi-worker trial every worker has one; only rank 0 logs to MLflow and
+    attaches the checkpoint, every rank calls ``report(metrics, checkpoint directory or None)`` (there
+    ``ray.train.report``, a barrier); without one, ``tune.report``."""
+
+    def __init__(self, ctx: TrialContext, run_id: str, faults: set[str], trial_id: str, rank: int = 0,
+                 report: Any = None, exit_rank: int = 0, registered: Any = None) -> None:
         self.ctx, self.run_id, self.faults, self.trial_id = ctx, run_id, faults, trial_id
+        self.rank, self.report, self.exit_rank = rank, report, exit_rank
+        self.registered = registered  # () -> bool: the reported checkpoint is on record (the exit fault waits)
         self.carried: dict[str, float] = {}
 
     def on_start(self, cfg: Any, info: dict[str, Any]) -> None:
-        tracking.log_datasets(self.ctx.tracking_uri, self.run_id, info.get("datasets", []))
         _stop_monitor()
+        if self.rank != 0:
+            return
+        tracking.log_datasets(self.ctx.tracking_uri, self.run_id, info.get("datasets", []))
         if cfg.tracking.system_metrics:
             _MONITOR["thread"] = tracking.start_system_metrics(self.ctx.tracking_uri, self.run_id)
 
@@ -118,34 +140,37 @@ class _TuneReporter:
         pass
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_path: Path) -> None:
-        from ray import tune  # lazy: imported in the Ray worker that runs the trial
-
         # epochs without evaluation (train.eval_every > 1) carry the last objective values, so the
         # scheduler and searcher always find their metrics
         self.carried.update({k: metrics[k] for k in self.ctx.objective_metrics if k in metrics})
         report = {**self.carried, **metrics, "epochs_done": epoch + 1, "mlflow_run_id": self.run_id}
-        tracking.log_trial_metrics(self.ctx.tracking_uri, self.run_id, metrics, step=epoch)
-        if epoch + 1 == self.ctx.epochs:  # before the last report: ASHA's max_t stops the trial inside it
-            tracking.log_run_artifact(self.ctx.tracking_uri, self.run_id, str(checkpoint_path), "checkpoints")
+        if self.rank == 0:
+            tracking.log_trial_metrics(self.ctx.tracking_uri, self.run_id, metrics, step=epoch)
+            if epoch + 1 == self.ctx.epochs:  # before the last report: ASHA's max_t stops the trial inside it
+                tracking.log_run_artifact(self.ctx.tracking_uri, self.run_id, str(checkpoint_path), "checkpoints")
         if "raise" in self.faults:
             raise InjectedFault(f"injected fault ({FAULT_ENV}) in trial {self.trial_id} after epoch {epoch}")
-        with tempfile.TemporaryDirectory(prefix="gs-ckpt-") as tmp:
-            dst = Path(tmp) / CHECKPOINT_FILE
-            try:
-                os.link(checkpoint_path, dst)  # same file system: no copy
-            except OSError:
-                shutil.copy2(checkpoint_path, dst)
-            (Path(tmp) / TRIAL_FILE).write_text(json.dumps({"mlflow_run_id": self.run_id, "epoch": epoch,
-                                                            "trial_id": self.trial_id}))
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+        send = self.report or _tune_report
+        if self.rank != 0:  # train.fit writes the checkpoint on rank 0 only
+            send(report, None)
+        else:
+            with tempfile.TemporaryDirectory(prefix="gs-ckpt-") as tmp:
+                dst = Path(tmp) / CHECKPOINT_FILE
+                try:
+                    os.link(checkpoint_path, dst)  # same file system: no copy
+                except OSError:
+                    shutil.copy2(checkpoint_path, dst)
+                (Path(tmp) / TRIAL_FILE).write_text(json.dumps({"mlflow_run_id": self.run_id, "epoch": epoch,
+                                                                "trial_id": self.trial_id}))
+                send(report, tmp)
         if "slow" in self.faults:
             time.sleep(SLOW_FAULT_S)
-        if "exit" in self.faults:
+        if "exit" in self.faults and self.rank == self.exit_rank:
             marker = Path(self.ctx.fault_dir) / f"exit-{self.trial_id}"
             if not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text("worker killed once by the fault injection\n")
-                time.sleep(1.0)  # let the driver register the reported checkpoint first
+                _wait_until(self.registered)  # the reported checkpoint is on record before the worker dies
                 os._exit(17)  # a dying worker: Tune retries the trial from this checkpoint
 
     def on_end(self, result: Any) -> None:
@@ -153,6 +178,23 @@ class _TuneReporter:
 
     def on_fail(self, error: BaseException) -> None:
         _stop_monitor()
+
+
+def _wait_until(done: Any, timeout_s: float = 30.0) -> None:
+    """Wait until ``done()`` holds (at most ``timeout_s``); without ``done``, one second (Tune registers a
+    reported checkpoint in the driver right after the report)."""
+    if done is None:
+        time.sleep(1.0)
+        return
+    deadline = time.time() + timeout_s
+    while not done() and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def _tune_report(metrics: dict[str, Any], checkpoint_dir: str) -> None:
+    from ray import tune  # lazy: imported in the Ray worker that runs the trial
+
+    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
 
 
 #: This worker process's system-metrics thread (``tracking.system_metrics``). A trial that ASHA stops never
@@ -192,11 +234,12 @@ def remove_scratch(ctx: TrialContext) -> None:
         path.parent.rmdir()
 
 
-def _resume_path(local_dir: Path) -> Path | None:
-    """Copy the trial's last Tune checkpoint next to the trial (Tune may delete its own copy)."""
+def _resume_path(local_dir: Path, ckpt: Any = None) -> Path | None:
+    """Copy the trial's last checkpoint (Tune's, or ``ckpt``: Ray Train's) next to the trial (Ray may delete
+    its own copy)."""
     from ray import tune
 
-    ckpt = tune.get_checkpoint()
+    ckpt = ckpt if ckpt is not None else tune.get_checkpoint()
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
@@ -209,25 +252,16 @@ def _resume_path(local_dir: Path) -> Path | None:
         return dst
 
 
-def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Tune function trainable: ``config`` is the flat dotted config of this trial."""
-    from ray import tune
-
-    tctx = tune.get_context()
-    trial_id = tctx.get_trial_id()
+def _open_run(config: dict[str, Any], ctx: TrialContext, trial_id: str, index: int,
+              faults: set[str]) -> tuple[dict[str, Any], str]:
+    """The trial's flat config (``train.out_dir`` still to set per process) and its MLflow run id: found
+    again when Tune restarts or resumes the trial, reopened when it was closed; a deterministic failure
+    already recorded raises at once (retrying cannot help)."""
     reeval_key = config.get(REEVAL_KEY)  # a re-evaluation trial: its whole config comes with the context
     if reeval_key:
         config = ctx.reeval[reeval_key]
-    # train.fit's own files go to a scratch directory per worker process, wiped when the worker starts
-    # its next trial (a trial stopped inside tune.report never reaches a cleanup of its own); not
-    # tctx.get_trial_dir(), which with reuse_actors can still name the worker's previous trial
-    trial_dir = scratch_dir(ctx) / f"worker-{os.getpid()}"
-    shutil.rmtree(trial_dir, ignore_errors=True)
-    index = trial_index(tctx.get_trial_name())
-    faults = faults_for(ctx.fault, index)
     baseline = config.get(BASELINE_KEY)  # set on a paper-baseline trial (search/baselines.py): the method
     flat = {k: v for k, v in config.items() if "." in k}  # Config keys only (BASELINE_KEY has no dot)
-    flat["train.out_dir"] = str(trial_dir / "fit")
     flat["tracking.uri"] = ctx.tracking_uri
     if "nan" in faults:  # a learning rate no loss survives: train.fit must raise TrainingDiverged
         flat["optim.lr"] = 1e30
@@ -235,6 +269,8 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     tags = {**tracking.run_tags(cfg), "gatesearch.study": ctx.study, "gatesearch.trial_index": str(index)}
     if baseline:
         tags[BASELINE_TAG] = str(baseline)
+    if ctx.workers > 1:
+        tags["gatesearch.workers"] = str(ctx.workers)
     name = f"{ctx.study}-{index:03d}-{cfg.method.name}" + ("-baseline" if baseline else "")
     run_key = trial_id  # finds this trial's MLflow run again when Tune restarts or resumes it
     if reeval_key:  # keyed by (repeated trial, seed index): a resumed re-evaluation never makes a second run
@@ -248,13 +284,105 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         raise InjectedFault(error) if error.startswith("InjectedFault") else RuntimeError(error)
     if status != "RUNNING":
         tracking.reopen_run(ctx.tracking_uri, run_id)
-    resume_from = _resume_path(trial_dir / "resume")
-    reporter = _TuneReporter(ctx, run_id, faults, trial_id)
+    return flat, run_id
+
+
+def _fit_here(flat: dict[str, Any], ctx: TrialContext, run_id: str, reporter: _TuneReporter,
+              resume: Any = None) -> None:
+    """``train.fit`` in this process, its files in this node's scratch directory (one per process, wiped
+    when the process starts its next trial: a trial stopped inside a report never reaches a cleanup of its
+    own); ``resume``: Ray Train's checkpoint, else Tune's."""
+    trial_dir = scratch_dir(ctx) / f"worker-{os.getpid()}"
+    shutil.rmtree(trial_dir, ignore_errors=True)
+    cfg = from_flat({**flat, "train.out_dir": str(trial_dir / "fit")})
     try:
-        fit(cfg, reporters=(reporter,), resume_from=resume_from)
+        fit(cfg, reporters=(reporter,), resume_from=_resume_path(trial_dir / "resume", resume))
     except (TrainingDiverged, UserError, InjectedFault) as e:
-        tracking.end_run(ctx.tracking_uri, run_id, "FAILED", error=_short_error(e))
+        if reporter.rank == 0:
+            tracking.end_run(ctx.tracking_uri, run_id, "FAILED", error=_short_error(e))
         raise
-    finally:  # every checkpoint that matters is in Tune's storage by now
+    finally:  # every checkpoint that matters is in Tune's (or Ray Train's) storage by now
         shutil.rmtree(trial_dir, ignore_errors=True)
+
+
+def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable: ``config`` is the flat dotted config of this trial."""
+    from ray import tune
+
+    tctx = tune.get_context()
+    trial_id = tctx.get_trial_id()
+    index = trial_index(tctx.get_trial_name())
+    faults = faults_for(ctx.fault, index)
+    flat, run_id = _open_run(config, ctx, trial_id, index, faults)
+    if ctx.workers > 1:
+        _fit_on_workers(flat, ctx, run_id, trial_id, faults)
+    else:
+        _fit_here(flat, ctx, run_id, _TuneReporter(ctx, run_id, faults, trial_id))
     tracking.end_run(ctx.tracking_uri, run_id, "FINISHED")
+
+
+def train_run_dir(ctx: TrialContext) -> Path:
+    """Where a multi-worker trial's Ray Train runs live: ``<storage>/<study>/train``, one run per trial id."""
+    return Path(ctx.storage) / "train"
+
+
+def _fit_on_workers(flat: dict[str, Any], ctx: TrialContext, run_id: str, trial_id: str, faults: set[str]) -> None:
+    """Run the trial as a Ray Train V2 ``TorchTrainer`` of ``ctx.workers`` workers and wait for it. Worker
+    failures are not retried inside the trainer: the trial fails, Tune retries it (``study.max_failures``) and
+    the new trainer, same name and storage, restores the last checkpoint its workers reported."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    use_gpu = ctx.gpus_per_worker > 0
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"flat": flat, "ctx": ctx, "run_id": run_id, "trial_id": trial_id, "faults": sorted(faults)},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ctx.workers, use_gpu=use_gpu,
+            resources_per_worker={"CPU": ctx.cpus_per_worker, **({"GPU": ctx.gpus_per_worker} if use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=trial_id, storage_path=str(train_run_dir(ctx)),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()]),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise RuntimeError(_worker_error(e)) from None
+
+
+def _worker_error(e: BaseException) -> str:
+    """The first worker's own error from a ``TrainingFailedError`` (its last line), else the error itself."""
+    failures = getattr(e, "worker_failures", None) or {}
+    first = next(iter(failures.values()), None) if isinstance(failures, dict) else None
+    return _short_error(first if isinstance(first, BaseException) else e)
+
+
+def _train_registered(snapshot: Path) -> bool:
+    """Ray Train's controller has recorded a checkpoint of this run (its snapshot in the run directory names
+    one), so a trainer started again under the same name restores it."""
+    try:
+        return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
+    except (OSError, ValueError):
+        return False
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: ``train.fit`` under the process group Ray Train set up, reporting every epoch."""
+    import ray.train
+    import torch
+
+    ctx: TrialContext = config["ctx"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if ctx.gpus_per_worker > 0:  # "cuda" in the config is then this worker's own GPU
+        torch.cuda.set_device(ray.train.torch.get_device())
+    snapshot = train_run_dir(ctx) / config["trial_id"] / "checkpoint_manager_snapshot.json"
+    reporter = _TuneReporter(ctx, config["run_id"], set(config["faults"]), config["trial_id"], rank=rank,
+                             report=lambda m, d: ray.train.report(
+                                 m, checkpoint=ray.train.Checkpoint.from_directory(d) if d else None),
+                             exit_rank=world - 1, registered=lambda: _train_registered(snapshot))
+    _fit_here(config["flat"], ctx, config["run_id"], reporter, resume=ray.train.get_checkpoint())
