@@ -65,6 +65,20 @@ def test_worker_resources_are_one_process_share():
     assert parse(_minimal()).study.workers == 1  # default: one process, today's trainable
 
 
+def test_imagenet_space_trains_on_gpu_workers_and_can_start_probgates_from_torchvision(tmp_path):
+    """The ImageNet space: 4 GPU workers per trial; its commented ``model.init_from`` line, uncommented,
+    validates (the weights file is only read when a trial starts, never downloaded)."""
+    path = next(p for p in SPACES if p.name == "imagenet_resnet50.yaml")
+    s = load_space(path).study
+    assert (s.workers, s.gpu, s.cpu) == (4, 1.0, 8.0)
+    text = path.read_text()
+    line = "  # model.init_from: {choice: [/shared/weights/resnet50-11ad3fa6.pth], when: {method.name: probgates}}"
+    assert line in text
+    (tmp_path / "s.yaml").write_text(text.replace(line, line.replace("# ", "", 1)))
+    (init,) = [p for p in load_space(tmp_path / "s.yaml").params if p.key == "model.init_from"]
+    assert init.active({"method.name": "probgates"}) and not init.active({"method.name": "adn"})
+
+
 def test_data_root_comes_from_env_or_override(monkeypatch, tmp_path):
     path = next(p for p in SPACES if p.name == "cifar10_resnet20.yaml")
     monkeypatch.setenv("CIFAR10_ROOT", str(tmp_path))
