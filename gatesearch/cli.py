@@ -151,6 +151,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"gatesearch train: {e}", file=sys.stderr)
         return 1
+    except UserError as e:  # the tracking server stopped answering (tracking.TrackingUnavailable), ...
+        kept = Path(cfg.train.out_dir).expanduser() / "last.pt"
+        if kept.is_file():  # the epochs trained so far are kept: say how to go on
+            raise UserError(f"{e}; the checkpoint {kept} is kept: continue with --resume {kept}") from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     shown = {k: round(v, 4) for k, v in result.metrics.items() if k.startswith(("top1_super", "top1_base", "frontier"))}

@@ -166,17 +166,31 @@ class MLflowReporter:
         if self.run_id is None:
             exp_id = study_experiment_id(self.uri, self.experiment, self.artifact_location)
             name = self.run_name or f"{cfg.method.name}-{cfg.model.name}-{cfg.data.name}"
-            self.run_id = self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id
+            self.run_id = _with_retries(self.client.create_run, exp_id, tags=tags, run_name=name).info.run_id
         else:
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            _with_retries(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             reopen_run(self.uri, self.run_id)  # a resumed run is RUNNING again
         _write_run_file(Path(cfg.train.out_dir), self.uri, self.run_id)
         if info.get("start_epoch", 0) == 0:  # params are immutable: log them once, not again on resume
             params = [Param(k, str(v)) for k, v in sorted(to_flat(cfg).items())]
             for i in range(0, len(params), _BATCH):
-                self.client.log_batch(self.run_id, params=params[i:i + _BATCH])
+                _with_retries(self.client.log_batch, self.run_id, params=params[i:i + _BATCH])
+        else:
+            self._send_missing_epochs(info.get("history", []))
         log_datasets(self.uri, self.run_id, info.get("datasets", []))
         self.monitor = start_system_metrics(self.uri, self.run_id) if cfg.tracking.system_metrics else None
+
+    def _send_missing_epochs(self, history: list[dict[str, float]]) -> None:
+        """The checkpoint is written before an epoch is reported, so a run stopped by a tracking server that
+        went away resumes after an epoch the server never got: send those epochs from the checkpoint's history."""
+        every = set(history[0]).intersection(*history[1:]) if history else set()
+        if not every:
+            return
+        key = "train_loss" if "train_loss" in every else sorted(every)[0]  # a metric every epoch reported
+        sent = {m.step for m in _with_retries(self.client.get_metric_history, self.run_id, key)}
+        for epoch, metrics in enumerate(history):
+            if epoch not in sent:
+                self.on_epoch_end(epoch, metrics, Path())
 
     def on_step(self, step: int, epoch: int, parts: dict[str, float]) -> None:
         pass  # per-epoch metrics only: per-step logging would dominate a small run's time
@@ -185,25 +199,32 @@ class MLflowReporter:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, epoch) for k, v in metrics.items()]
         for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            _with_retries(self.client.log_batch, self.run_id, metrics=batch[i:i + 1000])
 
     def on_end(self, result: Any) -> None:
         stop_system_metrics(getattr(self, "monitor", None))
         if result.checkpoint_path is not None:
-            self.client.log_artifact(self.run_id, str(result.checkpoint_path), artifact_path="checkpoints")
-        self.client.set_terminated(self.run_id, "FINISHED")
+            _with_retries(self.client.log_artifact, self.run_id, str(result.checkpoint_path), artifact_path="checkpoints")
+        _with_retries(self.client.set_terminated, self.run_id, "FINISHED")
 
     def on_fail(self, error: BaseException) -> None:
         """A run that ends for any reason is ended: KILLED with its reason for Ctrl+C or a signal (``train
-        --resume`` continues it), FAILED with the error otherwise; never left RUNNING."""
+        --resume`` continues it), FAILED with the error otherwise; never left RUNNING. Except when the server
+        itself is gone (``TrackingUnavailable``, or these calls find no server): the run then stays RUNNING on
+        it, and ``train --resume`` reopens the same run, so nothing here may hide the error being raised."""
         stop_system_metrics(getattr(self, "monitor", None))
-        if self.run_id is not None:
-            killed = isinstance(error, KeyboardInterrupt)
-            reason = (str(error) or "interrupted (Ctrl+C)") if killed else "errored"
+        if self.run_id is None or isinstance(error, TrackingUnavailable):
+            return
+        killed = isinstance(error, KeyboardInterrupt)
+        reason = (str(error) or "interrupted (Ctrl+C)") if killed else "errored"
+        try:
             self.client.set_tag(self.run_id, "gatesearch.stop_reason", reason)
             if not killed:
                 self.client.set_tag(self.run_id, "error", str(error)[:500])
             self.client.set_terminated(self.run_id, "KILLED" if killed else "FAILED")
+        except Exception as e:  # the server went away too: the error being raised is the one to report
+            if unavailable_reason(e) is None:
+                raise
 
 
 # ---------------------------------------------------------------- search studies (appended by the search area)

@@ -473,7 +473,8 @@ def fit(cfg: Config, reporters: Sequence[Reporter] = (), resume_from: str | Path
     info = {"device": str(device), "steps_per_epoch": steps, "rank": rank, "world_size": world, "start_epoch": start, "n_units": model.n_units,
             "num_classes": data.num_classes, "input_shape": data.input_shape,
             "params": sum(p.numel() for p in model.parameters()),
-            "datasets": describe_data(cfg.data, data)}  # what each split is (MLflow dataset inputs)
+            "datasets": describe_data(cfg.data, data),  # what each split is (MLflow dataset inputs)
+            "history": list(history)}  # a resumed run's epochs so far (a reporter may not have sent them all)
     for r in reporters:
         r.on_start(cfg, info)
     try:

@@ -120,3 +120,86 @@ def test_sigterm_ends_the_run_killed_and_resume_continues_the_same_run(tmp_path)
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "nothing to resume" in done.stdout
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_dead_tracking_server_is_one_error_and_never_hides_the_error_being_raised(monkeypatch):
+    """#27 item 5 for `train`: a metric the server cannot take raises TrackingUnavailable after the bounded
+    retries (not minutes of MLflow's own); ending the run then does not call the dead server again, and a
+    failure met while the server is gone is still the error that surfaces."""
+    import time
+
+    from test_tracking_outage import _free_port
+
+    from gatesearch import tracking
+
+    monkeypatch.setitem(tracking._PATIENCE, "s", 0.0)
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    reporter = tracking.MLflowReporter(uri, run_id="0123456789abcdef")
+    t0 = time.monotonic()
+    with pytest.raises(tracking.TrackingUnavailable, match=f"the MLflow server at {uri} does not answer"):
+        reporter.on_epoch_end(0, {"train_loss": 1.0}, Path("last.pt"))
+    assert time.monotonic() - t0 < 15
+    calls = []
+    monkeypatch.setattr(tracking.MlflowClient, "set_tag", lambda *a, **k: calls.append(a))
+    reporter.on_fail(tracking.TrackingUnavailable("gone", "Connection refused"))
+    assert calls == []  # the server is gone: nothing sent, the run stays RUNNING for --resume
+    monkeypatch.undo()
+    monkeypatch.setitem(tracking._PATIENCE, "s", 0.0)
+    reporter.on_fail(RuntimeError("a corrupt image"))  # tries, finds no server, lets this error be raised
+
+
+@pytest.mark.slow
+def test_a_tracking_server_killed_mid_training_stops_train_with_one_line_and_resume_finishes_the_run(tmp_path):
+    """A real `mlflow server` killed after the first epoch's metrics: `train` exits 2 within a minute with one
+    line naming the server and the kept checkpoint, no traceback; with the server back, `--resume` logs into
+    the same run, which ends FINISHED with every epoch's metrics."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+    from test_tracking_outage import _free_port, _kill, _start_server
+
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    out = tmp_path / "out"
+    base = [sys.executable, "-m", "gatesearch.cli", "train", "--config", str(CONFIGS / "digits_plain.yaml"),
+            "--tracking-uri", uri, "--set", f"train.out_dir={out}", "--set", "train.eval_every=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GATESEARCH_TRACKING_PATIENCE_S": "5"}
+    server = _start_server(tmp_path, port)
+    try:
+        proc = subprocess.Popen([*base, "--set", "train.epochs=60"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline, logged = time.time() + 180, []
+        while time.time() < deadline and proc.poll() is None and not logged:
+            time.sleep(0.5)
+            if (out / "mlflow_run.json").is_file():
+                run_id = json.loads((out / "mlflow_run.json").read_text())["run_id"]
+                logged = MlflowClient(uri).get_metric_history(run_id, "train_loss")
+        assert logged and proc.poll() is None, proc.communicate()[1][-2000:]
+        _kill(server)
+        killed = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - killed
+        assert proc.returncode == 2, stderr[-2000:]
+        assert took < 60, f"{took:.0f} s from the kill to the exit"
+        naming = [line for line in stderr.splitlines() if uri in line]  # training's progress precedes it on stderr
+        assert len(naming) == 1 and stderr.rstrip().endswith(naming[0]), stderr[-2000:]
+        assert naming[0].startswith(f"gatesearch train: error: the MLflow server at {uri} does not answer"), naming
+        assert f"--resume {out / 'last.pt'}" in naming[0]
+        assert "Traceback" not in stdout + stderr and (out / "last.pt").is_file()
+
+        server = _start_server(tmp_path, port)  # the same store, back
+        resumed = subprocess.run([*base, "--set", "train.epochs=4", "--resume", str(out / "last.pt")], cwd=tmp_path,
+                                 env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        client = MlflowClient(uri)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
+        assert {m.step for m in client.get_metric_history(run_id, "train_loss")} == {0, 1, 2, 3}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _kill(server)
