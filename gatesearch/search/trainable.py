@@ -374,12 +374,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: ``train.fit`` under the process group Ray Train set up, reporting every epoch."""
     import ray.train
     import torch
+    from ray.train.torch import get_device
 
     ctx: TrialContext = config["ctx"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    if ctx.gpus_per_worker > 0:  # "cuda" in the config is then this worker's own GPU
-        torch.cuda.set_device(ray.train.torch.get_device())
+    if ctx.gpus_per_worker > 0:  # "cuda" in the config is then this worker's own GPU (train.fit's DDP uses it)
+        torch.cuda.set_device(get_device())
     snapshot = train_run_dir(ctx) / config["trial_id"] / "checkpoint_manager_snapshot.json"
     reporter = _TuneReporter(ctx, config["run_id"], set(config["faults"]), config["trial_id"], rank=rank,
                              report=lambda m, d: ray.train.report(
