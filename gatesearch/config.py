@@ -509,6 +509,36 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def parse_overrides(texts: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Every ``--set key=value``; a key given twice is refused (which one should win is a guess)."""
+    out: dict[str, Any] = {}
+    for text in texts:
+        key, value = parse_override(text)
+        if key in out:
+            raise ConfigError(f"--set {key}: given twice ({out[key]!r} and {value!r}); give it once")
+        out[key] = value
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping with a key written twice is an error (PyYAML keeps the
+    last silently, so a second ``method:`` block would drop the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} appears twice (lines {seen[key]} and {key_node.start_mark.line + 1})")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (a ``ConfigError`` naming both lines)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     flat = to_flat(cfg)
     flat.update(overrides)
@@ -531,8 +561,10 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            nested = yaml.safe_load(read_utf8(p, "config file")) or {}
+            nested = load_yaml(read_utf8(p, "config file")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        except ConfigError as e:  # a key written twice
+            raise ConfigError(f"{p}: {e}") from None
     cfg = from_nested(nested)
-    return with_overrides(cfg, dict(parse_override(o) for o in overrides)) if overrides else cfg
+    return with_overrides(cfg, parse_overrides(overrides)) if overrides else cfg

@@ -126,12 +126,19 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_lut(d / "lut.csv", rows)
     head = "pattern,batch,median_ms,p90_ms,runs,device\n"
     for name, body in {"neg_lut": "FFF,1,-5.0,1.0,3,jetson-orin-nano\n", "nan_lut": "FFF,1,nan,nan,3,jetson-orin-nano\n",
-                       "zero_batch_lut": "FFF,0,1.0,1.0,3,jetson-orin-nano\n", "h100_lut": "FFF,1,1.0,1.0,3,h100\n"}.items():
+                       "zero_batch_lut": "FFF,0,1.0,1.0,3,jetson-orin-nano\n", "h100_lut": "FFF,1,1.0,1.0,3,h100\n",
+                       "twice_lut": "FFF,1,1.0,1.2,3,jetson-orin-nano\nTTT,1,0.5,0.6,3,jetson-orin-nano\n"
+                                    "FFF,1,2.0,2.4,3,jetson-orin-nano\n",
+                       "p90_below_lut": "FFF,1,1.0,0.9,3,jetson-orin-nano\n",
+                       "unit_range_lut": "TTT,1,0.5,0.6,3,jetson-orin-nano\nunit:3,1,0.1,0.2,3,jetson-orin-nano\n",
+                       "unit_negative_lut": "unit:-1,1,0.1,0.2,3,jetson-orin-nano\n"}.items():
         (d / f"{name}.csv").write_text(head + body)
     (d / "latin1_lut.csv").write_bytes((head + "FFF,1,1.0,1.0,3,j\xe9tson\n").encode("latin-1"))
     (d / "latin1.yaml").write_bytes("train:\n  out_dir: caf\xe9\n".encode("latin-1"))
     (d / "latin1_space.yaml").write_bytes(Path(SPACE).read_bytes().replace(b"# Quick", b"# \xe9 Quick"))
     (d / "a_file").write_text("x")
+    (d / "twice_key.yaml").write_text("train:\n  epochs: 1\nmethod:\n  name: adn\ntrain:\n  epochs: 2\n")
+    (d / "twice_key_space.yaml").write_text(Path(SPACE).read_text() + "\nfixed:\n  train.epochs: 1\n")
     return {"dir": d, "ckpt": ckpt, **{p.stem: p for p in d.iterdir()}}
 
 
@@ -362,6 +369,19 @@ FILE_CASES = {
     "ckpt_wrong_channels": (["profile", "--checkpoint", "{wrong_channels}", "--out", "{new}/l.csv"], "wrong_channels.pt"),
     "ckpt_not_a_dict": (["export", "--checkpoint", "{not_dict}", "--pattern", "FFF", "--out", "{new}/m.onnx"],
                         "not a gatesearch checkpoint"),
+    # #27 item 7: what PyYAML, csv and argparse would take silently (the last of two wins)
+    "lut_row_twice": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--lut", "{twice_lut}"],
+                      "twice_lut.csv line 4: pattern FFF at batch 1 on jetson-orin-nano is already measured on line 2"),
+    "lut_p90_below_median": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--lut", "{p90_below_lut}"],
+                             "p90_below_lut.csv line 2"),
+    "lut_unit_out_of_range": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--lut", "{unit_range_lut}",
+                               "--out", "{new}"], "LUT line 3: unit:3 names a unit this model lacks"),
+    "lut_unit_negative": (["select", "--checkpoint", "{ckpt}", "--device", "jetson", "--lut", "{unit_negative_lut}"],
+                          "unit_negative_lut.csv line 2"),
+    "config_key_twice": (["train", "--no-mlflow", "--config", "{twice_key}"], "key 'train' appears twice (lines 1 and 5)"),
+    "space_key_twice": (["search", "--space", "{twice_key_space}"], "twice_key_space.yaml: key 'fixed' appears twice"),
+    "set_key_twice": (["train", "--no-mlflow", "--set", "train.epochs=1", "--set", "train.epochs=2"],
+                      "--set train.epochs: given twice"),
 }
 
 

@@ -43,7 +43,8 @@ from gatesearch.config import (
     check_seed,
     flat_keys,
     from_flat,
-    parse_override,
+    load_yaml,
+    parse_overrides,
     read_utf8,
 )
 from gatesearch.devices.profiles import DEVICES, check_cost_axis
@@ -402,7 +403,7 @@ def parse(raw: Any, overrides: list[str] | tuple[str, ...] = (), source: str = "
         raise ConfigError("fixed.train.score_cost: set the cost axis with study.cost instead")
     fixed.setdefault("train.score_cost", study.cost)
     searched = _mapping(raw.get("search"), "search")
-    over = dict(parse_override(o) for o in overrides)
+    over = parse_overrides(overrides)
     for k in over:
         if k not in known:
             raise ConfigError(f"--set {k}: unknown config key")
@@ -440,9 +441,11 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise ConfigError(f"search space {p} does not exist")
     text = read_utf8(p, "search space")
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except ConfigError as e:  # a key written twice
+        raise ConfigError(f"{p.name}: {e}") from None
     try:
         return parse(raw, overrides, source=text, path=str(p))
     except ConfigError as e:

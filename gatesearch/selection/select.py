@@ -21,7 +21,7 @@ from gatesearch.checkpoint import load_checkpoint
 from gatesearch.config import with_overrides
 from gatesearch.cost import count_macs, count_params
 from gatesearch.data import build_data, eval_loader
-from gatesearch.devices.lut import LutRow, lut_compose, lut_lookup, read_lut
+from gatesearch.devices.lut import LutRow, check_lut, lut_compose, lut_lookup, read_lut
 from gatesearch.devices.profiles import DEVICES, DeviceProfile, get_device
 from gatesearch.devices.roofline import Layer, bytes_moved, predict_ms, trace_layers
 from gatesearch.devices.timing import measure_ms
@@ -236,6 +236,8 @@ def run_select(o: SelectOptions) -> tuple[list[Menu], dict[str, Path]]:
     path = Path(o.checkpoint) if o.checkpoint else _run_checkpoint(o, out)
     dev = torch_device(o.torch_device)
     ck = load_checkpoint(path, map_location=dev)
+    if rows:
+        check_lut(rows, ck.model.n_units)  # before any scoring
     cfg = with_overrides(ck.config, {"data.root": o.data_root}) if o.data_root else ck.config
     # the data path and precision training evaluated with (data.on_device, train.amp_eval): the same numbers
     data = build_data(cfg.data, cfg.train.seed, dev)
