@@ -713,18 +713,21 @@ def test_second_search_on_a_locked_study_names_the_holder(resume: bool, tmp_path
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a GPU: a GPU trial fits its local Ray")
-@pytest.mark.parametrize("gpu", [1, 0.5])
-def test_gpu_trials_on_a_local_ray_without_a_gpu(gpu: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture) -> None:
-    """``study.resources.gpu > 0`` on a local Ray with no GPU stops before any trial (it used to wait PENDING
-    until the time budget): one line naming the key, no parent run, no store."""
+@pytest.mark.parametrize("resources,name", [("{cpu: 1, gpu: 1}", "study.resources.gpu"),
+                                            ("{cpu: 1, gpu: 0.5}", "study.resources.gpu"),
+                                            ("{workers: 2, cpus_per_worker: 1, gpus_per_worker: 1}",
+                                             "study.resources.gpus_per_worker")])
+def test_gpu_trials_on_a_local_ray_without_a_gpu(resources: str, name: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """GPU trials (one process, or Ray Train workers) on a local Ray with no GPU stop before any trial (they
+    used to wait PENDING until the time budget): one line naming the key, no parent run, no store."""
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # else Ray's first local start in a process logs a line about it
     text = Path(SPACE).read_text()
     assert "resources: {cpu: 1, gpu: 0}" in text
-    (tmp_path / "space.yaml").write_text(text.replace("resources: {cpu: 1, gpu: 0}", f"resources: {{cpu: 1, gpu: {gpu}}}"))
+    (tmp_path / "space.yaml").write_text(text.replace("resources: {cpu: 1, gpu: 0}", f"resources: {resources}"))
     argv = ["search", "--space", str(tmp_path / "space.yaml"),
             "--storage", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    _expect_clean_failure(argv, "study.resources.gpu", capsys, [tmp_path], 90.0)  # a local Ray starts first
+    _expect_clean_failure(argv, name, capsys, [tmp_path], 90.0)  # a local Ray starts first
 
 
 def test_more_workers_than_a_local_ray_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
