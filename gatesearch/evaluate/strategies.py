@@ -15,7 +15,7 @@ from gatesearch.evaluate.passes import PerBatch
 from gatesearch.evaluate.walk import PatternScore, _topk_correct
 from gatesearch.models import GatedResNet
 from gatesearch.models.gates import gumbel_gate
-from gatesearch.parallel import global_batch_index, summed
+from gatesearch.parallel import global_batch_index, summed_rows_
 from gatesearch.patterns import SkipPattern
 from gatesearch.stats import sample_std
 
@@ -105,7 +105,8 @@ def score_strategies(
         if runs:
             c1, c5 = _topk_correct(prob_sum, y)
             ens_c = [ens_c[0] + c1, ens_c[1] + c5, ens_c[2] + y.numel()]
-    _sum_over_ranks([d["c"] for d in det.values()] + [r for d in det.values() for r in d["r"]] + sto_c + [ens_c]
+    # data parallelism: each rank scored its shard of the split
+    summed_rows_([d["c"] for d in det.values()] + [r for d in det.values() for r in d["r"]] + sto_c + [ens_c]
                     + sto_r)
     out = []
     for (mode, tau), d in det.items():
@@ -125,16 +126,6 @@ def score_strategies(
     out.append(PatternScore(_majority(rates), "ensemble", ens_c[0] / ens_c[2], ens_c[1] / ens_c[2], ens_c[0],
                             ens_c[1], ens_c[2], unit_rates=rates, passes=runs))
     return out
-
-
-def _sum_over_ranks(rows: list[list]) -> None:
-    """Every count in ``rows`` (lists of numbers, in place) summed over the ranks under data parallelism:
-    each rank scored its shard of the split; ints stay ints."""
-    total = iter(summed([v for row in rows for v in row]))
-    for row in rows:
-        for i, v in enumerate(row):
-            s = next(total)
-            row[i] = int(s) if isinstance(v, int) else s
 
 
 def _majority(rates: Sequence[float]) -> str:

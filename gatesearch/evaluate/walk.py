@@ -24,7 +24,7 @@ from torch import nn
 from gatesearch.models import GatedResNet
 from gatesearch.models.gated_resnet import skip_unit
 from gatesearch.models.norm import UNIT_OFF, UNIT_ON
-from gatesearch.parallel import summed
+from gatesearch.parallel import summed_rows_
 from gatesearch.patterns import SkipPattern
 
 
@@ -112,10 +112,10 @@ def _walk(
 def _to_scores(counts: dict[SkipPattern, list[int]], patterns: Sequence[SkipPattern]) -> list[PatternScore]:
     """Scores from the counts, summed over the ranks first under data parallelism (each rank walked
     its shard of the split; every rank gets the whole split's scores)."""
-    flat = iter(int(v) for v in summed([c for p in patterns for c in counts[p]]))
+    rows = [[int(c) for c in counts[p]] for p in patterns]
+    summed_rows_(rows)
     out = []
-    for p in patterns:
-        c1, c5, n = next(flat), next(flat), next(flat)
+    for p, (c1, c5, n) in zip(patterns, rows):
         out.append(PatternScore(str(p), "pattern", c1 / max(n, 1), c5 / max(n, 1), c1, c5, n,
                                 unit_rates=tuple(0.0 if s else 1.0 for s in p.skipped)))
     return out

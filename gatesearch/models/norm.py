@@ -242,8 +242,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     unbiased variance. The gradient is autograd's through that sum, so with DDP's averaging it is one
     process's on the global batch. Same parameters, buffers and state-dict keys as ``nn.BatchNorm2d``;
     in one process, in eval mode, or where every rank runs the same batches (``parallel.same_batches``:
-BN re-estimation) it is ``nn.BatchNorm2d``. Written here because
-    ``torch.nn.SyncBatchNorm`` refuses CPU tensors (gloo). E[x^2] - E[x]^2 in float64 sums."""
+    BN re-estimation) it is ``nn.BatchNorm2d``. Written here because ``torch.nn.SyncBatchNorm`` refuses
+    CPU tensors (gloo). E[x^2] - E[x]^2 in float64 sums."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and shards_differ()):
