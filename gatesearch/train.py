@@ -271,14 +271,16 @@ class CompiledModel:
 
 
 class _Calls(nn.Module):
-    """The model's entry points behind one ``forward(name, ...)``, so that DDP wraps each of them."""
+    """The model's entry points behind one ``forward(name, ...)``, so that DDP wraps each of them;
+    ``calls`` (a ``CompiledModel`` of ``model``, else ``model`` itself) is what runs them."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, calls: Any = None) -> None:
         super().__init__()
-        self.model = model
+        self.model = model  # registered: DDP's parameters and buffers
+        self._run = model if calls is None else calls
 
     def forward(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.model, name)(*args, **kwargs)
+        return getattr(self._run, name)(*args, **kwargs)
 
 
 class DistributedModel:
@@ -292,12 +294,18 @@ class DistributedModel:
     the unused set of a switchable BN get no gradient, a different set each step, so no static graph
     fits; DDP then leaves the globally unused parameters' ``.grad`` as one process leaves it (``None``:
     no weight decay and no momentum step on them) instead of all-reducing zeros
-    (``docs/DESIGN_NOTES.md`` item 46, measured in ``benchmarks/ddp_unused.py``)."""
+    (``docs/DESIGN_NOTES.md`` item 46, measured in ``benchmarks/ddp_unused.py``).
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
+    ``calls``: under ``train.compile`` the ``CompiledModel`` of ``model``, run inside DDP's forward
+    (PyTorch's advice: compile the module DDP wraps, not DDP). DDP's hooks fire on each parameter's
+    gradient as in eager mode; a compiled graph holds only the parameters its pattern uses, so the
+    unused set is eager's. The gradients are all-reduced after the compiled backward, not overlapped
+    with it."""
+
+    def __init__(self, model: nn.Module, device: torch.device, calls: Any = None) -> None:
         self.model = model
         ids = None if device.type != "cuda" else [device.index if device.index is not None else torch.cuda.current_device()]
-        self.ddp = DistributedDataParallel(_Calls(model), device_ids=ids, find_unused_parameters=True)
+        self.ddp = DistributedDataParallel(_Calls(model, calls), device_ids=ids, find_unused_parameters=True)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.ddp("forward", *args, **kwargs)
@@ -329,13 +337,11 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         if device.type == "cpu" and cfg.train.keep_freed_memory:
             keep_freed_memory()
+        calls = None if cfg.train.compile == "off" else CompiledModel(model, cfg.train.compile)
         if rank_world()[1] > 1:
-            if cfg.train.compile != "off":
-                raise UserError(f"train.compile: {cfg.train.compile} is not supported with data parallelism yet "
-                                "(use off)")
-            self.step_model: Any = DistributedModel(model, device)
+            self.step_model: Any = DistributedModel(model, device, calls)
         else:
-            self.step_model = model if cfg.train.compile == "off" else CompiledModel(model, cfg.train.compile)
+            self.step_model = model if calls is None else calls
         self.amp_dtype = autocast_dtype(device, cfg.train.amp)  # None: fp32
         self.eval_amp_dtype = self.amp_dtype if cfg.train.amp_eval else None
         # bf16 autocast needs no loss scaling; fp16 (older GPUs) does

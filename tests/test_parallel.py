@@ -41,6 +41,20 @@ def step_job(name: str) -> dict[str, Any]:
             "params": {n: p.detach().clone() for n, p in model.named_parameters()}}
 
 
+def compiled_step_job(name: str) -> dict[str, Any]:
+    """``step_job(name)`` under ``train.compile: aot_eager`` (dynamo's graph per pattern and
+    AOTAutograd's backward, run inside DDP's forward)."""
+    import torch._dynamo  # lazy: only this job touches dynamo
+
+    torch._dynamo.reset()
+    flat, step = VARIANTS[name]
+    VARIANTS[name] = ({**flat, "train.compile": "aot_eager"}, step)
+    try:
+        return step_job(name)
+    finally:
+        VARIANTS[name] = (flat, step)
+
+
 def patterns_job(method: str, steps: int) -> list[str]:
     """The patterns ``method`` trains at each of ``steps`` steps (recorded where they are drawn)."""
     drawn: list[str] = []
@@ -108,6 +122,7 @@ def _fit_cfg(out_dir: str) -> Any:
 
 def all_jobs(state_path: str, out_dir: str) -> dict[str, Any]:
     return {"steps": {n: step_job(n) for n in VARIANTS},
+            "compiled": {n: compiled_step_job(n) for n in COMPILED},
             "per_rank_bn": _per_rank_bn_job(),
             "patterns": {m: patterns_job(m, 6) for m in ("gated_depth", "stochastic_depth")},
             "eval": {k: eval_job(flat, f"{state_path}.{k}") for k, flat in EVAL_CONFIGS.items()},
@@ -128,6 +143,11 @@ EVAL_CONFIGS: dict[str, dict[str, Any]] = {
     "probgates_aig": {"method.name": "probgates", "model.gate_head": "aig", **{
         "model.gating": "block", "model.switchable_bn": False}},  # strategies: threshold, stochastic, ensemble
 }
+# train.compile under DDP: a drawn pattern (its skipped units' parameters unused: DDP must find the
+# unused set through the compiled graph) with SyncBatchNorm's collectives inside the graph; 27 s of the
+# module's spawn on a loaded 2-core machine, so one variant (each method compiles as eager trains, in
+# one process: test_train.py)
+COMPILED = ("gated_depth",)
 RATE_Z = torch.rand(16, 3, generator=torch.Generator().manual_seed(5))
 
 
@@ -159,14 +179,15 @@ def test_each_rank_gets_its_slice_of_the_global_batch(ranks: dict[str, Any]) -> 
         assert torch.equal(step["y"], y[8 * r:8 * (r + 1)])
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_two_ranks_step_as_one_process(ranks: dict[str, Any], name: str) -> None:
+@pytest.mark.parametrize("name,kind", [(n, "steps") for n in VARIANTS] + [(n, "compiled") for n in COMPILED])
+def test_two_ranks_step_as_one_process(ranks: dict[str, Any], name: str, kind: str) -> None:
     """Loss parts, every gradient (and which parameters have none: skipped units, the unused BN set)
     and the weights after the step equal one process's on the global batch (model.sync_bn: the BN
-    batch statistics are the global batch's too)."""
+    batch statistics are the global batch's too); ``compiled``: the ranks under ``train.compile``
+    against one eager process."""
     ref = step_job(name)
     for out in ranks["ranks"]:
-        got = out["steps"][name]
+        got = out[kind][name]
         assert got["parts"].keys() == ref["parts"].keys()
         for k, v in ref["parts"].items():
             assert got["parts"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
