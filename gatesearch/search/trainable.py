@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +50,8 @@ TRIAL_FILE = "trial.json"
 # A debugging aid for the fault-tolerance tests: "KIND@TRIAL[,KIND@TRIAL...]" with KIND one of
 #   raise (the trial raises at the end of its first epoch), nan (the trial's lr is blown up so its loss
 #   diverges), exit (the worker process dies after its first checkpoint, once), slow (every epoch of
-#   the trial takes SLOW_FAULT_S longer, so a test can act while it runs).
+#   the trial takes SLOW_FAULT_S longer, so a test can act while it runs), stall (rank 0 stops making progress
+#   after its first checkpoint until its process is killed, once: a test interrupts the study there).
 # TRIAL is the trial's index in the study (0, 1, ...). Read by the runner in the driver process.
 FAULT_ENV = "GATESEARCH_FAULT"
 SLOW_FAULT_S = 2.0
@@ -172,6 +174,12 @@ class _TuneReporter:
                 marker.write_text("worker killed once by the fault injection\n")
                 _wait_until(self.registered)  # the reported checkpoint is on record before the worker dies
                 os._exit(17)  # a dying worker: Tune retries the trial from this checkpoint
+        if "stall" in self.faults and self.rank == 0:  # the other ranks wait for it in the next collective
+            marker = Path(self.ctx.fault_dir) / f"stall-{self.trial_id}"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text("trial stalled once by the fault injection\n")
+                threading.Event().wait()  # never set: only killing this process ends the trial
 
     def on_end(self, result: Any) -> None:
         _stop_monitor()
