@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,12 +15,12 @@ import pytest
 import yaml
 
 ray = pytest.importorskip("ray")
+from _interrupt import ROOT, interrupt_search  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from gatesearch.search.runner import SearchOptions, describe, run_search  # noqa: E402
 from gatesearch.search.trainable import FAULT_ENV  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 # These tests drive real Ray worker processes and react to them by the clock (Ctrl+C once a trial
 # has finished, a worker killed after its first checkpoint): one rerun, reported as "rerun" in
 # pytest's summary, absorbs a slow process start on a loaded 2-core machine; a real failure fails twice.
@@ -77,27 +76,17 @@ def child_runs(uri: str, summary: dict) -> list:
 def interrupt_once(space: Path, uri: str, tmp_path: Path, address: str, run_filter: str, timeout_s: float) -> list:
     """``gatesearch search`` in a subprocess (trials 1-3 slowed), Ctrl+C once a child run matching
     ``run_filter`` has FINISHED; asserts it exits 130 (state saved) and returns those finished runs."""
-    cmd = [sys.executable, "-m", "gatesearch.cli", "search", "--space", str(space), "--tracking-uri", uri,
-           "--storage", str(tmp_path / "rr"), "--address", address]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), FAULT_ENV: "slow@1,slow@2,slow@3"})
     parent_file = tmp_path / "rr" / Path(space).stem / "mlflow_parent.json"
-    deadline = time.time() + timeout_s
-    finished: list = []
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(1)
-        if parent_file.is_file():
-            ids = json.loads(parent_file.read_text())
-            runs = MlflowClient(uri).search_runs([ids["experiment_id"]], filter_string=(
-                f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}'" + run_filter))
-            finished = [r for r in runs if r.info.status == "FINISHED"]
-            if finished:
-                break
-    assert finished, proc.communicate()[0][-3000:] if proc.poll() is not None else "no matching run finished in time"
-    proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, out[-3000:]
-    return finished
+
+    def finished() -> list:
+        if not parent_file.is_file():
+            return []
+        ids = json.loads(parent_file.read_text())
+        runs = MlflowClient(uri).search_runs([ids["experiment_id"]], filter_string=(
+            f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}'" + run_filter))
+        return [r for r in runs if r.info.status == "FINISHED"]
+
+    return interrupt_search(space, uri, tmp_path, address, "slow@1,slow@2,slow@3", finished, timeout_s)
 
 
 @RAY_TIMING
