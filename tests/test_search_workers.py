@@ -4,6 +4,7 @@ CPU), on a local Ray started the way ``gatesearch search`` starts one (``runner.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import pytest
 import yaml
 
 ray = pytest.importorskip("ray")
+from _interrupt import interrupt_search  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
-from gatesearch.search.runner import SearchOptions, _start_local_ray, run_search  # noqa: E402
-from gatesearch.search.trainable import FAULT_ENV  # noqa: E402
+from gatesearch.search.runner import LOCAL_ONLY_ENV, SearchOptions, _start_local_ray, run_search  # noqa: E402
+from gatesearch.search.trainable import FAULT_ENV, _train_registered  # noqa: E402
 
 pytestmark = pytest.mark.flaky(reruns=1, reruns_delay=2)  # real processes on a loaded 2-core machine
 
@@ -44,7 +46,7 @@ def local_ray():
     """One local Ray for the module, started as the runner starts it; the runner then leaves it running."""
     assert not ray.is_initialized()
     _start_local_ray(num_cpus=2, state_api=True)
-    yield
+    yield ray.get_runtime_context().gcs_address  # where a `gatesearch search` subprocess connects
     ray.shutdown()
 
 
@@ -76,36 +78,85 @@ def _pg_states() -> list[str]:
     return [pg["state"] for pg in ray.util.placement_group_table().values()]
 
 
-@pytest.mark.slow  # 3 trainers of 2 processes and one retry: 2-3 minutes on a loaded 2-core machine
-def test_two_worker_study_with_asha_and_a_killed_worker(local_ray, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def _all_removed(timeout_s: float = 30) -> None:
+    """Every placement group in the cluster ends REMOVED (a trainer's group goes once its controller is gone)."""
+    deadline = time.time() + timeout_s
+    while {"CREATED", "PENDING"} & set(_pg_states()):
+        assert time.time() < deadline, _pg_states()
+        time.sleep(0.5)
+    assert _pg_states() and set(_pg_states()) == {"REMOVED"}
+
+
+def _stalled(study_dir: Path) -> str | None:
+    """The id of the trial that the ``stall`` fault stopped, once Ray Train has recorded its checkpoint."""
+    for marker in (study_dir / "faults").glob("stall-*"):
+        trial_id = marker.name.removeprefix("stall-")
+        if _train_registered(study_dir / "train" / trial_id / "checkpoint_manager_snapshot.json"):
+            return trial_id
+    return None
+
+
+def _histories(client: MlflowClient, ids: dict) -> dict[str, tuple[str, list[int]]]:
+    """Trial index -> (its MLflow child run, the steps of its ``train_loss`` history); one run per trial."""
+    runs = client.search_runs([ids["experiment_id"]],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}'")
+    found = {r.data.tags["gatesearch.trial_index"]: (r.info.run_id, sorted(
+        m.step for m in client.get_metric_history(r.info.run_id, "train_loss"))) for r in runs}
+    assert len(found) == len(runs), sorted(r.data.tags["gatesearch.trial_index"] for r in runs)
+    return found
+
+
+@pytest.mark.slow  # 3 trainers of 2 processes, one retry and one interrupted: 2-3 minutes on a loaded 2-core machine
+def test_two_worker_study_with_asha_a_killed_worker_and_an_interrupt(local_ray, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """3 trials of 2 workers x 1 CPU on a 2-CPU Ray, one at a time (Optuna's seeded draws: lr 0.05, 0.02,
     then TPE's pick, the best so far, 0.05). Trial 0's last rank dies after its first checkpoint: the trainer
     fails, Tune retries the trial (study.max_failures) and the new trainer restores that checkpoint, so
     epoch 0 is not trained again. ASHA stops trial 1 at epoch 1; trial 2 still starts (trial 1's placement
     group was removed, else it would wait for the CPUs forever), every placement group is removed at the
-    end, and the metrics reach Tune and each MLflow child run once per epoch."""
-    monkeypatch.setenv(FAULT_ENV, "exit@0")
+    end, and the metrics reach Tune and each MLflow child run once per epoch.
+
+    The study runs as ``gatesearch search`` and is interrupted (Ctrl+C) while trial 2 stalls after its first
+    checkpoint; ``--resume`` finishes it: trials 0 and 1 are not run again, trial 2 goes on from its Ray Train
+    checkpoint in the same MLflow run (epoch 0 not trained again), and it gets its CPUs (the interrupted
+    trainer's workers and placement group are gone)."""
+    fault = "exit@0,stall@2"  # both once only: the resume below runs with the same faults, as `--resume` would
+    monkeypatch.setenv(FAULT_ENV, fault)
+    # the `gatesearch search` subprocess joins the module's single-machine Ray, which listens on 127.0.0.1 only:
+    # without this Ray turns the address 127.0.0.1 into the node's routable one, where nothing listens
+    monkeypatch.setenv(LOCAL_ONLY_ENV, "0")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = workers_space(tmp_path, "w2", 3, 2, [0.01, 0.05, 0.02])
     t0 = time.perf_counter()
-    summary = run_search(SearchOptions(space=str(workers_space(tmp_path, "w2", 3, 2, [0.01, 0.05, 0.02])),
-                                       tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0, select=False))
-    elapsed = time.perf_counter() - t0
+    stalled = interrupt_search(space, uri, tmp_path, local_ray, fault, lambda: _stalled(tmp_path / "rr" / "w2"),
+                               timeout_s=300)
+    client = MlflowClient(uri)
+    ids = json.loads((tmp_path / "rr" / "w2" / "mlflow_parent.json").read_text())
+    before = _histories(client, ids)
+    assert sorted(before) == ["0", "1", "2"] and before["2"][1] == [0], before  # interrupted inside epoch 1
+    assert client.get_run(before["2"][0]).data.tags["gatesearch.trial_id"] == stalled
+    _all_removed()  # the interrupted trainer's workers do not hold on to the CPUs the resumed one needs
+    t1 = time.perf_counter()
+    summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0,
+                                       select=False, resume=True))
+    elapsed, resumed = time.perf_counter() - t0, time.perf_counter() - t1
+    assert not summary["interrupted"] and summary["parent_run_id"] == ids["parent_run_id"]
     trials = sorted(summary["trials"], key=lambda t: t["name"])
     assert [(t["state"], t["epochs_done"], t["objectives"]["lr"]) for t in trials] == [
         ("COMPLETE", 2, 0.05), ("STOPPED", 1, 0.02), ("COMPLETE", 2, 0.05)], trials
     assert trials[1]["stop_reason"] == "stopped early by ASHA at epoch 1"
     assert (tmp_path / "rr" / "w2" / "faults" / f"exit-{trials[0]['trial_id']}").is_file()  # the fault fired
-    deadline = time.time() + 30  # the last trial's group goes once its controller is gone
-    while {"CREATED", "PENDING"} & set(_pg_states()):
-        assert time.time() < deadline, _pg_states()
-        time.sleep(0.5)
-    assert _pg_states() and set(_pg_states()) == {"REMOVED"}
-    client = MlflowClient(uri)
+    assert trials[2]["trial_id"] == stalled
+    after = _histories(client, ids)  # one child run per trial: the resumed trial kept its own
+    assert {i: run for i, (run, _) in after.items()} == {i: run for i, (run, _) in before.items()}
+    assert after["0"] == before["0"] and after["1"] == before["1"]  # finished trials were not run again
+    assert after["2"][1] == [0, 1]  # the resumed trial trained epoch 1 only
+    _all_removed()
+    assert client.get_run(ids["parent_run_id"]).info.status == "FINISHED"
     for t in trials:
         run = client.get_run(t["mlflow_run_id"])
         assert run.info.status == "FINISHED" and run.data.tags["gatesearch.workers"] == "2"
-        for metric in ("lr", "train_loss"):  # once per epoch (rank 0 logs), epoch 0 of trial 0 not again
+        for metric in ("lr", "train_loss"):  # once per epoch (rank 0 logs), epoch 0 of trials 0 and 2 not again
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
             # Ray Train hands reports to Tune through a queue of one: the workers may finish one more
             # (0.3 s) epoch before ASHA's stop reaches them, and its metrics are logged too
@@ -116,4 +167,4 @@ def test_two_worker_study_with_asha_and_a_killed_worker(local_ray, tmp_path: Pat
     # the checkpoint stays in Ray Train's run directory, <storage>/<study>/train/<trial id>
     assert Path(best["checkpoint"]).is_file() and Path(best["checkpoint"]).parents[1] == (
         tmp_path / "rr" / "w2" / "train" / best["trial_id"])
-    print(f"2-worker study, 3 trials (one retried): {elapsed:.1f} s")
+    print(f"2-worker study, 3 trials (one retried, one interrupted): {elapsed:.1f} s, of which the resume {resumed:.1f} s")
