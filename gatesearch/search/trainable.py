@@ -242,12 +242,9 @@ def remove_scratch(ctx: TrialContext) -> None:
         path.parent.rmdir()
 
 
-def _resume_path(local_dir: Path, ckpt: Any = None) -> Path | None:
-    """Copy the trial's last checkpoint (Tune's, or ``ckpt``: Ray Train's) next to the trial (Ray may delete
-    its own copy)."""
-    from ray import tune
-
-    ckpt = ckpt if ckpt is not None else tune.get_checkpoint()
+def _resume_path(local_dir: Path, ckpt: Any) -> Path | None:
+    """Copy the trial's last checkpoint ``ckpt`` (Tune's, or Ray Train's in a worker; ``None`` on a first
+    start) next to the trial (Ray may delete its own copy)."""
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
@@ -296,10 +293,11 @@ def _open_run(config: dict[str, Any], ctx: TrialContext, trial_id: str, index: i
 
 
 def _fit_here(flat: dict[str, Any], ctx: TrialContext, run_id: str, reporter: _TuneReporter,
-              resume: Any = None) -> None:
+              resume: Any) -> None:
     """``train.fit`` in this process, its files in this node's scratch directory (one per process, wiped
     when the process starts its next trial: a trial stopped inside a report never reaches a cleanup of its
-    own); ``resume``: Ray Train's checkpoint, else Tune's."""
+    own); ``resume``: the checkpoint to go on from (Tune's in a trial, Ray Train's in a worker; each asks
+    its own API: Tune's ``get_checkpoint`` inside a Ray Train worker only warns and returns ``None``)."""
     trial_dir = scratch_dir(ctx) / f"worker-{os.getpid()}"
     shutil.rmtree(trial_dir, ignore_errors=True)
     cfg = from_flat({**flat, "train.out_dir": str(trial_dir / "fit")})
@@ -325,7 +323,7 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     if ctx.workers > 1:
         _fit_on_workers(flat, ctx, run_id, trial_id, faults)
     else:
-        _fit_here(flat, ctx, run_id, _TuneReporter(ctx, run_id, faults, trial_id))
+        _fit_here(flat, ctx, run_id, _TuneReporter(ctx, run_id, faults, trial_id), resume=tune.get_checkpoint())
     tracking.end_run(ctx.tracking_uri, run_id, "FINISHED")
 
 
