@@ -30,11 +30,11 @@ import statistics
 import time
 
 import torch
+from _mac_rate import peak_macs, step_macs
 
 from gatesearch.checkpoint import build_model
 from gatesearch.config import Config, from_flat
 from gatesearch.cost import count_macs
-from gatesearch.flops import flop_counter
 from gatesearch.methods import METHODS
 from gatesearch.patterns import SkipPattern
 from gatesearch.train import Trainer, build_optimizer, resolve_device
@@ -70,35 +70,6 @@ def _setup(name: str, extra: dict, args: argparse.Namespace, device: torch.devic
 def _base_net_mac_share(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
     """MACs of the base-net over the super-net's, for one input of ``shape`` (C, H, W)."""
     return count_macs(model, SkipPattern.base_net(model.n_units), (1, *shape)) / count_macs(model, None, (1, *shape))
-
-
-def _step_macs(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
-    """Multiply-accumulates of one training step (forward, backward and every extra pass the method makes,
-    averaged over ``steps`` steps: a multiple of gated_depth's k), counted by torch's flop counter (FLOPs / 2)."""
-    with flop_counter() as counter:
-        for s in range(steps):
-            trainer.step(x, y, s, 0)
-    return counter.get_total_flops() / 2 / steps
-
-
-def _peak_macs(device: torch.device) -> tuple[float, int]:
-    """This machine's multiply-accumulate rate on a large fp32 matmul (n^3 MACs; the faster of two sizes,
-    median of 5), the roof the training steps are read against; returns (MAC/s, n)."""
-    best = (0.0, 0)
-    for n in ((1024, 2048) if device.type == "cpu" else (4096, 8192)):
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        a @ b
-        runs = []
-        for _ in range(5):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            a @ b
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            runs.append(time.perf_counter() - t)
-        best = max(best, (n**3 / statistics.median(runs), n))
-    return best
 
 
 def _time(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int, start: int) -> float:
@@ -152,8 +123,8 @@ def main() -> None:
             times[n].append(t)
             ratios[n].append(t / round_times["plain"])
     base_share = _base_net_mac_share(trainers["plain"].model, shape)  # plain trains the same stage-gated model
-    macs = {n: _step_macs(tr, x, y, args.steps) for n, tr in trainers.items()}  # after timing: not in the times
-    peak, n_peak = _peak_macs(device)
+    macs = {n: step_macs(tr, x, y, args.steps) for n, tr in trainers.items()}  # after timing: not in the times
+    peak, n_peak = peak_macs(device)
     print(f"torch {torch.__version__}  threads {torch.get_num_threads()}  device {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}  model {args.model} "
           f"({args.stem} stem, base-net {base_share:.3f} of the MACs)  batch {args.batch}x{'x'.join(map(str, shape))}  "

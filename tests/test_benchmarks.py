@@ -362,3 +362,15 @@ def test_gpu_check_smoke_runs_every_check_on_the_cpu(tmp_path):
     assert 0 < lat["mac_ratio"] < 1 and lat["base_ms"] > 0 and lat["super_ms"] > 0
     assert r["ddp"]["backend"] == "gloo" and r["ddp"]["same_weights"] is True  # gradients really all-reduced
     assert r["cifar_run"] == {"skipped": "no --data-root"}
+    assert r["peak_macs_per_s"]["fp32"] > 0 and set(r["peak_macs_per_s"]) == {"fp32"}  # no autocast on the CPU
+    for row in r["throughput"]:  # the achieved MAC rate against the roof measured in the same run (item 6)
+        assert row["gmacs_per_s"] > 0
+        assert row["of_peak"] == pytest.approx(row["gmacs_per_s"] * 1e9 / r["peak_macs_per_s"]["fp32"])
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# Results\n\n<!-- results:gpu_check:begin -->\nold\n<!-- results:gpu_check:end -->\ntail\n")
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--render", str(out), "--doc", str(doc)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    text = doc.read_text()
+    assert "old" not in text and text.endswith("tail\n") and "smoke sizes" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "images/s" not in line]
+    assert [line.split(" | ")[0].strip("| ") for line in rows] == [row["method"] for row in r["throughput"]]
