@@ -316,41 +316,6 @@ def test_summary_compares_the_best_searched_trial_with_the_best_full_budget_base
     assert "verdict: single runs: no interval (no study.reeval), so no difference is a verdict" in text
 
 
-@pytest.mark.slow
-@RAY_TIMING
-def test_study_logs_to_an_http_tracking_server(local_ray, tmp_path):
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-                time.sleep(1)
-        summary = run_search(SearchOptions(space=str(tiny_space(tmp_path, "http", trials=2, epochs=1, baselines=False)),
-                                           tracking_uri=uri, storage=str(tmp_path / "rr"), verbose=0))
-        runs = child_runs(uri, summary)
-        assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-        client = MlflowClient(uri)
-        assert [a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
-        assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 # ----------------------------------------------------------------- re-evaluation (study.reeval)
 
 #: A trainable whose result is known per (recipe, seed): the adn paper baseline scores 0.70 + 0.01 * seed,

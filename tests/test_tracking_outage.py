@@ -203,7 +203,8 @@ def _kill(server: subprocess.Popen) -> None:
 def test_a_server_killed_after_the_first_trial_stops_the_study_and_resume_finishes_it(local_ray, tmp_path):
     """The server dies once the first trial's run is FINISHED while two others train: the study ends within
     90 s with one line naming the server (exit 2, no traceback), its unfinished trials saved as unfinished;
-    with the server back on the same store, ``--resume`` finishes them with one child run per trial."""
+    with the server back on the same store, ``--resume`` finishes them with one child run per trial. (Also the
+    test of a study logging to an ``http://`` server: runs, metrics and the checkpoint artifact.)"""
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _start_server(tmp_path, port)
@@ -256,6 +257,8 @@ def test_a_server_killed_after_the_first_trial_stops_the_study_and_resume_finish
         assert all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
         for r in runs:  # every epoch's metrics, the one the dead server did not get trained and sent again
             assert {m.step for m in client.get_metric_history(r.info.run_id, "top1_super")} == {0, 1, 2}
+        for r in finished:  # what a trial logs over http:// before the outage, its checkpoint artifact included
+            assert [a.path for a in client.list_artifacts(r.info.run_id, "checkpoints")] == ["checkpoints/last.pt"]
         assert client.get_run(summary["parent_run_id"]).info.status == "FINISHED"
     finally:
         _kill(server)
