@@ -534,9 +534,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that refuses a key written twice in one mapping (a ``ConfigError`` naming both lines)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+def load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` of ``text`` (read from ``where``) that refuses a key written twice in one mapping;
+    either problem is one ``ConfigError`` line naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except ConfigError as e:  # a key written twice
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
@@ -560,11 +566,6 @@ def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            nested = load_yaml(read_utf8(p, "config file")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        except ConfigError as e:  # a key written twice
-            raise ConfigError(f"{p}: {e}") from None
+        nested = load_yaml(read_utf8(p, "config file"), str(p)) or {}
     cfg = from_nested(nested)
     return with_overrides(cfg, parse_overrides(overrides)) if overrides else cfg

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from gatesearch.config import (
     Config,
     ConfigError,
@@ -440,12 +438,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if not p.is_file():
         raise ConfigError(f"search space {p} does not exist")
     text = read_utf8(p, "search space")
-    try:
-        raw = load_yaml(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except ConfigError as e:  # a key written twice
-        raise ConfigError(f"{p.name}: {e}") from None
+    raw = load_yaml(text, str(p))
     try:
         return parse(raw, overrides, source=text, path=str(p))
     except ConfigError as e:
