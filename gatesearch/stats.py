@@ -11,7 +11,9 @@ and the uncertainty every comparison states (STYLE.md habit 13; DESIGN.md "Flow"
 - ``wilson_interval``: the interval of a top-1 measured on a finite evaluation split (Wilson 1927);
 - ``crown``: the finalist with the best mean, or a tie.
 
-Floor 1 (pure pieces): the standard library, scipy and ``gatesearch.errors`` only.
+Floor 1 (pure pieces): the standard library, scipy and ``gatesearch.errors`` only. ``scipy.stats`` is
+imported where a quantile is taken, not at module level: it costs about a second per process, and every
+Ray trial worker and DDP rank imports this module (through ``evaluate``) without ever needing a quantile.
 """
 
 from __future__ import annotations
@@ -19,9 +21,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
-
-from scipy.stats import norm
-from scipy.stats import t as student_t
 
 from gatesearch.errors import UserError
 
@@ -77,6 +76,8 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     if n == 1:
         return Interval(mean=mean, std=0.0, low=math.nan, high=math.nan, n=1)
     std = sample_std(values)
+    from scipy.stats import t as student_t  # lazy: module docstring
+
     half = float(student_t.ppf((1.0 + confidence) / 2.0, n - 1)) * std / math.sqrt(n)
     return Interval(mean=mean, std=std, low=mean - half, high=mean + half, n=n)
 
@@ -136,6 +137,8 @@ def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple
     if not 0 <= correct <= total:
         raise UserError(f"wilson_interval needs 0 <= correct <= total, got correct={correct}, total={total}")
     p, n = correct / total, float(total)
+    from scipy.stats import norm  # lazy: module docstring
+
     z = float(norm.ppf((1.0 + confidence) / 2.0))
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2.0 * n)) / denom
