@@ -421,7 +421,9 @@ def render_seeded(table: str, folder: Path, doc: Path, runs: dict[str, dict[str,
             "(`T` = unit skipped), and the frontier score with its 95 % Student-t interval over seeds:", "",
             *seeded_candidate_table(recipes), "",
             "Paired differences between recipes (same seed indices; 95 % Student-t interval; `gatesearch.stats`):", "",
-            *paired_table(recipes), "", "What the papers claim, at this budget, with paired intervals:", "",
+            *paired_table(recipes), "", "What the papers claim, at this budget, with paired intervals (the probabilistic "
+            "gates' claim on that paper's own layout; ADN's and Gated Depth's on a layout outside theirs, which keep a "
+            "mandatory sub-path per stage: DESIGN_NOTES 47):", "",
             *seeded_claims(recipes), "", f"![frontiers](results/{table}/frontier.png)"]
     return write_section(doc, begin, end, body)
 
