@@ -12,7 +12,6 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from gatesearch.devices.profiles import get_device
 from gatesearch.devices.roofline import predict_ms, trace_layers
@@ -33,11 +32,6 @@ def count_macs(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -> 
     return counter.get_total_flops() // 2
 
 
-#: Modules that use their children's weights functionally (the children are never called, so no
-#: hook sees them run): when one of these runs, all of its parameters count.
-WHOLE_MODULES: tuple[type[nn.Module], ...] = (ShiftedWindowAttention,)
-
-
 @torch.no_grad()
 def count_params(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -> int:
     """Parameters (and BN affine weights) of the modules that run under ``gates``.
@@ -54,7 +48,10 @@ def count_params(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
         for h in hooks:
             h.remove()
         model.train(was_training)
-    ran |= {id(d) for m in model.modules() if id(m) in ran and isinstance(m, WHOLE_MODULES) for d in m.modules()}
+    # a module marked ``reads_children_weights`` (models/base.py: Swin's window attention) uses its children's
+    # weights functionally, so no hook sees them run: when it runs, all of its parameters count
+    ran |= {id(d) for m in model.modules() if id(m) in ran and getattr(m, "reads_children_weights", False)
+            for d in m.modules()}
     return sum(p.numel() for m in model.modules() if id(m) in ran for p in m.parameters(recurse=False))
 
 

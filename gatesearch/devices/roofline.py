@@ -2,9 +2,9 @@
 
 Every leaf module that runs under the pattern is captured by forward hooks (inside
 ``torch.utils.flop_counter`` for its FLOPs), plus one memory-only step per residual add; an attention
-module (``nn.MultiheadAttention``, the ViT's ``SelfAttention``, Swin's ``ShiftedWindowAttention``) is
-one layer holding all of its FLOPs (projections and attention matmuls, partly functional calls no leaf
-hook sees), and
+module (``nn.MultiheadAttention``, or a module marked ``attention_kernels``: the ViT's ``SelfAttention``,
+Swin's ``WindowAttention``) is one layer holding all of its FLOPs (projections and attention matmuls,
+partly functional calls no leaf hook sees), and
 
     t_layer = max(flops / (peak * efficiency), bytes / bandwidth) + launch_overhead
 
@@ -21,12 +21,10 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torchvision.models.swin_transformer import ShiftedWindowAttention
 
 from gatesearch.devices.profiles import DeviceProfile
 from gatesearch.flops import flop_counter
 from gatesearch.models import Gates
-from gatesearch.models.vit import SelfAttention
 
 
 @dataclass(frozen=True)
@@ -41,10 +39,16 @@ class Layer:
     kernels: int = 1
 
 
-#: Attention modules traced as one layer, with the kernels each launches: input projection, fused
-#: attention, output projection (Swin's window attention runs QK^T, bias add, softmax and PV as
-#: separate ops, plus the shift and window partition copies: counted as 8).
-_ATTENTION_KERNELS: dict[type, int] = {nn.MultiheadAttention: 3, SelfAttention: 3, ShiftedWindowAttention: 8}
+#: ``nn.MultiheadAttention``'s kernels: input projection, fused attention, output projection. Our own
+#: attention modules carry their count as ``attention_kernels`` (``models/base.py``; Swin's window
+#: attention runs QK^T, bias add, softmax and PV as separate ops, plus the shift and window partition
+#: copies: 8).
+_MHA_KERNELS = 3
+
+
+def _attention_kernels(m: nn.Module) -> int:
+    """Kernels ``m`` launches if it is an attention layer traced whole, else 0."""
+    return _MHA_KERNELS if isinstance(m, nn.MultiheadAttention) else getattr(m, "attention_kernels", 0)
 
 
 def _kind(m: nn.Module) -> str:
@@ -58,7 +62,7 @@ def _kind(m: nn.Module) -> str:
         return "layernorm"
     if isinstance(m, (nn.Dropout, nn.Identity)):
         return "noop"  # identity at inference: no kernel runs
-    if isinstance(m, tuple(_ATTENTION_KERNELS)):
+    if _attention_kernels(m):
         return "attn"
     if isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU)):
         return "act"
@@ -95,7 +99,7 @@ def trace_layers(model: nn.Module, gates: Gates, input_shape: tuple[int, ...]) -
             moved = params + _numel(args) + _numel(out)
             if recurse:  # q, k, v written by the input projection and read by the attention kernel
                 moved += 6 * _numel(args[0])
-            layers.append(Layer(names[m], kind, flops, moved, _ATTENTION_KERNELS.get(type(m), 1)))
+            layers.append(Layer(names[m], kind, flops, moved, _attention_kernels(m) or 1))
 
         def call(m: nn.Module, args: tuple, out: object) -> None:
             layers.append(Layer(names[m], "call", 0, 0))

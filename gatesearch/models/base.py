@@ -18,6 +18,10 @@ keep tensor, for its switchable norms) and the first stage's first base block ma
 argument, ``first_out = model.shared_prefix(h)``; a unit block is called ``block(h)`` or
 ``block(h, scale=keep)`` (``keep [B]`` scales its residual branch: ``k = 0`` returns ``h``).
 A block with ``residual_adds = n`` makes ``n`` elementwise residual additions (latency trace).
+An attention module with ``attention_kernels = n`` is traced as one layer launching ``n`` kernels,
+all of its FLOPs inside it (``devices.roofline``); one with ``reads_children_weights = True`` uses its
+children's weights functionally, so when it runs all of them count (``cost.count_params``). The
+markers are class attributes, so the cost models need not import the backbones (and torchvision).
 
 This class implements ``forward``, ``forward_from_stem``, ``forward_patterns`` and the gate
 checks once; a backbone sets the attributes in ``GatedNet.__init__``'s docstring and ``head``.

@@ -36,7 +36,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from gatesearch.models.base import GatedNet, check_layout
 from gatesearch.models.blocks import NormFactory, _join
-from gatesearch.models.gated_resnet import MODELS, Stage, mandatory_blocks
+from gatesearch.models.gated_resnet import Stage, mandatory_blocks
 from gatesearch.models.gates import build_gate
 from gatesearch.models.norm import UNIT_ON, PlainNorm, SwitchableBatchNorm2d
 
@@ -195,5 +195,9 @@ def _builder(width: float, doc: str) -> Callable[..., GatedMobileNetV2]:
     return build
 
 
-MODELS.add("mobilenet_v2", _builder(1.0, "MobileNetV2 1.0 (torchvision layout; ADN split: 5 units)."))
-MODELS.add("mobilenet_v2_x0_5", _builder(0.5, "MobileNetV2 0.5x width (small variant for CPU tests / CIFAR)."))
+#: This module's builders; ``models/__init__.py`` registers each name in ``MODELS`` and imports this
+#: module when one is first built.
+BUILDERS: dict[str, Callable[..., GatedMobileNetV2]] = {
+    "mobilenet_v2": _builder(1.0, "MobileNetV2 1.0 (torchvision layout; ADN split: 5 units)."),
+    "mobilenet_v2_x0_5": _builder(0.5, "MobileNetV2 0.5x width (small variant for CPU tests / CIFAR)."),
+}

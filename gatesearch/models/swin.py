@@ -29,10 +29,18 @@ from torch import nn
 from torchvision.models.swin_transformer import ShiftedWindowAttention
 from torchvision.ops.misc import MLP, Permute
 
-from gatesearch.models.gated_resnet import MODELS
 from gatesearch.models.norm import UNIT_ON, PlainLayerNorm, SwitchableLayerNorm
 from gatesearch.models.transformer import GatedTransformer, TokenStage, block_prefixes, convert_mapped, residual, split
 from gatesearch.models.vit import IMAGE_SIZES
+
+
+class WindowAttention(ShiftedWindowAttention):
+    """torchvision's ``ShiftedWindowAttention`` as it is (parameters, forward), with the cost models'
+    markers (``models/base.py``): its QK^T, bias add, softmax, PV, shift and window-partition copies are
+    8 kernels, and it reads its projections' weights functionally (no hook sees them run)."""
+
+    attention_kernels = 8
+    reads_children_weights = True
 
 
 class SwinBlock(nn.Module):
@@ -46,7 +54,7 @@ class SwinBlock(nn.Module):
                  norm: Callable[..., nn.Module], eps: float) -> None:
         super().__init__()
         self.norm1 = norm(dim, eps=eps)
-        self.attn = ShiftedWindowAttention(dim, [window, window], [shift, shift], num_heads)
+        self.attn = WindowAttention(dim, [window, window], [shift, shift], num_heads)
         self.norm2 = norm(dim, eps=eps)
         self.mlp = MLP(dim, [int(dim * mlp_ratio), dim], activation_layer=nn.GELU, inplace=None, dropout=0.0)
 
@@ -192,8 +200,12 @@ def _builder(patch: int, embed: int, depths: list[int], heads: list[int], window
     return build
 
 
-MODELS.add("swin_t", _builder(4, 96, [2, 2, 6, 2], [3, 6, 12, 24], 7, "imagenet",
-                              "Swin-T (torchvision ``swin_t``): patch 4, dim 96, depths [2, 2, 6, 2], window 7."))
-MODELS.add("swin_nano_2", _builder(2, 32, [2, 2, 2, 2], [1, 2, 4, 8], 4, "cifar",
-                                   "A tiny Swin for 32x32 inputs: patch 2 (16x16 tokens), dim 32, depths [2, 2, 2, 2], "
-                                   "window 4."))
+#: This module's builders; ``models/__init__.py`` registers each name in ``MODELS`` and imports this
+#: module when one is first built.
+BUILDERS: dict[str, Callable[..., GatedSwin]] = {
+    "swin_t": _builder(4, 96, [2, 2, 6, 2], [3, 6, 12, 24], 7, "imagenet",
+                       "Swin-T (torchvision ``swin_t``): patch 4, dim 96, depths [2, 2, 6, 2], window 7."),
+    "swin_nano_2": _builder(2, 32, [2, 2, 2, 2], [1, 2, 4, 8], 4, "cifar",
+                            "A tiny Swin for 32x32 inputs: patch 2 (16x16 tokens), dim 32, depths [2, 2, 2, 2], "
+                            "window 4."),
+}

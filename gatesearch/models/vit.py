@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vision_transformer import MLPBlock
 
-from gatesearch.models.gated_resnet import MODELS
 from gatesearch.models.norm import UNIT_ON, PlainLayerNorm, SwitchableLayerNorm
 from gatesearch.models.transformer import GatedTransformer, TokenStage, block_prefixes, convert_mapped, residual, split
 
@@ -34,7 +33,10 @@ IMAGE_SIZES = {"cifar": 32, "imagenet": 224}
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameters (``in_proj_weight [3D, D]``,
-    ``in_proj_bias [3D]``, ``out_proj``) computed by ``scaled_dot_product_attention``."""
+    ``in_proj_bias [3D]``, ``out_proj``) computed by ``scaled_dot_product_attention``. Traced as one
+    layer of 3 kernels: input projection, fused attention, output projection (``models/base.py``)."""
+
+    attention_kernels = 3
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -198,8 +200,12 @@ def _builder(patch: int, dim: int, depth: int, heads: int, mlp_dim: int, default
     return build
 
 
-MODELS.add("vit_b_16", _builder(16, 768, 12, 12, 3072, "imagenet",
-                                "ViT-B/16 (torchvision ``vit_b_16``): 12 blocks, dim 768, 12 heads, MLP 3072."))
-MODELS.add("vit_ti_4", _builder(4, 192, 12, 3, 768, "cifar",
-                                "ViT-Ti/4 for 32x32 inputs: DeiT-Ti's shape (12 blocks, dim 192, 3 heads, MLP 768), "
-                                "patch 4 (64 tokens + class token)."))
+#: This module's builders; ``models/__init__.py`` registers each name in ``MODELS`` and imports this
+#: module when one is first built.
+BUILDERS: dict[str, Callable[..., GatedViT]] = {
+    "vit_b_16": _builder(16, 768, 12, 12, 3072, "imagenet",
+                         "ViT-B/16 (torchvision ``vit_b_16``): 12 blocks, dim 768, 12 heads, MLP 3072."),
+    "vit_ti_4": _builder(4, 192, 12, 3, 768, "cifar",
+                         "ViT-Ti/4 for 32x32 inputs: DeiT-Ti's shape (12 blocks, dim 192, 3 heads, MLP 768), "
+                         "patch 4 (64 tokens + class token)."),
+}
