@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gatesearch.evaluate.frontier import pareto_mask
-from gatesearch.stats import paired_difference, sample_std, t_interval, verdict
+from gatesearch.stats import paired_difference, sample_std, t_interval, verdict, verdict_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["plain_full", "plain_base", "stochastic_depth", "adn", "gated_depth", "probgates_per_gate",
@@ -353,7 +353,22 @@ def paired_table(recipes: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     lines = ["| a | b | seeds | a - b (frontier score, test) | 95 % interval | verdict for a |", "|---|---|---|---|---|---|"]
     for a, b, d in rows:
         lines.append(f"| {a} | {b} | {d.n} | {d.mean:+.4f} | [{d.low:+.4f}, {d.high:+.4f}] | {verdict(d)} |")
-    return lines
+    return lines + ["", separation(rows)]
+
+
+def separation(rows: list[tuple[str, str, Any]]) -> str:
+    """Issue 24's question of the block table, "do the recipes' frontiers separate?", answered from the
+    paired rows alone: the pairs whose interval excludes 0 (written ``winner > loser``) and those where no
+    difference is detected (``a ~ b``)."""
+    apart, same = [], []
+    for a, b, d in rows:
+        kind = verdict_kind(d)
+        if kind in ("better", "worse"):
+            apart.append(f"{a} > {b}" if kind == "better" else f"{b} > {a}")
+        elif kind == "no_difference":
+            same.append(f"{a} ~ {b}")
+    return (f"Do the frontiers separate? {len(apart)} of {len(rows)} pairs differ at 95 % (paired interval excludes 0): "
+            f"{', '.join(apart) or 'none'}; no difference detected for {len(same)}: {', '.join(same) or 'none'}.")
 
 
 def seeded_claims(recipes: dict[str, dict[int, dict[str, Any]]]) -> list[str]:

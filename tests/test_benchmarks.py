@@ -341,11 +341,24 @@ def test_seeded_table_renders_means_paired_intervals_and_claims(tmp_path):
     assert "0.6100 ± 0.0100 [0.5852, 0.6348] |" in out
     # adn - plain frontier: 0.15 at every seed: zero spread, an interval of zero width above 0
     assert "| plain_full | adn | 3 | -0.1500 | [-0.1500, -0.1500] | worse |" in out
+    assert ("Do the frontiers separate? 1 of 1 pairs differ at 95 % (paired interval excludes 0): adn > plain_full; "
+            "no difference detected for 0: none.") in out
     # ADN Table 1 on super-nets: differences 0.01, 0.02, 0.03 -> +2.00 points, [-0.48, +4.48]
     assert ("ADN super-net minus plain full-depth top-1: +2.00 points over 3 seeds, 95 % interval [-0.48, +4.48]: "
             "no difference detected with 3 seeds (interval [-0.0048, +0.0448])") in out
     assert "Gated Depth Sec. 6.2" in out and "needs adn and gated_depth" in out
     assert (folder / "frontier.png").stat().st_size > 0
+
+
+def test_separation_names_the_pairs_apart_and_the_pairs_inside_the_noise():
+    rr = _bench("render_results")
+    from gatesearch.stats import paired_difference
+
+    rows = [("a", "b", paired_difference([0.03, 0.02, 0.01], [0.0, 0.0, 0.0])),  # 0.02 +- 4.303*0.01/sqrt(3): spans 0
+            ("a", "c", paired_difference([0.5, 0.6, 0.7], [0.6, 0.7, 0.8])),  # -0.1 at every seed: a worse
+            ("b", "c", paired_difference([0.7], [0.6]))]  # one common seed: no interval, neither apart nor same
+    assert rr.separation(rows) == ("Do the frontiers separate? 1 of 3 pairs differ at 95 % (paired interval excludes "
+                                   "0): c > a; no difference detected for 1: a ~ b.")
 
 
 def test_gpu_check_smoke_runs_every_check_on_the_cpu(tmp_path, monkeypatch):
