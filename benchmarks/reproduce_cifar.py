@@ -29,7 +29,11 @@ trained is marked by ``<work-dir>/<run>/running.pid``, so a second worker takes 
 
 The evaluation happens in a fresh process (``--phase eval``, started by the training phase), so a
 long training run started before a code change is scored by the code of the tree at its end; the JSON
-records the git commit of both phases.
+records the git commit of both phases. ``train_time_s`` is ``train.fit``'s own training time summed over
+epochs (resumes included); ``train_wall_s`` is the wall time up to the last checkpoint summed over every
+process that trained the run (``WallClock``, written at each epoch's end). JSONs written before that
+reporter existed (block runs up to ``gated_depth_s1``) counted only the last process's segment of a
+resumed run.
 """
 
 from __future__ import annotations
@@ -162,11 +166,28 @@ def train_phase(args: argparse.Namespace, run: str) -> None:
     resume = last if last.is_file() else None
     print(f"[{run}] {'resuming from ' + str(resume) if resume else 'training'}: torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)
-    t0 = time.time()
-    fit(cfg, reporters=(ConsoleReporter(cfg.train.log_every),), resume_from=resume)
-    prev = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    state_file.write_text(json.dumps({"train_commit": git_commit(), "train_wall_s": prev.get("train_wall_s", 0.0)
-                                      + time.time() - t0, "command": " ".join(sys.argv)}))
+    fit(cfg, reporters=(ConsoleReporter(cfg.train.log_every), WallClock(state_file)), resume_from=resume)
+
+
+class WallClock:
+    """A ``train.Reporter`` that adds this process's wall time to ``phase.json`` at every epoch's end, so
+    the run's ``train_wall_s`` also counts the segments of a run killed (a session's end) and resumed:
+    it is the wall time up to the last checkpoint, summed over every process that trained the run."""
+
+    def __init__(self, state_file: Path) -> None:
+        self.state_file = state_file
+        prev = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        self.before, self.t0 = prev.get("train_wall_s", 0.0), time.time()
+
+    def on_start(self, cfg: Any, info: dict[str, Any]) -> None: ...
+
+    def on_step(self, step: int, epoch: int, parts: dict[str, float]) -> None: ...
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint_path: Path) -> None:
+        self.state_file.write_text(json.dumps({"train_commit": git_commit(), "train_wall_s": self.before
+                                               + time.time() - self.t0, "command": " ".join(sys.argv)}))
+
+    def on_end(self, result: Any) -> None: ...
 
 
 def eval_phase(args: argparse.Namespace, run: str, out: Path) -> None:

@@ -65,6 +65,7 @@ def test_reproduce_cifar_writes_a_resumable_run_json_and_the_renderer_shows_its_
     rec = json.loads((results / "t" / "gated_depth.json").read_text())
     assert rec["epochs"] == 1 and rec["n_units"] == 3 and rec["config"]["method.name"] == "gated_depth"
     assert rec["train_commit"] and rec["eval_commit"] and "reproduce_cifar.py" in rec["command"]
+    assert 0 < rec["train_wall_s"] < 600
     for split, n in (("val", 30), ("test", 60)):
         rows = rec[split]["candidates"]
         assert len(rows) == 8 and all(r["n"] == n for r in rows)
@@ -79,6 +80,25 @@ def test_reproduce_cifar_writes_a_resumable_run_json_and_the_renderer_shows_its_
     fff = next(r for r in rec["test"]["candidates"] if r["pattern"] == "FFF")
     assert f"{100 * fff['top1']:.2f}*" in out and f"{rec['test']['frontier_score']:.4f}" in out
     assert "kept" in doc.read_text() and (results / "t" / "frontier.png").is_file()
+
+
+def test_reproduce_wall_clock_counts_every_segment_of_a_killed_and_resumed_run(tmp_path, monkeypatch):
+    """``train_wall_s`` is written at every epoch's end, so a process killed after its checkpoint still
+    counts, and the process that resumes the run adds its own time to it."""
+    rc = _bench("reproduce_cifar")
+    clock = iter([1000.0, 1030.0, 1070.0, 5000.0, 5020.0])  # two epochs of process 1, one of process 2
+    monkeypatch.setattr(rc.time, "time", lambda: next(clock))
+    monkeypatch.setattr(rc, "git_commit", lambda: "abc")
+    state = tmp_path / "phase.json"
+    first = rc.WallClock(state)  # t0 = 1000
+    first.on_epoch_end(0, {}, tmp_path / "last.pt")
+    assert json.loads(state.read_text())["train_wall_s"] == 30.0
+    first.on_epoch_end(1, {}, tmp_path / "last.pt")  # then the process is killed: 70 s are on disk
+    assert json.loads(state.read_text())["train_wall_s"] == 70.0
+    second = rc.WallClock(state)  # resumed: t0 = 5000, 70 s before
+    second.on_epoch_end(2, {}, tmp_path / "last.pt")
+    assert json.loads(state.read_text()) == {"train_commit": "abc", "train_wall_s": 90.0,
+                                             "command": " ".join(sys.argv)}
 
 
 def _record(run: str, top1_full: float, top1_base: float, **config) -> dict:
