@@ -371,6 +371,17 @@ def separation(rows: list[tuple[str, str, Any]]) -> str:
             f"{', '.join(apart) or 'none'}; no difference detected for {len(same)}: {', '.join(same) or 'none'}.")
 
 
+def _claim_verdict(d: Any, above: str, below: str, claimed: str) -> str:
+    """A paper's claim read off the paired difference ``d``: "no difference detected with N seeds" while the
+    interval contains 0, else the side it lies on (``above`` or ``below``, e.g. "higher", "tighter") and
+    whether that is the side the paper claims (``claimed``: "above" or "below")."""
+    kind = verdict_kind(d)
+    if kind not in ("better", "worse"):
+        return verdict(d) if kind == "single_run" else f"no difference detected with {d.n} seeds"
+    side = "above" if kind == "better" else "below"
+    return f"{above if side == 'above' else below}, the claim {'holds' if side == claimed else 'does not hold'}"
+
+
 def seeded_claims(recipes: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """The papers' claims on the seeded table, each as a paired difference over common seeds."""
     out = []
@@ -380,22 +391,27 @@ def seeded_claims(recipes: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
             return None
         return next((d for x, y, d in paired_rows({a: recipes[a], b: recipes[b]}, value) if (x, y) == (a, b)), None)
 
-    def show(d: Any, unit: str = "points") -> str:
-        return (f"{100 * d.mean:+.2f} {unit} over {d.n} seeds, 95 % interval [{100 * d.low:+.2f}, {100 * d.high:+.2f}]: "
-                f"{verdict(d)}")
+    def show(d: Any, above: str, below: str, claimed: str) -> str:
+        """``d`` with its interval, then what it says of the claim: the claim holds when the interval lies on
+        the side the paper claims (``claimed``: "above" or "below" 0), does not hold on the other side."""
+        head = f"{100 * d.mean:+.2f} points over {d.n} seeds, 95 % interval [{100 * d.low:+.2f}, {100 * d.high:+.2f}]"
+        return head + ": " + _claim_verdict(d, above, below, claimed)
 
     d = pair("adn", "plain_full", lambda r: _top1(r, "F"))
     out.append("- **ADN Table 1** (super-net >= the individually trained full-depth net), ADN super-net minus plain "
-               "full-depth top-1: " + (show(d) if d else "needs adn and plain_full at two common seeds") + ".")
+               "full-depth top-1: " + (show(d, "higher", "lower", "above") if d else
+                                       "needs adn and plain_full at two common seeds") + ".")
     d = pair("gated_depth", "adn", lambda r: sample_std([c["top1"] for c in _fixed(r).values()]))
     out.append("- **Gated Depth Sec. 6.2** (its sub-networks' top-1 spread is tighter than ADN's), std of top-1 over "
-               "all patterns, gated_depth minus adn: " + (show(d) if d else "needs adn and gated_depth at two common seeds")
-               + " (negative: tighter).")
+               "all patterns, gated_depth minus adn: " + (show(d, "wider", "tighter", "below") if d else
+                                                          "needs adn and gated_depth at two common seeds") + ".")
     d = pair("probgates_per_batch", "probgates_per_gate", lambda r: _strategies(r)[HALF]["top1"] if HALF in _strategies(r) else float("nan"))
     act = pair("probgates_per_batch", "probgates_per_gate", lambda r: _activation(_strategies(r)[HALF]) if HALF in _strategies(r) else float("nan"))
     out.append("- **Probabilistic gates Sec. 4** (per-batch better in accuracy and activation), at threshold 0.5, "
-               "per-batch minus per-gate: top-1 " + (show(d) if d else "needs both probgates runs at two common seeds")
-               + ("; activation " + f"{act.mean:+.3f} [{act.low:+.3f}, {act.high:+.3f}] ({verdict(act)})" if act else "") + ".")
+               "per-batch minus per-gate: top-1 " + (show(d, "higher", "lower", "above") if d else
+                                                     "needs both probgates runs at two common seeds")
+               + ("; activation " + f"{act.mean:+.3f} [{act.low:+.3f}, {act.high:+.3f}]: "
+                  + _claim_verdict(act, "higher", "lower", "below") if act else "") + ".")
     return out
 
 

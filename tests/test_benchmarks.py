@@ -365,8 +365,23 @@ def test_seeded_table_renders_means_paired_intervals_and_claims(tmp_path):
             "no difference detected for 0: none.") in out
     # ADN Table 1 on super-nets: differences 0.01, 0.02, 0.03 -> +2.00 points, [-0.48, +4.48]
     assert ("ADN super-net minus plain full-depth top-1: +2.00 points over 3 seeds, 95 % interval [-0.48, +4.48]: "
-            "no difference detected with 3 seeds (interval [-0.0048, +0.0448])") in out
+            "no difference detected with 3 seeds.") in out
     assert "Gated Depth Sec. 6.2" in out and "needs adn and gated_depth" in out
+    # gated_depth with all four patterns at 0.80 (std 0) against adn's spread (> 0 at every seed): tighter
+    for i in range(3):
+        (folder / f"gated_depth_s{i}.json").write_text(json.dumps(_seeded(f"gated_depth_s{i}", i, {
+            "FF": 0.80, "FT": 0.80, "TF": 0.80, "TT": 0.80}, frontier=0.70)))
+    out = rr.render("blk", tmp_path / "results", doc)
+    assert re.search(r"gated_depth minus adn: -\d+\.\d\d points over 3 seeds, 95 % interval \[-[\d.]+, -[\d.]+\]: "
+                     r"tighter, the claim holds\.", out)
+    # and the other way round: adn's spread minus gated_depth's is wider, which the claim's side reads as "does not hold"
+    rr_claim = rr._claim_verdict
+    from gatesearch.stats import paired_difference
+
+    assert rr_claim(paired_difference([0.10, 0.11, 0.12], [0.0, 0.0, 0.0]), "wider", "tighter", "below") == \
+        "wider, the claim does not hold"
+    assert rr_claim(paired_difference([0.03, 0.02, 0.01], [0.0] * 3), "higher", "lower", "above") == \
+        "no difference detected with 3 seeds"
     assert (folder / "frontier.png").stat().st_size > 0
 
 
