@@ -6,6 +6,7 @@ and the uncertainty every comparison states (STYLE.md habit 13; DESIGN.md "Flow"
 - ``paired_difference``: the same interval on per-seed differences of two recipes trained on the same
   seeds (Bouthillier et al., "Accounting for Variance in Machine Learning Benchmarks", MLSys 2021:
   pairing by seed removes the variance the two runs share);
+- ``single_run_difference``: one run of each of two recipes, against seed noise measured on one of them;
 - ``verdict`` / ``verdict_kind``: "better", "worse" or "no difference detected with N seeds", from
   one rule;
 - ``wilson_interval``: the interval of a top-1 measured on a finite evaluation split (Wilson 1927);
@@ -93,6 +94,28 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
         raise UserError(f"paired_difference needs one value per seed on both sides, got {len(a)} and {len(b)} "
                         "values: the runs are not paired by seed")
     return t_interval([x - y for x, y in zip(a, b)], confidence)
+
+
+def single_run_difference(a: float, b: float, noise: Sequence[float], confidence: float = 0.95) -> Interval:
+    """The interval of ``a - b`` when ``a`` and ``b`` are one run each (different recipes, not paired), judged
+    against seed noise measured elsewhere: ``noise`` holds ``k >= 2`` runs of one recipe that differ only in
+    seed (or init), whose sample std ``s`` stands for every recipe's. Two independent runs of std ``s`` differ
+    with std ``s * sqrt(2)``, so the interval is ``a - b +- t_{(1+c)/2, k-1} * s * sqrt(2)``: the two-sample t
+    interval with one run per side and the variance estimated from the ``k`` noise runs (``k - 1`` degrees
+    of freedom). The assumption that both recipes vary with the seed as the noise runs do is the caller's to
+    state. ``n`` of the result is ``k``, the runs behind the interval, so ``verdict_kind`` reads it as usual.
+
+    Raises ``UserError`` for fewer than two noise runs or a non-finite value."""
+    if len(noise) < 2:
+        raise UserError(f"single_run_difference needs at least two noise runs, got {len(noise)}")
+    if not all(math.isfinite(v) for v in (a, b, *noise)):
+        raise UserError(f"single_run_difference needs finite values, got a={a!r}, b={b!r}, noise={list(noise)!r}")
+    _check_confidence(confidence)
+    from scipy.stats import t as student_t  # lazy: module docstring
+
+    std = sample_std(noise) * math.sqrt(2.0)
+    half = float(student_t.ppf((1.0 + confidence) / 2.0, len(noise) - 1)) * std
+    return Interval(mean=a - b, std=std, low=a - b - half, high=a - b + half, n=len(noise))
 
 
 def verdict_kind(diff: Interval) -> VerdictKind:

@@ -129,8 +129,11 @@ def test_renderer_keeps_loop_checks_out_of_the_table_and_the_claims(tmp_path):
     assert ("86.18 % (not met); the loop checks below: plain_full_seed1 86.55 %; over these 2 runs 86.18-86.55 %, "
             "mean 86.37 %, sample std 0.26 points, 1 of 2 at or above the bar") in table  # std: 0.37 / sqrt(2)
     assert "plain_full_seed1 0.5" not in table  # the frontier claim names only the table's plain runs
-    assert ("margin over the better plain network is +1.00 points of top-1, against a seed/init spread of plain "
-            "ResNet-20 of 0.26 points (sample std, 2 runs): larger than that spread") in table
+    # adn 0.51 minus plain_full 0.50, judged against the two plain runs as seed noise: s * sqrt(2) is
+    # |0.8655 - 0.8618| = 0.0037, half-width t(0.975, 1) * 0.0037 = 12.706 * 0.0037 = 0.0470 -> [-3.70, +5.70]
+    assert ("adn minus plain_full (the frontier score is in top-1 units, so plain's top-1 noise stands for its noise): "
+            "+1.00 points, 95 % interval [-3.70, +5.70]: no difference detected.") in table
+    assert "How to read the comparisons below" in table and "(2 runs)" in table
 
 
 def test_study_record_and_render_show_the_summary_numbers(tmp_path):
@@ -254,13 +257,20 @@ def test_probgates_claim_reads_dominance_at_threshold_half_and_per_batch_at_per_
     assert rr._activation({"unit_rates": [0.5, 1.0]}) == 0.75 and rr._activation({"unit_rates": []}) == 1.0  # none: all run
     gate = _probgates_record("probgates_per_gate", {0.5: (0.60, 0.85), 0.7: (0.30, 0.70)})
     batch = _probgates_record("probgates_per_batch", {0.3: (0.70, 0.88), 0.5: (0.50, 0.84), 0.7: (0.40, 0.80)})
-    line = rr.probgates_claim(gate, batch)
-    assert "per-batch 84.00 % at activation 0.500 vs per-gate 85.00 % at 0.600 (-1.00 points, -0.100 activation)" in line
-    assert "does not dominate" in line
-    assert "at per-gate's activation 0.600 per-batch's threshold sweep reads 86.00 % (+1.00 points: holds)" in line
+    # seed noise 0.850, 0.851, 0.852: s = 0.001, two single runs differ within t(0.975, 2) * 0.001 * sqrt(2)
+    # = 4.3027 * 0.0014142 = 0.0060849, i.e. +-0.61 points
+    noise = [0.850, 0.851, 0.852]
+    line = rr.probgates_claim(gate, batch, noise)
+    assert ("per-batch 84.00 % at activation 0.500 vs per-gate 85.00 % at 0.600: top-1 -1.00 points, 95 % interval "
+            "[-1.61, -0.39]: lower; activation -0.100 (one run each: no interval)") in line
+    assert ("at per-gate's activation 0.600 per-batch's threshold sweep reads 86.00 %, +1.00 points, 95 % interval "
+            "[+0.39, +1.61]: higher") in line
     short = _probgates_record("probgates_per_batch", {0.5: (0.50, 0.86), 0.7: (0.45, 0.80)})
-    line = rr.probgates_claim(gate, short)
-    assert "per-batch dominates" in line and "does not reach activation 0.600" in line
+    line = rr.probgates_claim(gate, short, noise)
+    assert "top-1 +1.00 points, 95 % interval [+0.39, +1.61]: higher" in line and "does not reach activation 0.600" in line
+    # wide noise (s = 0.01: +-6.08 points) leaves the same 1-point differences undecided; no noise, no interval
+    assert "95 % interval [-7.08, +5.08]: no difference detected" in rr.probgates_claim(gate, batch, [0.85, 0.86, 0.87])
+    assert "top-1 -1.00 points, one run each: no interval, no verdict" in rr.probgates_claim(gate, batch, [])
     folder = tmp_path / "results" / "t"
     folder.mkdir(parents=True)
     import json

@@ -16,6 +16,7 @@ from gatesearch.stats import (
     crown,
     paired_difference,
     sample_std,
+    single_run_difference,
     t_interval,
     verdict,
     verdict_kind,
@@ -86,6 +87,22 @@ def test_a_clear_gain_is_better_and_a_clear_loss_is_worse():
     worse = paired_difference([0.50, 0.50, 0.50], [0.60, 0.61, 0.62])
     assert worse.high == pytest.approx(-0.0852, abs=5e-5)
     assert verdict_kind(worse) == "worse" and verdict(worse) == "worse"
+
+
+def test_single_runs_judged_against_measured_seed_noise():
+    # noise runs 0.85, 0.86, 0.87: s = 0.01 (2 degrees of freedom); two single runs differ with std
+    # 0.01 * sqrt(2) = 0.0141421; half-width 4.3027 * 0.0141421 = 0.060849
+    half = T975_DF2 * 0.01 * math.sqrt(2)
+    assert half == pytest.approx(0.060849, abs=5e-7)
+    inside = single_run_difference(0.83, 0.80, [0.85, 0.86, 0.87])  # +0.03: [-0.030849, +0.090849]
+    assert inside.mean == pytest.approx(0.03) and inside.std == pytest.approx(0.0141421, abs=5e-7)
+    assert (inside.low, inside.high) == (pytest.approx(-0.030849, abs=5e-7), pytest.approx(0.090849, abs=5e-7))
+    assert inside.n == 3 and verdict_kind(inside) == "no_difference"
+    apart = single_run_difference(0.87, 0.80, [0.85, 0.86, 0.87])  # +0.07: [+0.009151, +0.130849]
+    assert apart.low == pytest.approx(0.009151, abs=5e-7) and verdict_kind(apart) == "better"
+    assert verdict_kind(single_run_difference(0.80, 0.87, [0.85, 0.86, 0.87])) == "worse"
+    with pytest.raises(ValueError, match="at least two noise runs"):
+        single_run_difference(0.8, 0.7, [0.85])
 
 
 def test_t_interval_uses_n_minus_one_degrees_and_the_two_sided_quantile():
