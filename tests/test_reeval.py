@@ -62,8 +62,22 @@ def test_aggregate_intervals_paired_verdicts_and_crown_by_hand():
     assert rows["q"]["vs_baseline"]["kind"] == "better" and rows["q"]["vs_baseline"]["low"] == pytest.approx(0.085159, abs=1e-6)
     assert rows["p"]["vs_baseline"] is None and out["best_baseline"] == "adn (paper baseline)"
     assert out["crowned"] == "tq (adn)" and out["tied"] == [] and out["complete"]
+    assert reeval.crowned_standing(out) == "against adn (paper baseline): better"
     # the baseline's test top-1 per candidate: 0.60, 0.62, 0.64 -> mean 0.62, s 0.02
     assert rows["p"]["test"]["FF"]["mean"] == pytest.approx(0.62) and rows["p"]["test"]["FF"]["std"] == pytest.approx(0.02)
+
+
+def test_a_crowned_baseline_names_how_the_searched_finalists_compare_to_it():
+    # the baseline has the best mean, 0.71 against 0.70 (s - p: -0.01, -0.02, 0.00 -> mean -0.01, s 0.01,
+    # [-0.0348, +0.0148]): crowned by its mean, and the line says the difference is inside the noise
+    chosen = [_trial("s", 0.80), _trial("p", 0.70, "adn")]
+    runs = {**_runs("p", [0.70, 0.72, 0.71]), **_runs("s", [0.69, 0.70, 0.71])}
+    out = reeval.aggregate(_summary(chosen), Reeval(finalists=1, seeds=3), chosen, runs, [{}] * 3)
+    assert out["crowned"] == "adn (paper baseline)"
+    assert reeval.crowned_standing(out) == ("ts (adn) against it: no difference detected with 3 seeds "
+                                            "(interval [-0.0348, +0.0148])")
+    assert any(line.startswith("  crowned: adn (paper baseline) (best mean over 3 seeds; ts (adn) against it: no "
+                               "difference detected") for line in reeval.describe_lines(out))
 
 
 def test_minimised_objective_calls_a_lower_value_better():

@@ -155,6 +155,20 @@ def crowned_row(section: dict[str, Any]) -> dict[str, Any] | None:
     return next((r for r in section.get("finalists", []) if r["label"] == label), None)
 
 
+def crowned_standing(section: dict[str, Any]) -> str:
+    """How sure the crown is, in words: a crowned searched finalist's verdict against the best baseline; a
+    crowned baseline's, the searched finalists' verdicts against it (a best mean inside the noise is no
+    win, so the line says "no difference detected" where it is one). Empty when nothing was compared."""
+    row = crowned_row(section)
+    if row is None:
+        return ""
+    v = row.get("vs_baseline")
+    if v:
+        return f"against {v['baseline']}: {v['verdict']}"
+    others = [r for r in section.get("finalists", []) if r is not row and r.get("vs_baseline")]
+    return "; ".join(f"{r['label']} against it: {r['vs_baseline']['verdict']}" for r in others)
+
+
 def describe_lines(section: dict[str, Any] | None) -> list[str]:
     """What ``gatesearch search`` prints about the verdict: each finalist's interval, the paired
     differences against the best baseline, the crowned config; or that the comparison is single-run."""
@@ -181,8 +195,7 @@ def describe_lines(section: dict[str, Any] | None) -> list[str]:
     if section["tied"]:
         lines.append(f"  crowned: tie between {', '.join(section['tied'])} (equal mean {section['metric']})")
     elif section["crowned"]:
-        row = crowned_row(section)
-        v = row.get("vs_baseline") if row else None
-        tail = f"; against {v['baseline']}: {v['verdict']}" if v else ""
+        standing = crowned_standing(section)
+        tail = f"; {standing}" if standing else ""
         lines.append(f"  crowned: {section['crowned']} (best mean over {len(seeds)} seeds{tail})")
     return lines

@@ -669,8 +669,8 @@ def verdict_line(summary: dict[str, Any]) -> str:
         if section["tied"]:
             return f"tie between {', '.join(section['tied'])} over {len(section['seeds'])} seeds"
         if row:
-            v = row.get("vs_baseline")
-            tail = f"; vs {v['baseline']}: {v['verdict']}" if v else ""
+            standing = reeval.crowned_standing(section)
+            tail = f"; {standing}" if standing else ""
             return (f"crowned {row['label']}: {section['metric']} {row['mean']:.4f} [{row['low']:.4f}, {row['high']:.4f}] "
                     f"over {row['n']} seeds{tail}")
     return "single runs: no interval (no study.reeval), so no difference is a verdict"
