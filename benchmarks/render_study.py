@@ -25,6 +25,8 @@ from typing import Any
 
 from render_results import _pyplot, _save, write_section  # benchmarks/ is on sys.path when a script here runs
 
+from gatesearch.search.reeval import crowned_standing
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "studies"
 MENU_KEYS = ("pattern", "strategy", "top1", "macs", "params", "latency_ms", "activation")
@@ -205,8 +207,10 @@ def render_reeval(section: dict[str, Any] | None) -> list[str]:
         v = r.get("vs_baseline")
         diff = f"{v['mean']:+.4f} | [{v['low']:+.4f}, {v['high']:+.4f}] | {v['verdict']}" if v else "| | reference"
         lines.append(f"| {r['label']} | {vals} | {r['mean']:.4f} | {r['std']:.4f} | [{r['low']:.4f}, {r['high']:.4f}] | {diff} |")
+    standing = crowned_standing(section) if section["crowned"] else ""
     crowned = (f"tie between {', '.join(section['tied'])}" if section["tied"]
-               else f"**{section['crowned']}** (best mean)" if section["crowned"] else "none (incomplete)")
+               else f"**{section['crowned']}** (best mean{'; ' + standing if standing else ''})" if section["crowned"]
+               else "none (incomplete)")
     return lines + ["", f"- Crowned: {crowned}."]
 
 

@@ -328,7 +328,7 @@ def test_render_study_shows_the_re_evaluation_with_intervals_and_verdicts():
             "mean": 0.72, "std": 0.01, "low": 0.6952, "high": 0.7448, "vs_baseline": None}
     found = {"label": "t004 (probgates)", "baseline": None, "complete": True, "values": [0.72, 0.74, 0.76],
              "mean": 0.74, "std": 0.02, "low": 0.6903, "high": 0.7897,
-             "vs_baseline": {"mean": 0.02, "low": -0.0048, "high": 0.0448,
+             "vs_baseline": {"mean": 0.02, "low": -0.0048, "high": 0.0448, "baseline": "adn (paper baseline)",
                              "verdict": "no difference detected with 3 seeds (interval [-0.0048, +0.0448])"}}
     section = {"seeds": [1, 2, 3], "vary_split": True, "metric": "frontier_score", "best_baseline": "adn (paper baseline)",
                "finalists": [found, base], "crowned": "t004 (probgates)", "tied": [], "note": ""}
@@ -336,7 +336,8 @@ def test_render_study_shows_the_re_evaluation_with_intervals_and_verdicts():
     assert ("| t004 (probgates) | 0.7200, 0.7400, 0.7600 | 0.7400 | 0.0200 | [0.6903, 0.7897] | +0.0200 | "
             "[-0.0048, +0.0448] | no difference detected with 3 seeds (interval [-0.0048, +0.0448]) |") in lines
     assert any(line.startswith("| adn (paper baseline) |") and line.endswith("| | reference |") for line in lines)
-    assert lines[-1] == "- Crowned: **t004 (probgates)** (best mean)."
+    assert lines[-1] == ("- Crowned: **t004 (probgates)** (best mean; against adn (paper baseline): no difference "
+                         "detected with 3 seeds (interval [-0.0048, +0.0448])).")
     assert rs.render_reeval(None) == []
 
 
