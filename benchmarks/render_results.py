@@ -157,15 +157,14 @@ def claims(runs: dict[str, dict[str, Any]], diag: dict[str, dict[str, Any]] | No
     """Each paper's claim, checked on the test numbers; 'not run yet' where a run is missing."""
     out = []
     f = {k: _fixed(v) for k, v in runs.items()}
-    plain_sd, every = None, []
+    every: list[float] = []  # plain ResNet-20's seed/init runs: the single-run comparisons' noise
     if "plain_full" in runs and runs["plain_full"]["epochs"] == 30:
         top = _top1(runs["plain_full"], "F")
         checks = {k: _top1(v, "F") for k, v in (diag or {}).items()}
         seen = ", ".join(f"{k} {100 * v:.2f} %" for k, v in checks.items())
         every = [top, *checks.values()]  # plain ResNet-20's seed/init spread: also the frontier claim's yardstick
-        plain_sd = sample_std(every) if checks else None
         spread = (f"; over these {len(every)} runs {100 * min(every):.2f}-{100 * max(every):.2f} %, mean "
-                  f"{100 * sum(every) / len(every):.2f} %, sample std {100 * plain_sd:.2f} points, "
+                  f"{100 * sum(every) / len(every):.2f} %, sample std {100 * sample_std(every):.2f} points, "
                   f"{sum(v >= 0.865 for v in every)} of {len(every)} at or above the bar") if checks else ""
         out.append(f"- **Sanity bar** (issue #16: plain full-depth ResNet-20 >= 86.5 % test top-1 at 30 epochs): "
                    f"{100 * top:.2f} % ({'met' if top >= 0.865 else 'not met'})"
