@@ -25,6 +25,7 @@ from typing import Any
 
 from render_results import _pyplot, _save, write_section  # benchmarks/ is on sys.path when a script here runs
 
+from gatesearch.search.clock import budget_spent
 from gatesearch.search.reeval import crowned_standing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,8 +92,8 @@ def _stop_reason(rec: dict[str, Any], t: dict[str, Any]) -> str:
         return "stopped early"
     if t["epochs_done"] in rungs:
         return "stopped early (ASHA)"
-    budget = rec.get("time_budget_s")
-    if budget is not None and (rec.get("wall_time_s") or 0) >= budget:
+    # the search's time over every run of a resumed study where the record has it, else this run's wall time
+    if budget_spent(rec.get("time_budget_s"), rec.get("search_time_s") or rec.get("wall_time_s") or 0):
         return "stopped by the time budget"
     return "stopped"
 
@@ -114,7 +115,7 @@ def record_from_summary(summary_path: Path, space: str | None = None) -> dict[st
                 "search": m["search"], "n_entries": len(m["entries"]),
                 "pareto": [{k: e.get(k) for k in MENU_KEYS} for e in m["entries"] if e.get("pareto")],
             }
-    keep = ("study", "objective", "n_trials", "n_complete", "n_error", "baselines", "vs_baselines", "wall_time_s",
+    keep = ("study", "objective", "n_trials", "n_complete", "n_error", "baselines", "vs_baselines", "wall_time_s", "search_time_s",
             "experiment_id", "parent_run_id", "interrupted", "reeval")
     best = summary.get("best")
     return {**{k: summary.get(k) for k in keep}, "space": space, **_schedule(space), "tracking_uri": summary.get("tracking_uri"),
@@ -142,7 +143,9 @@ def render_section(rec: dict[str, Any]) -> list[str]:
     metric, mode = rec["objective"][0]["metric"], rec["objective"][0]["mode"]
     lines = [f"Study `{rec['study']}`" + (f" (`{rec['space']}`)" if rec.get("space") else "")
              + f": {rec['n_trials']} trials, {rec['n_complete']} ran the full budget, {rec['n_error']} failed, "
-             f"{rec['wall_time_s'] / 3600:.2f} h wall time{' (interrupted)' if rec.get('interrupted') else ''}; "
+             f"{rec['wall_time_s'] / 3600:.2f} h wall time{' (interrupted)' if rec.get('interrupted') else ''}"
+             + (f" in its last run, {rec['search_time_s'] / 3600:.2f} h of search over every run"
+                if rec.get("search_time_s") is not None else "") + "; "
              f"objective `{metric}` ({mode}), on validation. Rendered by `python benchmarks/render_study.py --study "
              f"{rec['study']}` from `docs/results/studies/{rec['study']}.json`.", "",
              f"| # | trial | kind | method | config | state | epochs | {metric} | train h |",

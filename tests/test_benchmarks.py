@@ -319,6 +319,10 @@ def test_study_stop_reasons_follow_the_spaces_asha_rungs_and_time_budget():
     assert rs._stop_reason(rec, {"epochs_done": 9}) == "stopped early (ASHA)"
     assert rs._stop_reason(rec, {"epochs_done": 5}) == "stopped by the time budget"
     assert rs._stop_reason({**rec, "wall_time_s": 3600.0}, {"epochs_done": 5}) == "stopped"
+    # a resumed study: its last run was short, but its search used the budget over every run (clock.py)
+    assert rs._stop_reason({**rec, "wall_time_s": 3600.0, "search_time_s": 7180.0},
+                           {"epochs_done": 5}) == "stopped by the time budget"
+    assert rs._stop_reason({**rec, "search_time_s": 3600.0}, {"epochs_done": 5}) == "stopped"
     assert rs._stop_reason({}, {"epochs_done": 3}) == "stopped early"  # a record without its space: reason unknown
 
 

@@ -29,11 +29,12 @@ RAY_TIMING = pytest.mark.flaky(reruns=1, reruns_delay=2)
 
 def tiny_space(tmp_path: Path, name: str, trials: int = 4, epochs: int = 2, grace: int = 1,
                objective: object = None, devices: tuple[str, ...] = (), baselines: bool = True,
-               reeval: dict | None = None, register: str | None = None) -> Path:
+               reeval: dict | None = None, register: str | None = None, time_budget_s: float | None = None) -> Path:
     """Two methods: with baselines, trials 0 and 1 are the adn and gated_depth paper recipes."""
     space = {
         "study": {"name": name, "objective": objective or {"metric": "top1_super", "mode": "max"},
-                  "budget": {"trials": trials, "epochs": epochs}, "max_concurrent_trials": 2,
+                  "budget": {"trials": trials, "epochs": epochs,
+                             **({"time_budget_s": time_budget_s} if time_budget_s else {})}, "max_concurrent_trials": 2,
                   "devices": list(devices), "baselines": baselines,
                   "resources": {"cpu": 1}, "max_failures": 1, "asha": {"grace_period": grace, "reduction_factor": 2},
                   **({"reeval": reeval} if reeval else {}), **({"register": register} if register else {})},
@@ -403,6 +404,49 @@ def test_interrupted_reeval_resumes_without_duplicate_runs(local_ray, tmp_path):
     again = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
                                      resume=True, verbose=0))  # a second resume: nothing new
     assert len([r for r in child_runs(uri, again) if r.data.tags.get("gatesearch.kind") == "reeval"]) == 4
+
+
+def saved_search_time(study_dir: Path) -> float:
+    """The search clock's count in the newest experiment snapshot Tune saved (0 before the first)."""
+    import pickle
+
+    states = sorted(study_dir.glob("callback-states-*.pkl"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return 0.0
+    try:
+        saved = pickle.loads(states[-1].read_bytes())
+    except (EOFError, pickle.UnpicklingError):  # caught while Tune replaces it
+        return 0.0
+    return max((s["spent_s"] for s in saved.values() if isinstance(s, dict) and "spent_s" in s), default=0.0)
+
+
+@RAY_TIMING
+def test_a_resumed_study_that_spends_its_time_budget_has_ended(local_ray, tmp_path, monkeypatch):
+    """Tune carries its time budget over a restore (its stopper is saved with the experiment state). A study
+    interrupted after most of its budget, then resumed, runs out of it with trials left: it has ended, not been
+    interrupted, so it goes on to its re-evaluation, and a further --resume starts nothing. (Judged by the
+    resumed process's own wall time, the runner used to report it interrupted on every resume.)"""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    budget = 30.0
+    slow = ",".join(f"slow@{i}" for i in range(1, 12))  # every trial but the first takes >= 4 s: 12 cannot fit
+    space = tiny_space(tmp_path, "budget", trials=12, epochs=2, grace=2, reeval={"finalists": 1, "seeds": 2},
+                       time_budget_s=budget)
+    study_dir = tmp_path / "rr" / "budget"
+    interrupt_search(space, uri, tmp_path, local_ray, slow, lambda: saved_search_time(study_dir) >= 0.7 * budget,
+                     timeout_s=240)
+
+    monkeypatch.setenv(FAULT_ENV, slow)  # the resumed trials are as slow
+    summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
+                                       resume=True, verbose=0))
+    assert summary["n_trials"] < 12, "the study fitted its budget: this test no longer resumes into a spent budget"
+    assert not summary["interrupted"] and summary["reeval"]["complete"]
+    assert summary["search_time_s"] >= 0.95 * budget  # >= 0.7 x budget of it before the resume
+    assert all(t["stop_reason"] == "stopped by the time budget" for t in summary["trials"] if t["state"] == "STOPPED")
+    n_runs = len(child_runs(uri, summary))
+    again = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
+                                     resume=True, verbose=0))
+    assert not again["interrupted"] and again["n_trials"] == summary["n_trials"]
+    assert len(child_runs(uri, again)) == n_runs  # nothing new was trained
 
 
 @RAY_TIMING

@@ -35,7 +35,7 @@ from gatesearch import tracking
 from gatesearch.bundle import register_menus
 from gatesearch.config import from_flat
 from gatesearch.errors import UserError
-from gatesearch.search import outage, reeval, report
+from gatesearch.search import clock, outage, reeval, report
 from gatesearch.search.algorithms import BaselineASHA, StudySearch, stop_of
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
 from gatesearch.search.preflight import check_search, fit_to_cluster, ray_connect_error, study_lock
@@ -233,7 +233,6 @@ def _status_callback(ctx: TrialContext, stops_dir: Path | None = None, time_budg
     from ray.tune import Callback  # lazy: as in _init_ray
 
     uri, epochs = ctx.tracking_uri, ctx.epochs
-    started = time.time()
 
     def run_of(trial: Any) -> str | None:
         return trial.last_result.get("mlflow_run_id") or tracking.find_trial_run(
@@ -244,7 +243,8 @@ def _status_callback(ctx: TrialContext, stops_dir: Path | None = None, time_budg
             run_id = run_of(trial)
             if run_id:
                 done = int(trial.last_result.get("epochs_done", 0))
-                spent = time_budget_s is not None and time.time() - started >= 0.95 * time_budget_s
+                # this process's search clock (clock.py), which Tune restored with a resumed study
+                spent = clock.budget_spent(time_budget_s, clock.current().spent_s)
                 reason = stop_reason("COMPLETE" if done >= epochs else "STOPPED", done,
                                      stop_of(stops_dir, trial.trial_id) if stops_dir else None, spent)
                 tracking.set_run_tags(uri, run_id, {"gatesearch.epochs_done": done, "gatesearch.stop_reason": reason,
@@ -288,7 +288,8 @@ def _build_tuner(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, sto
         storage_path=str(storage),
         failure_config=tune.FailureConfig(max_failures=s.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=[_status_callback(ctx, storage / s.name / STOPS_DIR, s.time_budget_s), outage.current()],
+        callbacks=[_status_callback(ctx, storage / s.name / STOPS_DIR, s.time_budget_s), outage.current(),
+                   clock.current()],
         verbose=opts.verbose,
     )
     fixed = _absolute_paths(space) | {"tracking.uri": ctx.tracking_uri}
@@ -330,11 +331,11 @@ def _dominates(a: list[float], b: list[float]) -> bool:
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
-def summarize(space: SearchSpace, results: Any, study_dir: Path, elapsed_s: float = 0.0) -> dict[str, Any]:
+def summarize(space: SearchSpace, results: Any, study_dir: Path, search_s: float = 0.0) -> dict[str, Any]:
     """Every trial's state, why it ended and its objective values; the best trial or the Pareto set of
-    full-budget trials."""
+    full-budget trials. ``search_s``: the search's time over all runs of the study (``clock.py``)."""
     s = space.study
-    spent = s.time_budget_s is not None and elapsed_s >= 0.95 * s.time_budget_s
+    spent = clock.budget_spent(s.time_budget_s, search_s)
     trials = []
     for r in results:
         m = r.metrics or {}
@@ -470,13 +471,15 @@ def _reeval_record(uri: str, parent_run_id: str, section: dict[str, Any]) -> tup
     return {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}, tags
 
 
-def _interrupted(space: SearchSpace, study_dir: Path, elapsed_s: float) -> bool:
+def _interrupted(space: SearchSpace, study_dir: Path, search_s: float) -> bool:
     """Ctrl+C makes ``Tuner.fit`` save its state and return early: the saved state then has trials
-    that are neither terminated nor errored, or fewer trials than the budget while time was left."""
+    that are neither terminated nor errored, or fewer trials than the budget while time was left.
+    ``search_s`` is the search's time over every run of the study, as Tune's own budget counts it
+    (``clock.py``), not this process's: a resumed study that spent its budget has ended."""
     from ray.tune import ExperimentAnalysis
 
     trials = ExperimentAnalysis(str(study_dir)).trials
-    budget_left = space.study.time_budget_s is None or elapsed_s < space.study.time_budget_s
+    budget_left = not clock.budget_spent(space.study.time_budget_s, search_s)
     return any(t.status not in ("TERMINATED", "ERROR") for t in trials) or (
         len(trials) < space.study.trials and budget_left)
 
@@ -511,6 +514,7 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
     # num_to_keep forces an experiment snapshot per checkpoint; with tiny epochs Tune warns about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     watch = outage.start(uri)  # a tracking server silent for 30 s stops the study, resumable (outage.py)
+    searched = clock.start()  # the search's time over all its runs: Tune restores it on --resume (clock.py)
     # Ray first: a cluster that refuses this client (auth) fails before a parent run or marker exists
     started, space = _init_ray(opts, space)
     t0 = time.perf_counter()
@@ -523,9 +527,10 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
                            workers=space.study.workers, cpus_per_worker=space.study.cpu,
                            gpus_per_worker=space.study.gpu, storage=str(study_dir))
         results = _build_tuner(opts, space, ctx, storage).fit()
-        interrupted = _interrupted(space, study_dir, time.perf_counter() - t0) or watch.reason is not None
-        summary = summarize(space, results, study_dir, time.perf_counter() - t0) | {"tracking_uri": uri, "parent_run_id": parent_id,
-                                                          "experiment_id": exp_id, "interrupted": interrupted}
+        interrupted = _interrupted(space, study_dir, searched.spent_s) or watch.reason is not None
+        summary = summarize(space, results, study_dir, searched.spent_s) | {
+            "tracking_uri": uri, "parent_run_id": parent_id, "experiment_id": exp_id, "interrupted": interrupted,
+            "search_time_s": searched.spent_s}
         if space.study.reeval is not None and not interrupted:  # the finalists again, on paired fresh seeds
             summary["reeval"], summary["interrupted"] = _reevaluate(opts, space, ctx, storage, summary, results)
             _crown(summary)
@@ -741,7 +746,10 @@ def _describe_baselines(summary: dict[str, Any]) -> list[str]:
 def describe(summary: dict[str, Any]) -> str:
     """The lines ``gatesearch search`` prints: results, best trial, where to look next."""
     lines = [f"study {summary['study']}: {summary['n_trials']} trials, {summary['n_complete']} ran the full budget, "
-             f"{summary['n_error']} errored ({summary['wall_time_s']:.0f} s)"]
+             f"{summary['n_error']} errored ({summary['wall_time_s']:.0f} s"
+             # a resumed study's search ran in several runs of the command: its time over all of them
+             + (f"; search {summary['search_time_s']:.0f} s over every run" if "search_time_s" in summary else "")
+             + ")"]
     for t in summary["pareto"]:
         vals = ", ".join(f"{k}={v:.4f}" for k, v in t["objectives"].items() if isinstance(v, (int, float)))
         is_best = summary["best"] is not None and t["trial_id"] == summary["best"]["trial_id"]  # also for a summary read back
