@@ -9,6 +9,8 @@ and the uncertainty every comparison states (STYLE.md habit 13; DESIGN.md "Flow"
 - ``single_run_difference``: one run of each of two recipes, against seed noise measured on one of them;
 - ``verdict`` / ``verdict_kind``: "better", "worse" or "no difference detected with N seeds", from
   one rule;
+- ``p_value`` / ``holm``: the two-sided p of a difference's t test, and Holm's step-down correction when one
+  question is asked of many pairs (e.g. "do six recipes' frontiers separate?": 15 paired comparisons);
 - ``wilson_interval``: the interval of a top-1 measured on a finite evaluation split (Wilson 1927);
 - ``crown``: the finalist with the best mean, or a tie.
 
@@ -50,6 +52,7 @@ class Interval:
     low: float
     high: float
     n: int
+    se: float = math.nan  # the standard error behind the interval: its half-width is t_{(1+c)/2, n-1} * se
 
 
 def _check_confidence(confidence: float) -> None:
@@ -79,8 +82,9 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
     std = sample_std(values)
     from scipy.stats import t as student_t  # lazy: module docstring
 
-    half = float(student_t.ppf((1.0 + confidence) / 2.0, n - 1)) * std / math.sqrt(n)
-    return Interval(mean=mean, std=std, low=mean - half, high=mean + half, n=n)
+    se = std / math.sqrt(n)
+    half = float(student_t.ppf((1.0 + confidence) / 2.0, n - 1)) * se
+    return Interval(mean=mean, std=std, low=mean - half, high=mean + half, n=n, se=se)
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Interval:
@@ -115,7 +119,7 @@ def single_run_difference(a: float, b: float, noise: Sequence[float], confidence
 
     std = sample_std(noise) * math.sqrt(2.0)
     half = float(student_t.ppf((1.0 + confidence) / 2.0, len(noise) - 1)) * std
-    return Interval(mean=a - b, std=std, low=a - b - half, high=a - b + half, n=len(noise))
+    return Interval(mean=a - b, std=std, low=a - b - half, high=a - b + half, n=len(noise), se=std)
 
 
 def verdict_kind(diff: Interval) -> VerdictKind:
@@ -141,6 +145,39 @@ def verdict(diff: Interval) -> str:
     if kind == "no_difference":
         return f"no difference detected with {diff.n} seeds (interval [{diff.low:+.4f}, {diff.high:+.4f}])"
     return kind
+
+
+def p_value(diff: Interval) -> float:
+    """The two-sided p-value of the t test behind ``diff``'s interval: ``t = mean / se`` on ``n - 1`` degrees
+    of freedom, ``p = 2 P(T > |t|)`` (``scipy.stats.t.sf``), where ``se`` is the standard error the interval
+    was built on (``std / sqrt(n)`` for ``t_interval`` and ``paired_difference``, ``s * sqrt(2)`` for
+    ``single_run_difference``). It agrees with the interval: ``p < 1 - c`` exactly when the ``c`` interval
+    excludes 0. NaN without an interval (one run); with ``se == 0`` it is 0 for a non-zero mean, else 1."""
+    if diff.n < 2 or math.isnan(diff.low) or math.isnan(diff.high) or math.isnan(diff.se):
+        return math.nan
+    if diff.se == 0.0:
+        return 0.0 if diff.mean != 0.0 else 1.0
+    from scipy.stats import t as student_t  # lazy: module docstring
+
+    return float(2.0 * student_t.sf(abs(diff.mean) / diff.se, diff.n - 1))
+
+
+def holm(p_values: Mapping[str, float], alpha: float = 0.05) -> list[str]:
+    """Holm's step-down procedure (S. Holm, "A simple sequentially rejective multiple test procedure",
+    Scand. J. Statist. 6:65-70, 1979): the keys whose hypothesis of no difference is rejected with a
+    family-wise error rate of at most ``alpha`` over all ``m`` comparisons. Sort the p-values
+    ``p_(1) <= ... <= p_(m)``; reject while ``p_(i) <= alpha / (m - i + 1)``; stop at the first that is not.
+    A NaN p-value (a pair with no interval) is no test: it is left out of ``m`` and never rejected. Returned
+    in the order of their p."""
+    if not 0.0 < alpha < 1.0:
+        raise UserError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    ranked = sorted(((k, p) for k, p in p_values.items() if not math.isnan(p)), key=lambda kv: kv[1])
+    rejected = []
+    for i, (key, p) in enumerate(ranked):
+        if p > alpha / (len(ranked) - i):
+            break
+        rejected.append(key)
+    return rejected
 
 
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:

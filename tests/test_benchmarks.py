@@ -407,8 +407,22 @@ def test_separation_names_the_pairs_apart_and_the_pairs_inside_the_noise():
     rows = [("a", "b", paired_difference([0.03, 0.02, 0.01], [0.0, 0.0, 0.0])),  # 0.02 +- 4.303*0.01/sqrt(3): spans 0
             ("a", "c", paired_difference([0.5, 0.6, 0.7], [0.6, 0.7, 0.8])),  # -0.1 at every seed: a worse
             ("b", "c", paired_difference([0.7], [0.6]))]  # one common seed: no interval, neither apart nor same
+    # Holm over the 2 tested pairs (the one-seed pair is no test): a - c is -0.1 at every seed (p ~ 0 <= 0.025)
+    # stays apart; a - b has p = 1 - 2 sqrt(3) / sqrt(14) = 0.0742 > 0.05 (test_stats)
     assert rr.separation(rows) == ("Do the frontiers separate? 1 of 3 pairs differ at 95 % (paired interval excludes "
-                                   "0): c > a; no difference detected for 1: a ~ b.")
+                                   "0): c > a; no difference detected for 1: a ~ b. Asked of the 2 pairs at once "
+                                   "(Holm's correction, family-wise error 5 %), 1 still differs: c > a.")
+    # a pair apart at 95 % on its own but not once 3 pairs are asked at once (df 2: p = 1 - t / sqrt(2 + t^2)):
+    #   a - b: 0.10, 0.11, 0.12: t = 0.11 sqrt 3 / 0.01 = 19.053, p = 0.00274 <= 0.05 / 3: kept
+    #   a - c: 0.04, 0.06, 0.08: t = 0.06 sqrt 3 / 0.02 = 5.196, p = 0.0351: apart alone ([+0.0103, +0.1097]),
+    #          but 0.0351 > 0.05 / 2: Holm stops here
+    #   b - c: 0.01, 0.03, 0.05: t = 2.598, p = 0.1217: no difference detected
+    rows = [("a", "b", paired_difference([0.10, 0.11, 0.12], [0.0, 0.0, 0.0])),
+            ("a", "c", paired_difference([0.04, 0.06, 0.08], [0.0, 0.0, 0.0])),
+            ("b", "c", paired_difference([0.01, 0.03, 0.05], [0.0, 0.0, 0.0]))]
+    assert rr.separation(rows) == ("Do the frontiers separate? 2 of 3 pairs differ at 95 % (paired interval excludes "
+                                   "0): a > b, a > c; no difference detected for 1: b ~ c. Asked of the 3 pairs at "
+                                   "once (Holm's correction, family-wise error 5 %), 1 still differs: a > b.")
 
 
 def test_gpu_check_smoke_runs_every_check_on_the_cpu(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ from gatesearch.selection.pareto import build_menu
 from gatesearch.stats import (
     Crown,
     crown,
+    holm,
+    p_value,
     paired_difference,
     sample_std,
     single_run_difference,
@@ -131,6 +133,37 @@ def test_one_run_gives_no_interval_and_no_verdict():
     diff = paired_difference([0.9], [0.1])  # a large single-run gap is still not a verdict
     assert verdict_kind(diff) == "single_run"
     assert verdict(diff) == "single run: no interval (n=1)"
+
+
+def test_p_value_of_the_t_test_behind_each_interval_from_closed_forms():
+    """Student's t has closed-form tails for 1 and 2 degrees of freedom: P(|T| > t) = 1 - (2/pi) atan(t) (df 1,
+    the Cauchy) and 1 - t / sqrt(2 + t^2) (df 2)."""
+    # paired differences 0.01, 0.02, 0.03: mean 0.02, s 0.01, se 0.01/sqrt(3), t = 2 sqrt(3) = 3.4641 (df 2):
+    # p = 1 - 3.4641 / sqrt(14) = 0.074180 > 0.05, as the interval [-0.0048, 0.0448] spans 0
+    d = paired_difference([0.03, 0.04, 0.05], [0.02, 0.02, 0.02])
+    assert d.se == pytest.approx(0.01 / math.sqrt(3))
+    assert p_value(d) == pytest.approx(0.074180, abs=5e-7) and verdict_kind(d) == "no_difference"
+    # differences 0.1 and 0.3: mean 0.2, s 0.141421, se 0.1, t = 2 (df 1): p = 1 - (2/pi) atan 2 = 0.295167
+    assert p_value(paired_difference([0.6, 0.8], [0.5, 0.5])) == pytest.approx(0.295167, abs=5e-7)
+    # one run each against noise 0.85, 0.86, 0.87: se = 0.01 sqrt(2), t = 0.07 / 0.0141421 = 4.94975 (df 2):
+    # p = 1 - 4.94975 / sqrt(26.5) = 0.038476 < 0.05, as the interval [+0.0092, +0.1308] excludes 0
+    apart = single_run_difference(0.87, 0.80, [0.85, 0.86, 0.87])
+    assert p_value(apart) == pytest.approx(0.038476, abs=5e-7) and verdict_kind(apart) == "better"
+    assert p_value(t_interval([0.25, 0.25, 0.25])) == 0.0 and p_value(t_interval([0.0, 0.0])) == 1.0  # se = 0
+    assert math.isnan(p_value(t_interval([0.7])))  # one run: no test
+
+
+def test_holm_rejects_step_down_and_leaves_untested_pairs_out():
+    # m = 4, alpha 0.05: 0.005 <= 0.05/4 = 0.0125 yes; 0.01 <= 0.05/3 = 0.0167 yes; 0.03 <= 0.05/2 = 0.025 no:
+    # stop (0.04 is not rejected either, although it is below 0.05 on its own)
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005}) == ["d", "a"]
+    # a pair without an interval is no test: m = 2, so 0.02 <= 0.025 and 0.04 <= 0.05 are both rejected
+    # (with it counted, m = 3 and 0.02 > 0.0167 would reject none)
+    assert holm({"a": 0.02, "b": math.nan, "c": 0.04}) == ["a", "c"]
+    assert holm({"a": 0.2, "b": 0.01}, alpha=0.01) == []  # 0.01 > 0.01 / 2
+    assert holm({}) == []
+    with pytest.raises(ValueError, match="alpha"):
+        holm({"a": 0.01}, alpha=0.0)
 
 
 @pytest.mark.parametrize("call, words", [
