@@ -428,8 +428,9 @@ def test_a_resumed_study_that_spends_its_time_budget_has_ended(local_ray, tmp_pa
     resumed process's own wall time, the runner used to report it interrupted on every resume.)"""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     budget = 30.0
-    slow = ",".join(f"slow@{i}" for i in range(1, 12))  # every trial but the first takes >= 4 s: 12 cannot fit
-    space = tiny_space(tmp_path, "budget", trials=12, epochs=2, grace=2, reeval={"finalists": 1, "seeds": 2},
+    # every trial but the first sleeps 2 x 2 s: 19 of them, two at a time, need > 38 s, more than the budget
+    slow = ",".join(f"slow@{i}" for i in range(1, 20))
+    space = tiny_space(tmp_path, "budget", trials=20, epochs=2, grace=2, reeval={"finalists": 1, "seeds": 2},
                        time_budget_s=budget)
     study_dir = tmp_path / "rr" / "budget"
     interrupt_search(space, uri, tmp_path, local_ray, slow, lambda: saved_search_time(study_dir) >= 0.7 * budget,
@@ -438,7 +439,7 @@ def test_a_resumed_study_that_spends_its_time_budget_has_ended(local_ray, tmp_pa
     monkeypatch.setenv(FAULT_ENV, slow)  # the resumed trials are as slow
     summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
                                        resume=True, verbose=0))
-    assert summary["n_trials"] < 12, "the study fitted its budget: this test no longer resumes into a spent budget"
+    assert summary["n_trials"] < 20, "the study fitted its budget: this test no longer resumes into a spent budget"
     assert not summary["interrupted"] and summary["reeval"]["complete"]
     assert summary["search_time_s"] >= 0.95 * budget  # >= 0.7 x budget of it before the resume
     assert all(t["stop_reason"] == "stopped by the time budget" for t in summary["trials"] if t["state"] == "STOPPED")
