@@ -26,7 +26,7 @@ from typing import Any
 from render_results import _pyplot, _save, write_section  # benchmarks/ is on sys.path when a script here runs
 
 from gatesearch.search.clock import budget_spent
-from gatesearch.search.reeval import crowned_standing
+from gatesearch.search.reeval import crowned_standing, family_note
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "studies"
@@ -208,7 +208,8 @@ def render_reeval(section: dict[str, Any] | None) -> list[str]:
             lines.append(f"| {r['label']} | {vals} | incomplete | | | | | |")
             continue
         v = r.get("vs_baseline")
-        diff = f"{v['mean']:+.4f} | [{v['low']:+.4f}, {v['high']:+.4f}] | {v['verdict']}" if v else "| | reference"
+        diff = (f"{v['mean']:+.4f} | [{v['low']:+.4f}, {v['high']:+.4f}] | {v['verdict']}{family_note(v)}" if v
+                else "| | reference")
         lines.append(f"| {r['label']} | {vals} | {r['mean']:.4f} | {r['std']:.4f} | [{r['low']:.4f}, {r['high']:.4f}] | {diff} |")
     standing = crowned_standing(section) if section["crowned"] else ""
     crowned = (f"tie between {', '.join(section['tied'])}" if section["tied"]

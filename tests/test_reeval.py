@@ -62,9 +62,37 @@ def test_aggregate_intervals_paired_verdicts_and_crown_by_hand():
     assert rows["q"]["vs_baseline"]["kind"] == "better" and rows["q"]["vs_baseline"]["low"] == pytest.approx(0.085159, abs=1e-6)
     assert rows["p"]["vs_baseline"] is None and out["best_baseline"] == "adn (paper baseline)"
     assert out["crowned"] == "tq (adn)" and out["tied"] == [] and out["complete"]
-    assert reeval.crowned_standing(out) == "against adn (paper baseline): better"
+    # read together (2 comparisons, Holm): q - p has t = 0.11 sqrt 3 / 0.01 = 19.053 (df 2), p = 1 - t / sqrt(2 +
+    # t^2) = 0.00274 <= 0.05 / 2: still apart; s - p has p = 0.0742 (test_stats)
+    assert rows["q"]["vs_baseline"]["p"] == pytest.approx(0.002743, abs=1e-6)
+    assert rows["q"]["vs_baseline"]["comparisons"] == 2 and rows["q"]["vs_baseline"]["holm"]
+    assert not rows["s"]["vs_baseline"]["holm"]
+    assert reeval.crowned_standing(out) == ("against adn (paper baseline): better (still apart with Holm's correction "
+                                            "over the 2 comparisons)")
     # the baseline's test top-1 per candidate: 0.60, 0.62, 0.64 -> mean 0.62, s 0.02
     assert rows["p"]["test"]["FF"]["mean"] == pytest.approx(0.62) and rows["p"]["test"]["FF"]["std"] == pytest.approx(0.02)
+
+
+def test_the_best_of_two_finalists_better_alone_is_not_apart_once_both_comparisons_are_read_together():
+    """The crowned finalist is the best of K on the same seeds: its own 95 % verdict overstates the study's
+    certainty, so the crown line also reads it with Holm's correction over the K comparisons."""
+    chosen = [_trial("q", 0.80), _trial("s", 0.80), _trial("p", 0.70, "adn")]
+    runs = {**_runs("p", [0.70, 0.72, 0.71]),
+            **_runs("q", [0.74, 0.78, 0.79]),   # minus p: 0.04, 0.06, 0.08: t = 0.06 sqrt 3 / 0.02 = 5.196, p = 0.0351
+            **_runs("s", [0.71, 0.74, 0.74])}   # minus p: 0.01, 0.02, 0.03: p = 0.0742
+    out = reeval.aggregate(_summary(chosen), Reeval(finalists=2, seeds=3), chosen, runs, [{}] * 3)
+    q = next(r for r in out["finalists"] if r["trial_id"] == "q")["vs_baseline"]
+    # alone: [0.06 - 4.303 * 0.011547, 0.06 + ...] = [+0.0103, +0.1097], better; Holm: 0.0351 > 0.05 / 2, not apart
+    assert q["kind"] == "better" and q["low"] == pytest.approx(0.010317, abs=1e-5) and not q["holm"]
+    assert q["p"] == pytest.approx(0.0351, abs=5e-5)  # the differences carry float rounding
+    assert out["crowned"] == "tq (adn)"
+    assert reeval.crowned_standing(out) == ("against adn (paper baseline): better (not apart with Holm's correction "
+                                            "over the 2 comparisons)")
+    assert any(line.endswith("-> better (not apart with Holm's correction over the 2 comparisons)")
+               for line in reeval.describe_lines(out))
+    # one finalist: one comparison, nothing to correct for
+    one = reeval.aggregate(_summary(chosen), Reeval(finalists=1, seeds=3), chosen[::2], runs, [{}] * 3)
+    assert reeval.crowned_standing(one) == "against adn (paper baseline): better"
 
 
 def test_a_crowned_baseline_names_how_the_searched_finalists_compare_to_it():

@@ -27,7 +27,7 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from gatesearch.search.space import Reeval
-from gatesearch.stats import Interval, crown, paired_difference, t_interval, verdict, verdict_kind
+from gatesearch.stats import Interval, crown, holm, p_value, paired_difference, t_interval, verdict, verdict_kind
 
 #: The Tune config key of a re-evaluation trial (no dot: never a Config key): ``"<trial_id>/<seed index>"``.
 TRIAL_KEY = "gatesearch_reeval"
@@ -134,6 +134,12 @@ def aggregate(summary: dict[str, Any], reeval: Reeval, chosen: Sequence[dict[str
             diff = paired_difference([sign * v for v in row["values"]], [sign * v for v in best_paper["values"]])
             row["vs_baseline"] = {"baseline": best_paper["label"], "differences": [
                 sign * (a - b) for a, b in zip(row["values"], best_paper["values"])], **_diff(diff)}
+    # all finalists are compared with one baseline on the same seeds: read together (Holm, family-wise 5 %), the
+    # best of K cannot look apart by chance alone (stats.holm; family_note says it in words)
+    compared = [r for r in rows if r["vs_baseline"]]
+    kept = set(holm({r["label"]: r["vs_baseline"]["p"] for r in compared}))
+    for r in compared:
+        r["vs_baseline"] |= {"comparisons": len(compared), "holm": r["label"] in kept}
     # means equal up to float rounding (the same values summed in another order) are a tie
     won = crown({r["label"]: sign * r["mean"] for r in ready}, tolerance=1e-12) if ready else None
     return {
@@ -146,7 +152,18 @@ def aggregate(summary: dict[str, Any], reeval: Reeval, chosen: Sequence[dict[str
 
 
 def _diff(diff: Interval) -> dict[str, Any]:
-    return {**asdict(diff), "verdict": verdict(diff), "kind": verdict_kind(diff)}
+    return {**asdict(diff), "verdict": verdict(diff), "kind": verdict_kind(diff), "p": p_value(diff)}
+
+
+def family_note(v: dict[str, Any]) -> str:
+    """How a finalist's "better"/"worse" against the baseline reads once all finalists' comparisons are read
+    together (``aggregate``'s ``holm``): empty for a single comparison or no difference; else whether it
+    survives Holm's correction. The crowned finalist is the best of K on the same seeds, so its own verdict
+    alone overstates how sure the study is when K > 1."""
+    m = v.get("comparisons") or 1
+    if m < 2 or v.get("kind") not in ("better", "worse"):
+        return ""
+    return f" ({'still' if v.get('holm') else 'not'} apart with Holm's correction over the {m} comparisons)"
 
 
 def crowned_row(section: dict[str, Any]) -> dict[str, Any] | None:
@@ -164,9 +181,10 @@ def crowned_standing(section: dict[str, Any]) -> str:
         return ""
     v = row.get("vs_baseline")
     if v:
-        return f"against {v['baseline']}: {v['verdict']}"
+        return f"against {v['baseline']}: {v['verdict']}{family_note(v)}"
     others = [r for r in section.get("finalists", []) if r is not row and r.get("vs_baseline")]
-    return "; ".join(f"{r['label']} against it: {r['vs_baseline']['verdict']}" for r in others)
+    return "; ".join(f"{r['label']} against it: {r['vs_baseline']['verdict']}{family_note(r['vs_baseline'])}"
+                     for r in others)
 
 
 def describe_lines(section: dict[str, Any] | None) -> list[str]:
@@ -191,7 +209,7 @@ def describe_lines(section: dict[str, Any] | None) -> list[str]:
         v = r.get("vs_baseline")
         if v:
             lines.append(f"    {r['label']} vs {v['baseline']}: {v['mean']:+.4f} paired, "
-                         f"[{v['low']:+.4f}, {v['high']:+.4f}] -> {v['verdict']}")
+                         f"[{v['low']:+.4f}, {v['high']:+.4f}] -> {v['verdict']}{family_note(v)}")
     if section["tied"]:
         lines.append(f"  crowned: tie between {', '.join(section['tied'])} (equal mean {section['metric']})")
     elif section["crowned"]:

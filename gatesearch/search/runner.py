@@ -449,7 +449,7 @@ def _reeval_record(uri: str, parent_run_id: str, section: dict[str, Any]) -> tup
             "gatesearch.reeval.seeds": str(len(section["seeds"]))}
     table: dict[str, list[Any]] = {c: [] for c in ("finalist", "kind", "method", "trial_id", "n_seeds", "values", "mean",
                                                     "std", "low", "high", "vs_baseline", "diff_low", "diff_high",
-                                                    "verdict", "run_ids")}
+                                                    "verdict", "holm", "run_ids")}
     for r in section["finalists"]:
         key = r["baseline"] or r["name"]
         if r["complete"]:
@@ -458,13 +458,14 @@ def _reeval_record(uri: str, parent_run_id: str, section: dict[str, Any]) -> tup
         if v:
             metrics |= {f"reeval_diff_{key}": v["mean"], f"reeval_diff_low_{key}": v["low"],
                         f"reeval_diff_high_{key}": v["high"]}
-            tags[f"gatesearch.reeval.verdict.{key}"] = v["verdict"]
+            tags[f"gatesearch.reeval.verdict.{key}"] = v["verdict"] + reeval.family_note(v)
         for col, val in (("finalist", r["label"]), ("kind", "paper baseline" if r["baseline"] else "searched"),
                          ("method", r["method"]), ("trial_id", r["trial_id"]), ("n_seeds", r.get("n", 0)),
                          ("values", json.dumps(r["values"])), ("mean", r.get("mean")), ("std", r.get("std")),
                          ("low", r.get("low")), ("high", r.get("high")), ("vs_baseline", v and v["mean"]),
                          ("diff_low", v and v["low"]), ("diff_high", v and v["high"]),
                          ("verdict", v["verdict"] if v else ("reference" if r["baseline"] else "")),
+                         ("holm", v and v.get("holm")),  # still apart with Holm over all finalists' comparisons
                          ("run_ids", ",".join(x or "" for x in r["run_ids"]))):
             table[col].append(val)
     tracking.log_table(uri, parent_run_id, table, "reeval_finalists.json")
