@@ -22,8 +22,9 @@ class FakeTime:
 def test_clock_counts_time_between_steps_and_nothing_before_the_first():
     now = FakeTime()
     c = clock.SearchClock(now)
+    assert not c.seen  # Tune has not driven it: a study without the clock in its callbacks
     c.on_step_begin(0, [])  # t = 1000: the first step starts the count
-    assert c.spent_s == 0.0
+    assert c.spent_s == 0.0 and c.seen
     now.t = 1010.0
     c.on_step_begin(1, [])
     now.t = 1025.5
@@ -43,6 +44,7 @@ def test_a_restored_clock_goes_on_from_the_saved_count_without_the_pause():
     now.t = 9000.0  # the study waited 2 h between its runs
     resumed = clock.SearchClock(now)
     resumed.set_state(saved)
+    assert resumed.seen and resumed.spent_s == 40.0
     resumed.on_step_begin(0, [])  # the resumed run's first step: the pause is not counted
     now.t = 9012.0
     resumed.on_step_begin(1, [])

@@ -32,12 +32,15 @@ class SearchClock(Callback):
         self.spent_s = 0.0
         self._now = now
         self._last: float | None = None  # as Tune's stopper: no time counted before the first step
+        # whether Tune drove this clock (a step, or a restored state): a study created before the clock existed
+        # keeps its pickled callbacks on --resume, so its search time is not known here
+        self.seen = False
 
     def __reduce__(self) -> tuple[Any, tuple]:
         return current, ()
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        now = self._now()
+        now, self.seen = self._now(), True
         if self._last is not None:
             self.spent_s += now - self._last
         self._last = now
@@ -47,7 +50,7 @@ class SearchClock(Callback):
 
     def set_state(self, state: dict[str, Any]) -> None:
         # a restored study goes on from what the saved runs spent; the pause between runs is not counted
-        self.spent_s, self._last = float(state["spent_s"]), None
+        self.spent_s, self._last, self.seen = float(state["spent_s"]), None, True
 
 
 def budget_spent(time_budget_s: float | None, spent_s: float) -> bool:

@@ -528,10 +528,12 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
                            workers=space.study.workers, cpus_per_worker=space.study.cpu,
                            gpus_per_worker=space.study.gpu, storage=str(study_dir))
         results = _build_tuner(opts, space, ctx, storage).fit()
-        interrupted = _interrupted(space, study_dir, searched.spent_s) or watch.reason is not None
-        summary = summarize(space, results, study_dir, searched.spent_s) | {
+        # a study created before search/clock.py resumes without it: this run's wall time, the old rule
+        search_s = searched.spent_s if searched.seen else time.perf_counter() - t0
+        interrupted = _interrupted(space, study_dir, search_s) or watch.reason is not None
+        summary = summarize(space, results, study_dir, search_s) | {
             "tracking_uri": uri, "parent_run_id": parent_id, "experiment_id": exp_id, "interrupted": interrupted,
-            "search_time_s": searched.spent_s}
+            "search_time_s": searched.spent_s if searched.seen else None}
         if space.study.reeval is not None and not interrupted:  # the finalists again, on paired fresh seeds
             summary["reeval"], summary["interrupted"] = _reevaluate(opts, space, ctx, storage, summary, results)
             _crown(summary)
@@ -749,7 +751,8 @@ def describe(summary: dict[str, Any]) -> str:
     lines = [f"study {summary['study']}: {summary['n_trials']} trials, {summary['n_complete']} ran the full budget, "
              f"{summary['n_error']} errored ({summary['wall_time_s']:.0f} s"
              # a resumed study's search ran in several runs of the command: its time over all of them
-             + (f"; search {summary['search_time_s']:.0f} s over every run" if "search_time_s" in summary else "")
+             + (f"; search {summary['search_time_s']:.0f} s over every run" if summary.get("search_time_s") is not None
+                else "")
              + ")"]
     for t in summary["pareto"]:
         vals = ", ".join(f"{k}={v:.4f}" for k, v in t["objectives"].items() if isinstance(v, (int, float)))
