@@ -378,20 +378,19 @@ def separation(rows: list[tuple[str, str, Any]]) -> str:
     difference is detected (``a ~ b``). Each pair's verdict is a 95 % statement on its own; the question is
     asked of every pair at once, where about 1 in 20 pairs with no real difference would still look apart, so
     the line ends with the pairs that stay apart under Holm's correction (``stats.holm``, family-wise 5 %)."""
-    apart, same, named, p = [], [], {}, {}
+    apart, same, p = {}, [], {}  # apart: (a, b) -> "winner > loser", in the rows' order
     for a, b, d in rows:
         kind = verdict_kind(d)
         if kind in ("better", "worse"):
-            named[(a, b)] = f"{a} > {b}" if kind == "better" else f"{b} > {a}"
-            apart.append(named[(a, b)])
+            apart[(a, b)] = f"{a} > {b}" if kind == "better" else f"{b} > {a}"
         elif kind == "no_difference":
             same.append(f"{a} ~ {b}")
         p[(a, b)] = p_value(d)
     line = (f"Do the frontiers separate? {len(apart)} of {len(rows)} pairs differ at 95 % (paired interval excludes 0): "
-            f"{', '.join(apart) or 'none'}; no difference detected for {len(same)}: {', '.join(same) or 'none'}.")
+            f"{', '.join(apart.values()) or 'none'}; no difference detected for {len(same)}: {', '.join(same) or 'none'}.")
     tested = len(apart) + len(same)
     if tested >= 2:
-        kept = [named[k] for k in holm(p) if k in named]
+        kept = [apart[k] for k in holm(p) if k in apart]
         line += (f" Asked of the {tested} pairs at once (Holm's correction, family-wise error 5 %), {len(kept)} "
                  f"still {'differs' if len(kept) == 1 else 'differ'}: {', '.join(kept) or 'none'}.")
     return line
