@@ -122,11 +122,16 @@ def single_run_difference(a: float, b: float, noise: Sequence[float], confidence
     return Interval(mean=a - b, std=std, low=a - b - half, high=a - b + half, n=len(noise), se=std)
 
 
+def _no_interval(diff: Interval) -> bool:
+    """One run (or a NaN bound): no interval, so no verdict and no test."""
+    return diff.n < 2 or math.isnan(diff.low) or math.isnan(diff.high)
+
+
 def verdict_kind(diff: Interval) -> VerdictKind:
     """The one rule behind every verdict on a difference ``a - b`` (higher is better): "better" when the
     whole interval lies above 0, "worse" when it lies below 0, "single_run" when there is no interval
     (``n == 1``), else "no_difference". Machine-readable, for MLflow tags."""
-    if diff.n < 2 or math.isnan(diff.low) or math.isnan(diff.high):
+    if _no_interval(diff):
         return "single_run"
     if diff.low > 0.0:
         return "better"
@@ -153,7 +158,7 @@ def p_value(diff: Interval) -> float:
     was built on (``std / sqrt(n)`` for ``t_interval`` and ``paired_difference``, ``s * sqrt(2)`` for
     ``single_run_difference``). It agrees with the interval: ``p < 1 - c`` exactly when the ``c`` interval
     excludes 0. NaN without an interval (one run); with ``se == 0`` it is 0 for a non-zero mean, else 1."""
-    if diff.n < 2 or math.isnan(diff.low) or math.isnan(diff.high) or math.isnan(diff.se):
+    if _no_interval(diff) or math.isnan(diff.se):
         return math.nan
     if diff.se == 0.0:
         return 0.0 if diff.mean != 0.0 else 1.0

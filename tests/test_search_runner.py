@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -60,8 +61,6 @@ def local_ray():
 
 def optuna_states(study_dir: Path) -> dict[str, str]:
     """Tune trial id -> the state its Optuna trial ended in, from the searcher state Tune saved."""
-    import pickle
-
     (path,) = study_dir.glob("searcher-state-*.pkl")
     saved = pickle.loads(path.read_bytes())
     trials = saved["_ot_study"].trials
@@ -408,8 +407,6 @@ def test_interrupted_reeval_resumes_without_duplicate_runs(local_ray, tmp_path):
 
 def saved_search_time(study_dir: Path) -> float:
     """The search clock's count in the newest experiment snapshot Tune saved (0 before the first)."""
-    import pickle
-
     states = sorted(study_dir.glob("callback-states-*.pkl"), key=lambda p: p.stat().st_mtime)
     if not states:
         return 0.0

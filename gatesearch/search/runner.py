@@ -528,12 +528,13 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
                            workers=space.study.workers, cpus_per_worker=space.study.cpu,
                            gpus_per_worker=space.study.gpu, storage=str(study_dir))
         results = _build_tuner(opts, space, ctx, storage).fit()
-        # a study created before search/clock.py resumes without it: this run's wall time, the old rule
-        search_s = searched.spent_s if searched.seen else time.perf_counter() - t0
+        # a study created before search/clock.py resumes without it: unknown, judged by this run's wall time
+        search_time = searched.spent_s if searched.seen else None
+        search_s = search_time if search_time is not None else time.perf_counter() - t0
         interrupted = _interrupted(space, study_dir, search_s) or watch.reason is not None
         summary = summarize(space, results, study_dir, search_s) | {
             "tracking_uri": uri, "parent_run_id": parent_id, "experiment_id": exp_id, "interrupted": interrupted,
-            "search_time_s": searched.spent_s if searched.seen else None}
+            "search_time_s": search_time}
         if space.study.reeval is not None and not interrupted:  # the finalists again, on paired fresh seeds
             summary["reeval"], summary["interrupted"] = _reevaluate(opts, space, ctx, storage, summary, results)
             _crown(summary)
