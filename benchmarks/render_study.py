@@ -30,7 +30,8 @@ from gatesearch.search.reeval import crowned_standing, family_note
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "studies"
-MENU_KEYS = ("pattern", "strategy", "top1", "macs", "params", "latency_ms", "activation")
+MENU_KEYS = ("pattern", "strategy", "top1", "top1_low", "top1_high", "n_eval", "top1_seed_std", "n_seeds", "macs", "params",
+             "latency_ms", "activation")
 
 
 def _relative(path: str | None, study_dir: Path) -> str | None:
@@ -177,9 +178,10 @@ def render_section(rec: dict[str, Any]) -> list[str]:
     for trial_id, devices in (rec.get("menus") or {}).items():
         for device, m in devices.items():
             front = ", ".join(f"`{e['pattern']}`{'' if e['strategy'] == 'pattern' else ' ' + e['strategy']} "
-                              f"{100 * e['top1']:.2f} % @ {e['latency_ms']:.3g} ms" for e in m["pareto"])
+                              f"{100 * e['top1']:.2f} %{_menu_uncertainty(e)} @ {e['latency_ms']:.3g} ms" for e in m["pareto"])
             lines.append(f"- Menu of `{trial_id}` for `{device}` ({m['latency_source']} latency, {m['split']} split, "
-                         f"{m['n_entries']} candidates, frontier score {m['frontier_score']:.4f}): {front}.")
+                         f"{m['n_entries']} candidates, frontier score {m['frontier_score']:.4f}): {front}"
+                         + _menu_reading(m["pareto"]) + ".")
     lines += ["", f"In MLflow (`{rec['tracking_uri']}`, experiment id {rec['experiment_id']}): the parent run "
               f"`study-{rec['study']}` (`{rec['parent_run_id']}`) holds the study's params, `summary.json` and the metrics "
               f"`best_{metric}`, `best_searched_{metric}`, `best_baseline_{metric}`, `baseline_difference_{metric}`; one "
@@ -189,6 +191,23 @@ def render_section(rec: dict[str, Any]) -> list[str]:
         name = t.get("mlflow_run_name") or "?"
         lines.append(f"| {i} | `{t['trial_id']}` | `{name}` (`{t.get('mlflow_run_id')}`) | {t.get('mlflow_status') or '?'} |")
     return lines
+
+
+def _menu_uncertainty(e: dict[str, Any]) -> str:
+    """An entry's 95 % Wilson interval of top-1 over the images it was scored on and, where its config was
+    re-evaluated, the std over seeds (records of menus written before those columns show neither)."""
+    low, high, sd, n = e.get("top1_low"), e.get("top1_high"), e.get("top1_seed_std"), e.get("n_seeds") or 0
+    ci = "" if low is None or high is None else f" [{100 * low:.2f}, {100 * high:.2f}]"
+    return ci + ("" if sd is None or n < 2 else f" (std {100 * sd:.2f} over {n} seeds)")
+
+
+def _menu_reading(pareto: list[dict[str, Any]]) -> str:
+    """How to read the intervals (docs/selection.md): said once per menu line, with the split's image count."""
+    n = {e.get("n_eval") for e in pareto if e.get("top1_low") is not None}
+    if len(n) != 1:
+        return ""
+    return (f" (top-1 with its 95 % Wilson interval over the {n.pop()} images; entries whose intervals overlap are not "
+            "shown apart by this split)")
 
 
 def render_reeval(section: dict[str, Any] | None) -> list[str]:

@@ -143,8 +143,9 @@ def test_study_record_and_render_show_the_summary_numbers(tmp_path):
 
     study = tmp_path / "ray" / "s"
     (study / "menus" / "b1" / "host").mkdir(parents=True)
-    entries = [{"pattern": "FFF", "strategy": "pattern", "top1": 0.9, "macs": 40, "params": 3, "latency_ms": 2.0,
-                "activation": 1.0, "pareto": True},
+    entries = [{"pattern": "FFF", "strategy": "pattern", "top1": 0.9, "top1_low": 0.88, "top1_high": 0.92, "n_eval": 1000,
+                "top1_seed_std": 0.012, "n_seeds": 3, "macs": 40, "params": 3, "latency_ms": 2.0, "activation": 1.0,
+                "pareto": True},
                {"pattern": "TTT", "strategy": "pattern", "top1": 0.8, "macs": 26, "params": 2, "latency_ms": 1.5,
                 "activation": 0.0, "pareto": False}]
     (study / "menus" / "b1" / "host" / "menu.json").write_text(json.dumps(
@@ -187,7 +188,13 @@ def test_study_record_and_render_show_the_summary_numbers(tmp_path):
     assert ("searched `s2` 0.8123 vs baseline adn `b1` 0.8456: difference -0.0333 from one run each, which is no verdict "
             "(this study ran without `study.reeval`)") in out
     assert "stays ahead" not in out and "beat" not in out
-    assert "`FFF` 90.00 % @ 2 ms" in out and "1.50 h wall time" in out
+    # the menu line carries each entry's interval and seed std (issue #24 item 4), and says how to read them
+    assert ("`FFF` 90.00 % [88.00, 92.00] (std 1.20 over 3 seeds) @ 2 ms (top-1 with its 95 % Wilson interval over the "
+            "1000 images; entries whose intervals overlap are not shown apart by this split)") in out
+    assert "1.50 h wall time" in out
+    rs = _bench("render_study")  # a record of a menu written before the interval columns renders without them
+    assert rs._menu_uncertainty({"top1": 0.9}) == "" and rs._menu_reading([{"top1": 0.9}]) == ""
+    assert rs._menu_uncertainty({"top1_low": 0.5, "top1_high": 0.6, "top1_seed_std": 0.1, "n_seeds": 1}) == " [50.00, 60.00]"
     again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_study.py"), "--study", "s", "--results-dir",
                             str(results), "--doc", str(doc)], capture_output=True, text=True, timeout=300, check=True).stdout
     assert again == out and doc.read_text().count("<!-- study:s:begin -->") == 1
