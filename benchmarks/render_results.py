@@ -440,6 +440,31 @@ def seeded_claims(recipes: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     return out
 
 
+def pick_within(rec: dict[str, Any], budget: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fixed pattern a deployer with ``budget`` (a share of the super-net's MACs) would take: the best
+    validation top-1 among the patterns that cost no more (ties: the cheaper, then the pattern's name), with its
+    row on the test split, where it is scored (picking on test would overstate it)."""
+    fits = [c for c in rec["val"]["candidates"] if c["strategy"] == "pattern" and c["cost"] <= budget + 1e-9]
+    pick = max(fits, key=lambda c: (c["top1"], -c["cost"], c["pattern"]))
+    return pick, _fixed(rec)[pick["pattern"]]
+
+
+def budget_table(recipes: dict[str, dict[int, dict[str, Any]]], budget: float = 0.5) -> list[str]:
+    """Per recipe, the pattern picked on validation within ``budget`` of the MACs (``pick_within``) at each seed,
+    and its test top-1 as mean ± sample std with the 95 % t-interval over seeds."""
+    lines = [f"| recipe | seeds | pattern picked on validation within {budget:g} of the MACs (per seed) | share of the "
+             "MACs (mean) | test top-1 (%) | 95 % interval |", "|---|---|---|---|---|---|"]
+    for recipe, seeds in recipes.items():
+        picks = [pick_within(seeds[i], budget) for i in sorted(seeds)]
+        top1 = [test["top1"] for _, test in picks]
+        iv = t_interval(top1)
+        span = f"[{100 * iv.low:.2f}, {100 * iv.high:.2f}]" if iv.n > 1 else "one seed: no interval"
+        patterns = ", ".join(f"`{val['pattern']}`" for val, _ in picks)
+        lines.append(f"| {recipe} | {', '.join(map(str, sorted(seeds)))} | {patterns} | "
+                     f"{sum(test['cost'] for _, test in picks) / len(picks):.3f} | {_mean_sd(top1)} | {span} |")
+    return lines
+
+
 def seeded_plot(recipes: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
     """Per recipe the frontier (top-1 vs MACs) of the candidates' mean test top-1 over seeds, with the std over
     seeds as error bars at the frontier points, and each seed's own frontier thin."""
@@ -476,6 +501,9 @@ def render_seeded(table: str, folder: Path, doc: Path, runs: dict[str, dict[str,
             "`train.seed` and `data.split_seed`). Test top-1 (%) as mean ± sample std over seeds, along the ladder "
             "(`T` = unit skipped), and the frontier score with its 95 % Student-t interval over seeds:", "",
             *seeded_candidate_table(recipes), "",
+            "The ladder skips units from the last one backwards; a deployer with a budget takes the best pattern that "
+            "fits it. Here, the fixed pattern with the best validation top-1 among those at no more than half the "
+            "super-net's MACs, scored on test:", "", *budget_table(recipes), "",
             "Paired differences between recipes (same seed indices; 95 % Student-t interval; `gatesearch.stats`):", "",
             *paired_table(recipes), "", "What the papers claim, at this budget, with paired intervals (the probabilistic "
             "gates' claim on that paper's own layout; ADN's and Gated Depth's on a layout outside theirs, which keep a "

@@ -407,6 +407,24 @@ def test_seeded_table_renders_means_paired_intervals_and_claims(tmp_path):
     assert (folder / "frontier.png").stat().st_size > 0
 
 
+def test_budget_table_picks_the_pattern_on_validation_and_scores_it_on_test():
+    """Within 0.75 of the MACs (FT, TF at 0.75, TT at 0.5; FF at 1.0 is out however good): validation prefers TF
+    at every seed while test prefers FT, so the row shows TF's test top-1, 0.60, 0.61, 0.62: mean 61.00, s 1.00,
+    95 % t-interval 0.61 -+ 4.3027 * 0.01 / sqrt(3) = [0.5852, 0.6348]."""
+    rr = _bench("render_results")
+    runs = {}
+    for i in range(3):
+        run = _seeded(f"adn_s{i}", i, {"FF": 0.90, "FT": 0.78, "TF": 0.60 + 0.01 * i, "TT": 0.30}, frontier=0.5)
+        run["val"] = _seeded(f"adn_s{i}", i, {"FF": 0.95, "FT": 0.70, "TF": 0.75, "TT": 0.40}, frontier=0.5)["test"]
+        runs[i] = run
+    pick, scored = rr.pick_within(runs[0], 0.75)
+    assert (pick["pattern"], pick["top1"], scored["top1"]) == ("TF", 0.75, 0.60)
+    assert rr.pick_within(runs[0], 0.5)[0]["pattern"] == "TT"  # only the base-net fits half of the MACs
+    lines = rr.budget_table({"adn": runs}, budget=0.75)
+    assert lines[0].startswith("| recipe | seeds | pattern picked on validation within 0.75 of the MACs (per seed) |")
+    assert lines[2] == "| adn | 0, 1, 2 | `TF`, `TF`, `TF` | 0.750 | 61.00 ± 1.00 | [58.52, 63.48] |"
+
+
 def test_separation_names_the_pairs_apart_and_the_pairs_inside_the_noise():
     rr = _bench("render_results")
     from gatesearch.stats import paired_difference
