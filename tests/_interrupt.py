@@ -19,10 +19,11 @@ T = TypeVar("T")
 
 
 def interrupt_search(space: Path, uri: str, tmp_path: Path, address: str, fault: str, ready: Callable[[], T],
-                     timeout_s: float) -> T:
+                     timeout_s: float, sig: int = signal.SIGINT) -> T:
     """``gatesearch search`` of ``space`` (storage ``<tmp_path>/rr``, ``GATESEARCH_FAULT=fault``) in a
-    subprocess connected to the Ray at ``address``; Ctrl+C once ``ready()`` returns something true (polled
-    every 0.5 s); asserts it exits 130 (the study's state saved) and returns what ``ready`` returned."""
+    subprocess connected to the Ray at ``address``; Ctrl+C (or ``sig``, e.g. SIGTERM) once ``ready()`` returns
+    something true (polled every 0.5 s); asserts it exits 130 (the study's state saved) and returns what
+    ``ready`` returned."""
     cmd = [sys.executable, "-m", "gatesearch.cli", "search", "--space", str(space), "--tracking-uri", uri,
            "--storage", str(tmp_path / "rr"), "--address", address]
     log = tmp_path / f"search-{Path(space).stem}.log"  # a file, not a pipe: Ray's worker logs would fill one
@@ -40,7 +41,7 @@ def interrupt_search(space: Path, uri: str, tmp_path: Path, address: str, fault:
             proc.wait()
             raise AssertionError(f"nothing to interrupt in {timeout_s:.0f} s (exit {proc.returncode}):\n"
                                  f"{log.read_text()[-3000:]}")
-        proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and stops
+        proc.send_signal(sig)  # Ctrl+C (SIGTERM does the same): Tune saves its state and stops
         proc.wait(timeout=120)
     assert proc.returncode == 130, log.read_text()[-3000:]
     return found

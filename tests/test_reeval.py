@@ -34,6 +34,9 @@ def test_finalists_are_the_best_full_budget_searched_trials_then_the_best_baseli
     assert [t["trial_id"] for t in lower] == ["f", "a"]  # mode min: lower is better
     few, note = reeval.finalists(_summary(trials), Reeval(finalists=5, seeds=3))
     assert len([t for t in few if not t["baseline"]]) == 3 and "re-evaluating all 3" in note
+    stopped = [dict(t, state="STOPPED") if not t["baseline"] else t for t in trials]
+    only, note = reeval.finalists(_summary(stopped), Reeval(finalists=1, seeds=3))  # ASHA stopped every searched one
+    assert [t["trial_id"] for t in only] == ["b"] and note.endswith("only the paper baselines are re-evaluated")
 
 
 def _runs(tid: str, values: list[float], tests: list[float] | None = None) -> dict:
@@ -106,6 +109,14 @@ def test_a_crowned_baseline_names_how_the_searched_finalists_compare_to_it():
                                             "(interval [-0.0348, +0.0148])")
     assert any(line.startswith("  crowned: adn (paper baseline) (best mean over 3 seeds; ts (adn) against it: no "
                                "difference detected") for line in reeval.describe_lines(out))
+    # no searched trial ran the full budget: the baseline alone is re-evaluated, crowned with no comparison
+    alone = reeval.aggregate(_summary(chosen), Reeval(finalists=1, seeds=3), chosen[1:], runs, [{}] * 3)
+    assert alone["crowned"] == "adn (paper baseline)" and alone["finalists"][0]["vs_baseline"] is None
+    assert reeval.crowned_standing(alone) == ("the only finalist: no other config was re-evaluated on these seeds, so "
+                                              "this is its interval, not a win")
+    lines = reeval.describe_lines(alone)
+    assert lines[0].startswith("  re-evaluation: 1 finalist x 3 seeds")
+    assert lines[-1].startswith("  crowned: adn (paper baseline) (3 seeds; the only finalist: ")
 
 
 def test_minimised_objective_calls_a_lower_value_better():
@@ -134,3 +145,21 @@ def test_equal_means_are_a_tie_and_a_missing_seed_gives_no_interval():
 def test_a_study_without_reeval_says_its_comparison_is_from_single_runs():
     (line,) = reeval.describe_lines(None)
     assert "single runs" in line and "study.reeval" in line
+
+
+def test_a_reevaluation_resumes_only_with_the_block_it_began_with(tmp_path):
+    from gatesearch.errors import UserError
+    from gatesearch.search.preflight import REEVAL_BLOCK_FILE, check_reeval_unchanged
+
+    began = {"finalists": 1, "seeds": 3, "baselines": "best", "vary_split": True}
+    check_reeval_unchanged(tmp_path, began)  # nothing recorded yet (a new study, or one from before the file)
+    (tmp_path / REEVAL_BLOCK_FILE).write_text(
+        '{"finalists": 1, "seeds": 3, "baselines": "best", "vary_split": true}')
+    check_reeval_unchanged(tmp_path, dict(began))  # the same block
+    check_reeval_unchanged(tmp_path, None)  # the space dropped reeval: no re-evaluation runs, nothing to restore
+    with pytest.raises(UserError) as e:
+        check_reeval_unchanged(tmp_path, {**began, "baselines": "all"})
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("study.reeval: ")
+    assert "{finalists: 1, seeds: 3, baselines: best, vary_split: true}" in msg
+    assert "{finalists: 1, seeds: 3, baselines: all, vary_split: true}" in msg and "--storage" in msg

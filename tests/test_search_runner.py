@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ ray = pytest.importorskip("ray")
 from _interrupt import ROOT, interrupt_search  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
+from gatesearch.errors import UserError  # noqa: E402
 from gatesearch.search.runner import SearchOptions, describe, run_search  # noqa: E402
 from gatesearch.search.trainable import FAULT_ENV  # noqa: E402
 
@@ -73,8 +75,9 @@ def child_runs(uri: str, summary: dict) -> list:
                               filter_string=f"tags.`mlflow.parentRunId` = '{summary['parent_run_id']}'")
 
 
-def interrupt_once(space: Path, uri: str, tmp_path: Path, address: str, run_filter: str, timeout_s: float) -> list:
-    """``gatesearch search`` in a subprocess (trials 1-3 slowed), Ctrl+C once a child run matching
+def interrupt_once(space: Path, uri: str, tmp_path: Path, address: str, run_filter: str, timeout_s: float,
+                   sig: int = signal.SIGINT) -> list:
+    """``gatesearch search`` in a subprocess (trials 1-3 slowed), Ctrl+C (or ``sig``) once a child run matching
     ``run_filter`` has FINISHED; asserts it exits 130 (state saved) and returns those finished runs."""
     parent_file = tmp_path / "rr" / Path(space).stem / "mlflow_parent.json"
 
@@ -86,7 +89,7 @@ def interrupt_once(space: Path, uri: str, tmp_path: Path, address: str, run_filt
             f"tags.`mlflow.parentRunId` = '{ids['parent_run_id']}'" + run_filter))
         return [r for r in runs if r.info.status == "FINISHED"]
 
-    return interrupt_search(space, uri, tmp_path, address, "slow@1,slow@2,slow@3", finished, timeout_s)
+    return interrupt_search(space, uri, tmp_path, address, "slow@1,slow@2,slow@3", finished, timeout_s, sig)
 
 
 @RAY_TIMING
@@ -279,6 +282,20 @@ def test_pareto_set_holds_only_full_budget_trials(tmp_path):
         "a": "COMPLETE", "b": "COMPLETE", "c": "COMPLETE", "d": "STOPPED", "e": "ERROR"}
 
 
+def test_summary_lists_trials_in_study_order_whatever_order_tune_gives(tmp_path):
+    from types import SimpleNamespace
+
+    from gatesearch.search.runner import summarize
+    from gatesearch.search.space import parse
+
+    space = parse(yaml.safe_load(tiny_space(tmp_path, "o", epochs=3).read_text()))
+    # a restored experiment's ResultGrid came back newest first (the CPU study of 2026-12-06)
+    results = [SimpleNamespace(metrics={"trial_id": tid, "epochs_done": 3, "top1_super": 0.5}, checkpoint=None,
+                               error=None, path=f"/x/{name}_{tid}", config={})
+               for name, tid in (("t002", "c"), ("t010", "k"), ("t000", "a"), ("t001", "b"))]
+    assert [t["name"] for t in summarize(space, results, tmp_path)["trials"]] == ["t000", "t001", "t002", "t010"]
+
+
 def test_summary_compares_the_best_searched_trial_with_the_best_full_budget_baseline(tmp_path):
     from types import SimpleNamespace
 
@@ -385,9 +402,24 @@ def test_reeval_verdict_end_to_end_with_known_per_seed_results(local_ray, tmp_pa
 def test_interrupted_reeval_resumes_without_duplicate_runs(local_ray, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     space = tiny_space(tmp_path, "reresume", trials=3, epochs=2, grace=2, reeval={"finalists": 1, "seeds": 2})
-    # the slowed trial indices hold in the re-evaluation too, so Ctrl+C lands inside it
-    done = interrupt_once(space, uri, tmp_path, local_ray, " and tags.`gatesearch.kind` = 'reeval'", timeout_s=240)
+    # the slowed trial indices hold in the re-evaluation too, so the stop lands inside it; SIGTERM (`kill`, a
+    # scheduler), which Ray's own handler turned into an instant death, stops the study as Ctrl+C does
+    done = interrupt_once(space, uri, tmp_path, local_ray, " and tags.`gatesearch.kind` = 'reeval'", timeout_s=240,
+                          sig=signal.SIGTERM)
     history = {r.info.run_id: len(MlflowClient(uri).get_metric_history(r.info.run_id, "train_loss")) for r in done}
+    ids = json.loads((tmp_path / "rr" / "reresume" / "mlflow_parent.json").read_text())
+    left = MlflowClient(uri).search_runs([ids["experiment_id"]])
+    assert not [r.info.run_name for r in left if r.info.status == "RUNNING"]  # nothing runs: no run says it does
+    # the seeds the stop cut short end KILLED with their reason; the resume below reopens them
+    killed = [r for r in left if r.info.status == "KILLED" and r.info.run_id != ids["parent_run_id"]]
+    assert killed and all(r.data.tags["gatesearch.stop_reason"] == "interrupted" for r in killed)
+    # the block it began with is kept: a resume that asks for other seeds is refused before any work
+    (tmp_path / "changed").mkdir()
+    changed = tiny_space(tmp_path / "changed", "reresume", trials=3, epochs=2, grace=2,
+                         reeval={"finalists": 1, "seeds": 3})
+    with pytest.raises(UserError, match=r"^study.reeval: .*seeds: 2.*seeds: 3"):
+        run_search(SearchOptions(space=str(changed), tracking_uri=uri, storage=str(tmp_path / "rr"), resume=True,
+                                 verbose=0))
 
     summary = run_search(SearchOptions(space=str(space), tracking_uri=uri, storage=str(tmp_path / "rr"),
                                        resume=True, verbose=0))

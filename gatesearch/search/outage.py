@@ -122,3 +122,17 @@ def close_ended_runs(uri: str, experiment_id: str, parent_run_id: str, summary: 
         tracking.end_run(uri, t["mlflow_run_id"], "FAILED" if failed else "FINISHED", error=t["error"] if failed else None)
         closed += 1
     return closed
+
+
+def close_interrupted_runs(uri: str, experiment_id: str, parent_run_id: str) -> int:
+    """A stopped study (Ctrl+C, SIGTERM) leaves the runs of its unfinished trials and re-evaluation seeds
+    RUNNING: Tune ended their actors before they could close them. Nothing runs once ``Tuner.fit`` has
+    returned, so each ends KILLED with the stop reason ``interrupted`` (never RUNNING while nothing runs);
+    ``--resume`` reopens it and goes on in the same run (``trainable._open_run``). Returns how many."""
+    closed = 0
+    for r in tracking.study_trial_runs(uri, experiment_id, parent_run_id):
+        if r.info.status == "RUNNING":
+            tracking.set_run_tags(uri, r.info.run_id, {"gatesearch.stop_reason": "interrupted"})
+            tracking.end_run(uri, r.info.run_id, "KILLED")
+            closed += 1
+    return closed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import math
 import os
 import socket
@@ -19,6 +20,7 @@ from gatesearch.errors import UserError
 from gatesearch.preflight import check_output_dir, check_trusted_storage
 from gatesearch.tracking import check_tracking_uri
 
+REEVAL_BLOCK_FILE = "gatesearch_reeval.json"  # in the re-evaluation's store: the study.reeval it began with
 CONNECT_TIMEOUT_S = 5.0  # one TCP connect; a dead host:port is refused at once, a black hole waits this long
 
 
@@ -77,6 +79,24 @@ def check_search(address: str | None, tracking_uri: str, storage: Path, study_di
         check_trusted_storage(storage, reeval_dir)
     check_tracking_uri(tracking_uri, what="--tracking-uri")
     check_ray_address(address)
+
+
+def _block_text(block: dict) -> str:
+    return "{" + ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in block.items()) + "}"
+
+
+def check_reeval_unchanged(reeval_dir: Path, block: dict | None) -> None:
+    """A re-evaluation resumes with the ``study.reeval`` block it began with (``REEVAL_BLOCK_FILE``): Tune
+    restores the saved grid of finalists x seeds, so another block would never complete. A store written
+    before the file existed, or a space now without ``reeval`` (no re-evaluation runs), passes."""
+    saved = reeval_dir / REEVAL_BLOCK_FILE
+    if block is None or not saved.is_file():
+        return
+    before = json.loads(saved.read_text())
+    if before != block:
+        raise UserError(f"study.reeval: {reeval_dir} holds a re-evaluation begun with {_block_text(before)}, and "
+                        f"the space now asks for {_block_text(block)}: restore that block to resume it, or run the "
+                        "study in another --storage")
 
 
 def ray_connect_error(address: str, error: BaseException) -> str:

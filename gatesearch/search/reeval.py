@@ -70,7 +70,9 @@ def finalists(summary: dict[str, Any], reeval: Reeval) -> tuple[list[dict[str, A
     chosen = searched[: reeval.finalists]
     note = "" if len(chosen) == reeval.finalists else (
         f"study.reeval.finalists is {reeval.finalists} but {len(searched)} searched trial(s) ran the full budget: "
-        f"re-evaluating all {len(chosen)}")
+        f"re-evaluating all {len(chosen)}") if chosen else (
+        f"study.reeval.finalists is {reeval.finalists} but no searched trial ran the full budget: "
+        "only the paper baselines are re-evaluated")
     paper = [t for t in ranked if t["baseline"]]
     if reeval.baselines == "best":
         paper = paper[:1]
@@ -179,12 +181,20 @@ def crowned_standing(section: dict[str, Any]) -> str:
     row = crowned_row(section)
     if row is None:
         return ""
+    if len(section.get("finalists", [])) == 1:  # e.g. ASHA stopped every searched trial: the baseline alone
+        return "the only finalist: no other config was re-evaluated on these seeds, so this is its interval, not a win"
     v = row.get("vs_baseline")
     if v:
         return f"against {v['baseline']}: {v['verdict']}{family_note(v)}"
     others = [r for r in section.get("finalists", []) if r is not row and r.get("vs_baseline")]
     return "; ".join(f"{r['label']} against it: {r['vs_baseline']['verdict']}{family_note(r['vs_baseline'])}"
                      for r in others)
+
+
+def crown_basis(section: dict[str, Any]) -> str:
+    """What the crown rests on: the best mean over the seeds, or a lone finalist's seeds."""
+    n = len(section["seeds"])
+    return f"best mean over {n} seeds" if len(section.get("finalists", [])) > 1 else f"{n} seeds"
 
 
 def describe_lines(section: dict[str, Any] | None) -> list[str]:
@@ -195,7 +205,8 @@ def describe_lines(section: dict[str, Any] | None) -> list[str]:
                 "the finalists on paired seeds): a difference above is not a result"]
     seeds = section["seeds"]
     which = "train.seed and data.split_seed" if section["vary_split"] else "train.seed"
-    lines = [f"  re-evaluation: {len(section['finalists'])} finalists x {len(seeds)} seeds ({which} index "
+    n = len(section["finalists"])
+    lines = [f"  re-evaluation: {n} finalist{'' if n == 1 else 's'} x {len(seeds)} seeds ({which} index "
              f"{seeds[0]}..{seeds[-1]}), {section['metric']} on validation, 95% t-intervals:"]
     if section.get("note"):
         lines.append(f"    note: {section['note']}")
@@ -215,5 +226,5 @@ def describe_lines(section: dict[str, Any] | None) -> list[str]:
     elif section["crowned"]:
         standing = crowned_standing(section)
         tail = f"; {standing}" if standing else ""
-        lines.append(f"  crowned: {section['crowned']} (best mean over {len(seeds)} seeds{tail})")
+        lines.append(f"  crowned: {section['crowned']} ({crown_basis(section)}{tail})")
     return lines

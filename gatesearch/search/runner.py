@@ -23,8 +23,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -38,7 +40,14 @@ from gatesearch.errors import UserError
 from gatesearch.search import clock, outage, reeval, report
 from gatesearch.search.algorithms import BaselineASHA, StudySearch, stop_of
 from gatesearch.search.baselines import TRIAL_KEY as BASELINE_KEY
-from gatesearch.search.preflight import check_search, fit_to_cluster, ray_connect_error, study_lock
+from gatesearch.search.preflight import (
+    REEVAL_BLOCK_FILE,
+    check_reeval_unchanged,
+    check_search,
+    fit_to_cluster,
+    ray_connect_error,
+    study_lock,
+)
 from gatesearch.search.space import SearchSpace, Study, load_space
 from gatesearch.search.trainable import (
     CHECKPOINT_FILE,
@@ -361,6 +370,7 @@ def summarize(space: SearchSpace, results: Any, study_dir: Path, search_s: float
         })
         t = trials[-1]
         t["stop_reason"] = stop_reason(t["state"], done, stop_of(study_dir / STOPS_DIR, t["trial_id"]), spent)
+    trials.sort(key=lambda t: t["name"])  # in study order: a restored Tune experiment may list them in any order
     # only trials that ran their full budget compete: an ASHA-stopped trial's early score is not comparable
     complete = [t for t in trials if t["state"] == "COMPLETE"
                 and all(isinstance(t["objectives"][k], (int, float)) for k in s.metrics)]
@@ -500,7 +510,10 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     storage = Path(opts.storage or DEFAULT_STORAGE).expanduser().resolve()
     study_dir = storage / space.study.name
     # before any run or file is written; a resume unpickles only from a store that passes the trust check
-    check_search(opts.address, uri, storage, study_dir, opts.resume, storage / (space.study.name + reeval.SUFFIX))
+    reeval_dir = storage / (space.study.name + reeval.SUFFIX)
+    check_search(opts.address, uri, storage, study_dir, opts.resume, reeval_dir)
+    if opts.resume:
+        check_reeval_unchanged(reeval_dir, dataclasses.asdict(space.study.reeval) if space.study.reeval else None)
     # what this study writes must pass that check on --resume: no group/other write, whatever the user's umask
     os.umask(os.umask(0o022) | 0o022)
     with study_lock(study_dir):  # one process per study store; released on every exit, taken over after a crash
@@ -518,6 +531,30 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
     searched = clock.start()  # the search's time over all its runs: Tune restores it on --resume (clock.py)
     # Ray first: a cluster that refuses this client (auth) fails before a parent run or marker exists
     started, space = _init_ray(opts, space)
+    on_main = threading.current_thread() is threading.main_thread()  # signal.signal works there only
+    previous = signal.signal(signal.SIGTERM, _as_ctrl_c) if on_main else None  # after ray.init: see _as_ctrl_c
+    try:
+        return _run_started(opts, space, uri, storage, study_dir, started, watch, searched)
+    finally:
+        if on_main:  # Ray's own handler is no Python object (getsignal gives None): the default stands for it
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _as_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM (``kill``, a batch scheduler) stops the study as Ctrl+C does. ``ray.init``
+    installs Ray's own handler for it (``logging.cc``), which ends the driver at once and leaves the study's
+    MLflow runs RUNNING; this one, installed after it, calls the SIGINT handler in place: Tune's while a
+    ``Tuner.fit`` runs (the experiment state saved, unfinished trials resumable, exit 130), else Python's
+    (``KeyboardInterrupt``). A second SIGTERM then acts as a second Ctrl+C."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # SIGINT ignored or left to the OS: stop as Ctrl+C would by default
+        raise KeyboardInterrupt("killed by SIGTERM")
+    handler(signal.SIGINT, frame)
+
+
+def _run_started(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path, study_dir: Path, started: bool,
+                 watch: outage.TrackingWatch, searched: clock.SearchClock) -> dict[str, Any]:
+    """``_run_study`` once Ray runs (``started``: this process started it and shuts it down)."""
     t0 = time.perf_counter()
     ctx: TrialContext | None = None
     try:
@@ -560,6 +597,8 @@ def _run_study(opts: SearchOptions, space: SearchSpace, uri: str, storage: Path,
         summary["menus"] = select_best(summary, space.study.devices, study_dir, space.study.register)
         write_json(study_dir / "summary.json", summary)
     outage.close_ended_runs(uri, exp_id, parent_id, summary)  # runs a stopped study could not close
+    if interrupted:  # Ctrl+C, SIGTERM: the unfinished trials' runs end KILLED, and --resume reopens them
+        outage.close_interrupted_runs(uri, exp_id, parent_id)
     _log_summary(uri, parent_id, summary, study_dir)
     _log_comparison(uri, parent_id, summary, space, results)
     return summary
@@ -628,7 +667,9 @@ def _reevaluate(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, stor
     if tune.Tuner.can_restore(str(storage / name)):
         tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
-    else:
+    else:  # the block it begins with: a resume with another one is refused (preflight.check_reeval_unchanged)
+        (storage / name).mkdir(parents=True, exist_ok=True)
+        write_json(storage / name / REEVAL_BLOCK_FILE, dataclasses.asdict(r))
         tuner = tune.Tuner(
             trainable, param_space={reeval.TRIAL_KEY: tune.grid_search(sorted(plan))},
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=s.max_concurrent_trials,
@@ -638,7 +679,7 @@ def _reevaluate(opts: SearchOptions, space: SearchSpace, ctx: TrialContext, stor
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       callbacks=[_status_callback(ctx), outage.current()]))
-    print(f"re-evaluating {len(chosen)} finalists on {r.seeds} seeds ({len(plan)} runs)"
+    print(f"re-evaluating {len(chosen)} finalist{'' if len(chosen) == 1 else 's'} on {r.seeds} seeds ({len(plan)} runs)"
           + (f"; {note}" if note else ""), flush=True)
     grid = tuner.fit()
     runs = {}
