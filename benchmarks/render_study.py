@@ -26,7 +26,8 @@ from typing import Any
 from render_results import _pyplot, _save, write_section  # benchmarks/ is on sys.path when a script here runs
 
 from gatesearch.search.clock import budget_spent
-from gatesearch.search.reeval import crowned_standing, family_note
+from gatesearch.search.reeval import crown_basis, crowned_standing, family_note
+from gatesearch.stats import single_run_difference, verdict_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results" / "studies"
@@ -106,7 +107,8 @@ def record_from_summary(summary_path: Path, space: str | None = None) -> dict[st
     runs = _mlflow_runs(summary.get("tracking_uri"), [t.get("mlflow_run_id") for t in summary["trials"]])
     metric = summary["objective"][0]["metric"]
     trials = [{**t, "checkpoint": _relative(t.get("checkpoint"), study_dir), **runs.get(t.get("mlflow_run_id"), {}),
-               "curve": _curve(study_dir, t["trial_id"], metric)} for t in summary["trials"]]
+               "curve": _curve(study_dir, t["trial_id"], metric)}
+              for t in sorted(summary["trials"], key=lambda t: t.get("name") or "")]  # study order (t000, t001, ...)
     menus: dict[str, Any] = {}
     for trial_id, folder in (summary.get("menus") or {}).items():
         for menu_file in sorted(Path(folder).glob("*/menu.json")):
@@ -169,7 +171,7 @@ def render_section(rec: dict[str, Any]) -> list[str]:
                      f"`{row['best_baseline_trial_id']}` {row['best_baseline']:.4f}: difference {row['difference']:+.4f} "
                      "from one run each, which is no verdict (" + ("the re-evaluation below gives it" if rec.get("reeval")
                                                                    else "this study ran without `study.reeval`") + ").")
-    lines += render_reeval(rec.get("reeval"))
+    lines += render_reeval(rec.get("reeval")) + baseline_single_runs(rec)
     best = next((t for t in rec["trials"] if t["trial_id"] == rec.get("best_trial_id")), None)
     if best:
         cfg = ", ".join(f"`{k}={_value(v)}`" for k, v in sorted((best.get("config") or {}).items()))
@@ -216,7 +218,8 @@ def render_reeval(section: dict[str, Any] | None) -> list[str]:
         return []
     seeds = section["seeds"]
     which = "`train.seed` and `data.split_seed`" if section["vary_split"] else "`train.seed`"
-    lines = ["", f"Re-evaluation ({len(section['finalists'])} finalists, seed indices {seeds[0]}..{seeds[-1]} setting {which}; "
+    n = len(section["finalists"])
+    lines = ["", f"Re-evaluation ({n} finalist{'' if n == 1 else 's'}, seed indices {seeds[0]}..{seeds[-1]} setting {which}; "
              f"`{section['metric']}` on validation; 95 % Student-t intervals over seeds; paired differences against the "
              f"best baseline, {section['best_baseline'] or 'none'}):" + (f" {section['note']}." if section.get("note") else ""),
              "", "| finalist | per seed | mean | std | 95 % interval | paired difference | 95 % interval | verdict |",
@@ -232,9 +235,43 @@ def render_reeval(section: dict[str, Any] | None) -> list[str]:
         lines.append(f"| {r['label']} | {vals} | {r['mean']:.4f} | {r['std']:.4f} | [{r['low']:.4f}, {r['high']:.4f}] | {diff} |")
     standing = crowned_standing(section) if section["crowned"] else ""
     crowned = (f"tie between {', '.join(section['tied'])}" if section["tied"]
-               else f"**{section['crowned']}** (best mean{'; ' + standing if standing else ''})" if section["crowned"]
+               else f"**{section['crowned']}** ({crown_basis(section)}{'; ' + standing if standing else ''})"
+               if section["crowned"]
                else "none (incomplete)")
-    return lines + ["", f"- Crowned: {crowned}."]
+    tested = [f"{r['label']} {t['mean']:.4f} [{t['low']:.4f}, {t['high']:.4f}] (std {t['std']:.4f})"
+              for r in section["finalists"] if (t := r.get("test_frontier_score"))]
+    return lines + ["", f"- Crowned: {crowned}."] + (
+        [f"- On the test split (no choice in the study used it), frontier score over the {len(seeds)} seeds, 95 % interval: "
+         + "; ".join(tested) + "."] if tested else [])
+
+
+def baseline_single_runs(rec: dict[str, Any]) -> list[str]:
+    """The paper baselines' search runs, one run each, read against seed noise when the re-evaluation
+    re-trained one of them only (``reeval.baselines: best``): its runs over the re-evaluation seeds stand for
+    every baseline's seed noise (``stats.single_run_difference``; seed and split vary together there, as
+    they do between two studies). Differences are oriented so that + favours the re-evaluated baseline for
+    the objective's mode. Empty without a re-evaluation, with several baselines re-evaluated (compared paired
+    above), or with no other full-budget baseline."""
+    section = rec.get("reeval")
+    if not section:
+        return []
+    paper = [r for r in section["finalists"] if r["baseline"] and r["complete"]]
+    if len(paper) != 1 or len(paper[0]["values"]) < 2:
+        return []
+    ref, sign = paper[0], (1.0 if section["mode"] == "max" else -1.0)
+    metric = section["metric"]
+    others = [t for t in rec["trials"] if t["baseline"] and t["state"] == "COMPLETE" and t["trial_id"] != ref["trial_id"]
+              and isinstance(t["objectives"].get(metric), (int, float))]
+    if not others or not isinstance(ref.get("search_value"), (int, float)):
+        return []
+    said = {"better": "higher", "worse": "lower"}
+    parts = []
+    for t in others:
+        d = single_run_difference(sign * ref["search_value"], sign * t["objectives"][metric], [sign * v for v in ref["values"]])
+        parts.append(f"{ref['method']} - {t['baseline']} {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]: "
+                     f"{said.get(verdict_kind(d), 'no difference detected')}")
+    return [f"- **Paper baselines, one search run each** (`{metric}`), read against the seed noise of {ref['label']}'s "
+            f"{len(ref['values'])} re-evaluation runs (`stats.single_run_difference`, 95 %): " + "; ".join(parts) + "."]
 
 
 METHOD_COLORS = {"adn": "tab:blue", "gated_depth": "tab:orange", "probgates": "tab:green", "plain": "tab:gray",
@@ -243,9 +280,10 @@ METHOD_COLORS = {"adn": "tab:blue", "gated_depth": "tab:orange", "probgates": "t
 
 def plot(rec: dict[str, Any], path: Path) -> bool:
     """The objective after every epoch of each trial: paper baselines solid, searched trials dashed,
-    coloured by method; an x where a trial stopped early, a star on the best. Left every epoch, right
-    the last four epochs within 5 points of the best value, where the trials differ. False when no trial has a
-    curve (nothing drawn)."""
+    coloured by method; an x where a trial stopped early, a star on the best; right of the last epoch, each
+    re-evaluated finalist's mean with its 95 % interval over seeds. Left every epoch, right the last four
+    epochs within 5 points of the best value, where the trials differ. False when no trial has a curve
+    (nothing drawn)."""
     trials = [(i, t) for i, t in enumerate(rec["trials"]) if t.get("curve")]
     if not trials:
         return False
@@ -272,7 +310,16 @@ def plot(rec: dict[str, Any], path: Path) -> bool:
     axes[0].set_ylabel(f"{metric} (validation)")
     axes[0].set_title(f"study {rec['study']}: x = stopped early, star = best")
     last = max(x for _, t in trials for x, _ in t["curve"])
-    axes[1].set_xlim(max(0.5, last - 3.5), last + 0.5)
+    # each re-evaluated finalist's mean and 95 % interval over the seeds, just right of the last epoch
+    finalists = [r for r in (rec.get("reeval") or {}).get("finalists", []) if r.get("complete")]
+    for k, r in enumerate(finalists):
+        bar = last + 0.2 + 0.12 * k
+        for ax in axes:
+            ax.errorbar([bar], [r["mean"]], yerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]], fmt="s",
+                        color=METHOD_COLORS.get(r.get("method") or "", "black"), ms=5, capsize=4, lw=1.5,
+                        label=f"{r['label']}: mean, 95 % interval over {r['n']} seeds" if ax is axes[1] else None)
+        top = max(top, r["high"])
+    axes[1].set_xlim(max(0.5, last - 3.5), last + 0.5 + 0.12 * len(finalists))
     axes[1].set_ylim(top - 0.05, top + 0.005)
     axes[1].set_title("last epochs, within 5 points of the best value")
     axes[1].legend(fontsize=8, loc="best")

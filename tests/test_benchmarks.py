@@ -347,9 +347,50 @@ def test_render_study_shows_the_re_evaluation_with_intervals_and_verdicts():
     assert ("| t004 (probgates) | 0.7200, 0.7400, 0.7600 | 0.7400 | 0.0200 | [0.6903, 0.7897] | +0.0200 | "
             "[-0.0048, +0.0448] | no difference detected with 3 seeds (interval [-0.0048, +0.0448]) |") in lines
     assert any(line.startswith("| adn (paper baseline) |") and line.endswith("| | reference |") for line in lines)
-    assert lines[-1] == ("- Crowned: **t004 (probgates)** (best mean; against adn (paper baseline): no difference "
+    assert lines[-1] == ("- Crowned: **t004 (probgates)** (best mean over 3 seeds; against adn (paper baseline): no difference "
                          "detected with 3 seeds (interval [-0.0048, +0.0448])).")
+    # ASHA stopped every searched trial: the baseline is the lone finalist, and its crown is no win
+    alone = {**section, "finalists": [base], "crowned": "adn (paper baseline)",
+             "note": "study.reeval.finalists is 1 but no searched trial ran the full budget: only the paper baselines "
+                     "are re-evaluated"}
+    lines = rs.render_reeval(alone)
+    assert lines[1].startswith("Re-evaluation (1 finalist, seed indices 1..3")
+    assert lines[-1] == ("- Crowned: **adn (paper baseline)** (3 seeds; the only finalist: no other config was "
+                         "re-evaluated on these seeds, so this is its interval, not a win).")
+    # each finalist's test-split frontier score over the seeds, where the runs scored it
+    tested = {**alone, "finalists": [{**base, "test_frontier_score": {"mean": 0.8110, "std": 0.0017, "low": 0.8068,
+                                                                        "high": 0.8152, "n": 3}}]}
+    assert rs.render_reeval(tested)[-1] == ("- On the test split (no choice in the study used it), frontier score over the 3 "
+                                            "seeds, 95 % interval: adn (paper baseline) 0.8110 [0.8068, 0.8152] "
+                                            "(std 0.0017).")
     assert rs.render_reeval(None) == []
+
+
+def test_paper_baselines_single_runs_are_read_against_the_reevaluated_baselines_seed_noise():
+    rs = _bench("render_study")
+    # the re-evaluated baseline's 3 runs 0.82, 0.81, 0.83: s = 0.01, so two single runs differ with std
+    # 0.01 * sqrt(2) = 0.014142; t(0.975, 2) = 4.302653 gives a half-width of 0.060849
+    ref = {"label": "probgates (paper baseline)", "baseline": "probgates", "method": "probgates", "complete": True,
+           "values": [0.82, 0.81, 0.83], "search_value": 0.8216, "trial_id": "p"}
+    section = {"metric": "frontier_score", "mode": "max", "finalists": [ref]}
+
+    def trial(tid: str, baseline: str | None, value: float, state: str = "COMPLETE") -> dict:
+        return {"trial_id": tid, "baseline": baseline, "state": state, "objectives": {"frontier_score": value}}
+
+    rec = {"reeval": section, "trials": [trial("a", "adn", 0.8099), trial("g", "gated_depth", 0.70),
+                                         trial("p", "probgates", 0.8216), trial("s", None, 0.95),
+                                         trial("x", "other", 0.99, state="STOPPED")]}
+    (line,) = rs.baseline_single_runs(rec)
+    # 0.8216 - 0.8099 = +0.0117 -> [-0.0491, +0.0725]; 0.8216 - 0.70 = +0.1216 -> [+0.0608, +0.1824]
+    assert line.endswith("probgates - adn +0.0117 [-0.0491, +0.0725]: no difference detected; "
+                         "probgates - gated_depth +0.1216 [+0.0608, +0.1824]: higher.")
+    assert "probgates (paper baseline)'s 3 re-evaluation runs" in line
+    # mode min: + still favours the re-evaluated baseline (lower is better)
+    low = {**rec, "reeval": {**section, "mode": "min"}}
+    assert "probgates - adn -0.0117 [-0.0725, +0.0491]: no difference detected" in rs.baseline_single_runs(low)[0]
+    two = {**rec, "reeval": {**section, "finalists": [ref, {**ref, "label": "adn (paper baseline)", "trial_id": "a"}]}}
+    assert rs.baseline_single_runs(two) == []  # several baselines re-evaluated: compared paired instead
+    assert rs.baseline_single_runs({"trials": rec["trials"]}) == []  # no re-evaluation: no noise to read against
 
 
 def _seeded(run: str, seed: int, top1: dict[str, float], frontier: float, half: float | None = None) -> dict:
