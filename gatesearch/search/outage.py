@@ -107,32 +107,28 @@ class Guarded(Callback):
 
 
 def close_ended_runs(uri: str, experiment_id: str, parent_run_id: str, summary: dict[str, Any]) -> int:
-    """What a stopped study could not send: a trial that Tune saw end while the server was down keeps its
-    MLflow run RUNNING; the next run of the study (``--resume``) closes it as the trial ended. Returns how many."""
+    """What a stopped study could not close. A trial that Tune saw end while the server was down keeps its
+    MLflow run RUNNING; the next run of the study (``--resume``) closes it as the trial ended. A study stopped
+    by Ctrl+C or SIGTERM (``summary["interrupted"]``) leaves the runs of its unfinished trials and
+    re-evaluation seeds RUNNING, since Tune ended their actors before they could close them; nothing runs once
+    ``Tuner.fit`` has returned, so each ends KILLED with the stop reason ``interrupted``, and ``--resume``
+    reopens it and goes on in the same run (``trainable._open_run``). Returns how many."""
     running = {r.info.run_id for r in tracking.study_trial_runs(uri, experiment_id, parent_run_id)
                if r.info.status == "RUNNING"}
+    ended = {t["mlflow_run_id"]: t for t in summary["trials"] if t["stop_reason"] != "interrupted"}
     closed = 0
-    for t in summary["trials"]:
-        if t["mlflow_run_id"] not in running or t["stop_reason"] == "interrupted":
+    for run_id in sorted(running):
+        t = ended.get(run_id)
+        if t is not None:
+            tracking.set_run_tags(uri, run_id, {"gatesearch.epochs_done": t["epochs_done"],
+                                                "gatesearch.stop_reason": t["stop_reason"],
+                                                "gatesearch.full_budget": t["state"] == "COMPLETE"})
+            failed = t["state"] == "ERROR"
+            tracking.end_run(uri, run_id, "FAILED" if failed else "FINISHED", error=t["error"] if failed else None)
+        elif summary.get("interrupted"):
+            tracking.set_run_tags(uri, run_id, {"gatesearch.stop_reason": "interrupted"})
+            tracking.end_run(uri, run_id, "KILLED")
+        else:
             continue
-        tracking.set_run_tags(uri, t["mlflow_run_id"], {"gatesearch.epochs_done": t["epochs_done"],
-                                                        "gatesearch.stop_reason": t["stop_reason"],
-                                                        "gatesearch.full_budget": t["state"] == "COMPLETE"})
-        failed = t["state"] == "ERROR"
-        tracking.end_run(uri, t["mlflow_run_id"], "FAILED" if failed else "FINISHED", error=t["error"] if failed else None)
         closed += 1
-    return closed
-
-
-def close_interrupted_runs(uri: str, experiment_id: str, parent_run_id: str) -> int:
-    """A stopped study (Ctrl+C, SIGTERM) leaves the runs of its unfinished trials and re-evaluation seeds
-    RUNNING: Tune ended their actors before they could close them. Nothing runs once ``Tuner.fit`` has
-    returned, so each ends KILLED with the stop reason ``interrupted`` (never RUNNING while nothing runs);
-    ``--resume`` reopens it and goes on in the same run (``trainable._open_run``). Returns how many."""
-    closed = 0
-    for r in tracking.study_trial_runs(uri, experiment_id, parent_run_id):
-        if r.info.status == "RUNNING":
-            tracking.set_run_tags(uri, r.info.run_id, {"gatesearch.stop_reason": "interrupted"})
-            tracking.end_run(uri, r.info.run_id, "KILLED")
-            closed += 1
     return closed

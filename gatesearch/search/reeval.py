@@ -68,11 +68,11 @@ def finalists(summary: dict[str, Any], reeval: Reeval) -> tuple[list[dict[str, A
     ranked = sorted(complete, key=lambda t: -sign * float(t["objectives"][metric]))
     searched = [t for t in ranked if not t["baseline"]]
     chosen = searched[: reeval.finalists]
-    note = "" if len(chosen) == reeval.finalists else (
-        f"study.reeval.finalists is {reeval.finalists} but {len(searched)} searched trial(s) ran the full budget: "
-        f"re-evaluating all {len(chosen)}") if chosen else (
-        f"study.reeval.finalists is {reeval.finalists} but no searched trial ran the full budget: "
-        "only the paper baselines are re-evaluated")
+    note, short = "", f"study.reeval.finalists is {reeval.finalists} but"
+    if not chosen:
+        note = f"{short} no searched trial ran the full budget: only the paper baselines are re-evaluated"
+    elif len(chosen) < reeval.finalists:
+        note = f"{short} {len(searched)} searched trial(s) ran the full budget: re-evaluating all {len(chosen)}"
     paper = [t for t in ranked if t["baseline"]]
     if reeval.baselines == "best":
         paper = paper[:1]

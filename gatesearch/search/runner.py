@@ -597,8 +597,6 @@ def _run_started(opts: SearchOptions, space: SearchSpace, uri: str, storage: Pat
         summary["menus"] = select_best(summary, space.study.devices, study_dir, space.study.register)
         write_json(study_dir / "summary.json", summary)
     outage.close_ended_runs(uri, exp_id, parent_id, summary)  # runs a stopped study could not close
-    if interrupted:  # Ctrl+C, SIGTERM: the unfinished trials' runs end KILLED, and --resume reopens them
-        outage.close_interrupted_runs(uri, exp_id, parent_id)
     _log_summary(uri, parent_id, summary, study_dir)
     _log_comparison(uri, parent_id, summary, space, results)
     return summary
